@@ -1,0 +1,31 @@
+# npuflow: checkpoint → ONNX → onnxsim → surgery → INT8 → simulated NPU build → evaluation → MLflow.
+# Thin by design: the logic lives in the npuflow package (workflow/npuflow); rules wire files to it.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# `--configfile` replaces the default config instead of merging into it (Snakemake would merge
+# the default models into a user's config otherwise).
+if not config:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/fetch.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/simplify.smk"
+include: "workflow/rules/surgery.smk"
+include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/build.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/track.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report.output,
+    default_target: True

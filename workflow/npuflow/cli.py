@@ -1,0 +1,219 @@
+"""`npuflow <stage> …`: every pipeline stage as a command, so a stage runs alone (like `onnxsim` or
+`pulsar2 build`), and the Snakemake rules only wire files to these commands.
+
+A model is named either by `--config FILE --model NAME` (by hand) or by `--spec JSON` (the resolved
+model spec, as the workflow passes it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import NpuflowError
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (one of)")
+    g.add_argument("--spec", help="resolved model spec as JSON (what the workflow passes)")
+    g.add_argument("--config", default="config.yaml", help="config file (with --model)")
+    g.add_argument("--model", help="model entry name in the config")
+
+
+def _spec(args) -> dict:
+    from .config import ConfigError, load_config, model_spec
+
+    if args.spec:
+        return json.loads(args.spec)
+    if not args.model:
+        raise ConfigError("name a model: --model NAME (with --config FILE) or --spec JSON")
+    config = load_config(args.config)
+    if args.model not in config["models"]:
+        raise ConfigError(f"models.{args.model}: no such entry in {args.config}")
+    return model_spec(config, args.model)
+
+
+def _profile(args) -> dict:
+    from .config import load_config
+    from .targets import load_targets
+
+    if args.profile:
+        return json.loads(args.profile)
+    user = load_config(args.config).get("target_profiles", {}) if Path(args.config).exists() else {}
+    return load_targets(user).get(args.target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="npuflow", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("config")
+
+    p = sub.add_parser("fetch", help="weights (pretrained or seeded random) + manifest")
+    _add_model(p)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--cache-dir", default="results")
+
+    for name, help_ in (("export", "ONNX export, checked against torch"),):
+        p = sub.add_parser(name, help=help_)
+        _add_model(p)
+        p.add_argument("--fetch-dir", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--report", required=True)
+        p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("simplify", help="onnxsim, outputs checked equal")
+    p.add_argument("input")
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("surgery", help="apply named graph surgery passes")
+    p.add_argument("input")
+    p.add_argument("--passes", nargs="*", default=None, help="pass names (default: the model's surgery list)")
+    _add_model(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("calibrate", help="activation ranges on calibration images")
+    p.add_argument("input")
+    _add_model(p)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="ranges (onnxruntime calibration cache)")
+    p.add_argument("--report", required=True)
+
+    p = sub.add_parser("quantize", help="static QDQ int8 from stored ranges")
+    p.add_argument("input")
+    p.add_argument("--ranges", required=True)
+    p.add_argument("--calibration", required=True, help="calibrate's report")
+    p.add_argument("--target", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+
+    p = sub.add_parser("build", help="simulated NPU build of a quantised model")
+    p.add_argument("input")
+    p.add_argument("--target", required=True)
+    p.add_argument("--profile", help="resolved target profile as JSON (default: --target from the built-ins/config)")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--model-name", default="")
+    p.add_argument("--manifest", help="fetch manifest, to record the weights kind")
+
+    p = sub.add_parser("reference", help="float outputs on held-out images + host fp32 latency")
+    p.add_argument("input")
+    _add_model(p)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("evaluate", help="quantised vs float on held-out images + host int8 latency")
+    p.add_argument("input")
+    _add_model(p)
+    p.add_argument("--target", required=True)
+    p.add_argument("--reference", required=True, help="reference .npz")
+    p.add_argument("--reference-report", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("init-mlflow", help="create the tracking store and experiment once")
+    p.add_argument("--tracking-uri", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("track", help="log (or reuse) the MLflow run of a (model, target)")
+    _add_model(p)
+    p.add_argument("--target", required=True)
+    p.add_argument("--tracking-uri", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--file", action="append", default=[], metavar="NAME=PATH", help="stage report or artifact to log")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("report", help="summary.csv and report.html over all (model, target) pairs")
+    p.add_argument("--pair", action="append", default=[], metavar="MODEL:TARGET")
+    p.add_argument("--results", default="results")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--html", required=True)
+
+    args = parser.parse_args(argv)
+    try:
+        result = _dispatch(args)
+    except NpuflowError as e:  # bad input: one clear line, no traceback
+        print(f"npuflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str)[:4000])
+    return 0
+
+
+def _dispatch(args):
+    cmd = args.command
+    if cmd == "check-config":
+        from .config import load_config
+
+        config = load_config(args.config)
+        return {"models": list(config["models"]), "targets": config["targets"]}
+    if cmd == "fetch":
+        from .fetch import fetch
+
+        return fetch(_spec(args), args.out_dir, args.cache_dir)
+    if cmd == "export":
+        from .export import export
+
+        return export(_spec(args), args.fetch_dir, args.out, args.report, args.threads)
+    if cmd == "simplify":
+        from .simplify import simplify
+
+        return simplify(args.input, args.out, args.report, args.threads)
+    if cmd == "surgery":
+        from .surgery import surgery
+
+        passes = args.passes if args.passes is not None else _spec(args).get("surgery", [])
+        return surgery(args.input, passes, args.out, args.report, args.threads)
+    if cmd == "calibrate":
+        from .calibrate import calibrate
+
+        return calibrate(args.input, args.manifest, _spec(args), args.out, args.report)
+    if cmd == "quantize":
+        from .quantize import quantize
+
+        return quantize(args.input, args.ranges, args.calibration, args.target, args.out, args.report)
+    if cmd == "build":
+        from .io import read_json
+        from .simulator import build
+
+        weights = read_json(args.manifest)["weights"] if args.manifest else ""
+        report = build(args.input, _profile(args), args.out_dir, args.model_name, weights)
+        return {k: report[k] for k in ("model", "target", "latency_ms", "fps", "subgraphs", "unit_time_ms")}
+    if cmd == "reference":
+        from .evaluate import reference
+
+        return reference(args.input, args.manifest, _spec(args), args.out, args.report, args.threads)
+    if cmd == "evaluate":
+        from .evaluate import evaluate
+
+        return evaluate(args.input, args.reference, args.reference_report, args.manifest, _spec(args), args.target, args.out, args.threads)
+    if cmd == "init-mlflow":
+        from .track import init_store, tracking_uri
+
+        return init_store(tracking_uri(args.tracking_uri), args.experiment, args.out)
+    if cmd == "track":
+        from .track import log_run, tracking_uri
+
+        files = dict(f.split("=", 1) for f in args.file)
+        return log_run(tracking_uri(args.tracking_uri), args.experiment, _spec(args), args.target, files, args.out)
+    if cmd == "report":
+        from .report import report
+
+        pairs = [tuple(p.split(":", 1)) for p in args.pair]
+        rows = report(pairs, args.csv, args.html, args.results)
+        return {"rows": len(rows), "csv": args.csv, "html": args.html}
+    raise AssertionError(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Config loading and validation: JSON Schema first (shape, types, defaults), then the checks a
+schema cannot express (names that must exist in a registry, fields that depend on each other).
+Every error names the config entry and field at fault and what was expected."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import NpuflowError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# Sources whose checkpoint is loaded into a timm architecture named by the entry's `arch`.
+SOURCES_NEEDING_ARCH = ("url", "file")
+
+
+class ConfigError(NpuflowError, ValueError):
+    """Bad configuration; the message starts with the entry and field at fault."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _defaults_filling_validator():
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def _field_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict) -> dict:
+    """Validate `config` in place (filling schema defaults) and return it; raise ConfigError."""
+    if not isinstance(config, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    validator = _defaults_filling_validator()(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{_field_path(e)}: {e.message}" + _expected(e) for e in errors]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _check_semantics(config)
+    return config
+
+
+def _expected(error: jsonschema.ValidationError) -> str:
+    desc = error.schema.get("description") if isinstance(error.schema, dict) else None
+    return f" (expected: {desc})" if desc else ""
+
+
+def _check_semantics(config: dict) -> None:
+    # Imported here: the registries pull in onnx; validation of the schema alone stays light.
+    from .calibrate import CALIBRATION_METHODS
+    from .surgery import SURGERY_PASSES
+    from .targets import load_targets
+
+    problems = []
+    try:
+        targets = load_targets(config.get("target_profiles", {}))
+    except ConfigError as e:
+        raise ConfigError(f"invalid config:\n  {e}") from None
+    for i, t in enumerate(config["targets"]):
+        if t not in targets:
+            problems.append(f"targets.{i}: {targets.unknown_message(t)}")
+    problems += _check_calibration("calibration", config["calibration"], CALIBRATION_METHODS)
+    for name, entry in config["models"].items():
+        where = f"models.{name}"
+        kind = entry["source"].split(":", 1)[0]
+        if kind in SOURCES_NEEDING_ARCH and "arch" not in entry:
+            problems.append(f"{where}.arch: a {kind}: source needs `arch`, the timm architecture to load it into")
+        if kind == "url":
+            url = entry["source"][4:]
+            if url.startswith("http://") and not entry["allow_http"]:
+                problems.append(f"{where}.source: plain http is refused; use https, or set allow_http: true")
+            elif not url.startswith(("https://", "http://")):
+                problems.append(f"{where}.source: expected url:https://…, got {entry['source']!r}")
+        batch = entry["input"]["shape"][0]
+        if batch != 1:
+            problems.append(f"{where}.input.shape: batch must be 1 (edge deployment runs batch 1), got {batch}")
+        if entry["input"]["shape"][1] != 3:
+            problems.append(f"{where}.input.shape: expected 3 (RGB) channels in NCHW, got {entry['input']['shape'][1]}")
+        for i, p in enumerate(entry["surgery"]):
+            if p not in SURGERY_PASSES:
+                problems.append(f"{where}.surgery.{i}: {SURGERY_PASSES.unknown_message(p)}")
+        if "append_argmax" in entry["surgery"] and entry["task"] != "segmentation":
+            problems.append(f"{where}.surgery: append_argmax turns logits into class ids per pixel; it is for task: segmentation")
+        for i, t in enumerate(entry.get("targets", [])):
+            if t not in targets:
+                problems.append(f"{where}.targets.{i}: {targets.unknown_message(t)}")
+        if "calibration" in entry:
+            problems += _check_calibration(f"{where}.calibration", entry["calibration"], CALIBRATION_METHODS)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _check_calibration(where: str, calib: dict, methods) -> list[str]:
+    from .data import DATASETS
+
+    problems = []
+    if "method" in calib and calib["method"] not in methods:
+        problems.append(f"{where}.method: {methods.unknown_message(calib['method'])}")
+    if "dataset" in calib and calib["dataset"] not in DATASETS:
+        problems.append(f"{where}.dataset: {DATASETS.unknown_message(calib['dataset'])}")
+    return problems
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return validate_config(config)
+
+
+def model_spec(config: dict, name: str) -> dict:
+    """Everything the stages need to know about one model, global defaults merged in.
+    The spec is what Snakemake compares to decide whether a model's jobs must re-run."""
+    entry = copy.deepcopy(config["models"][name])
+    calibration = dict(config["calibration"])
+    calibration.update(entry.pop("calibration", {}))
+    spec = {
+        "name": name,
+        "weights": config["weights"],
+        "seed": config["seed"],
+        "targets": entry.pop("targets", config["targets"]),
+        "calibration": calibration,
+        "evaluation": dict(config["evaluation"]),
+    }
+    spec.update(entry)
+    return spec

@@ -1,0 +1,126 @@
+"""Stage evaluate: the quantised model against the float model on held-out images (never used for
+calibration), and host-CPU latency of both measured with onnxruntime.
+
+The float reference (outputs and fp32 latency) is computed once per model by `reference`; each
+target's `evaluate` compares its quantised model to it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import image_batches
+from .io import atomic_path, read_json, write_json
+from .onnxutil import input_name, load, session
+
+# Host latency is a median of timed runs; long models get fewer runs, never fewer than this.
+MIN_REPEATS = 3
+LATENCY_BUDGET_S = 10.0
+
+
+def expose_logits(model):
+    """If the model's sole output is an ArgMax of logits (segmentation surgery), add the logits
+    as a second output, so fidelity is measured on the scores and agreement on the class ids."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(graph.output[0].name)
+    if len(graph.output) == 1 and node is not None and node.op_type == "ArgMax":
+        import onnx
+
+        graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+    return model
+
+
+def _scores_and_classes(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(float scores, class ids) from a model's outputs: class ids over axis 1 of the scores."""
+    if len(outputs) == 2 and np.issubdtype(outputs[0].dtype, np.integer):
+        return outputs[1], outputs[0][:, 0]
+    return outputs[0], np.argmax(outputs[0], axis=1)
+
+
+def host_latency_ms(sess, feeds: dict, repeats: int) -> tuple[float, int]:
+    """Median wall time of `sess.run` over up to `repeats` runs after a warm-up."""
+    sess.run(None, feeds)
+    times = []
+    t0 = time.perf_counter()
+    while len(times) < repeats and (len(times) < MIN_REPEATS or time.perf_counter() - t0 < LATENCY_BUDGET_S):
+        s = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - s)
+    return float(np.median(times) * 1e3), len(times)
+
+
+def _run_all(model, images: np.ndarray, threads: int):
+    sess = session(model, threads)
+    name = input_name(model)
+    runs = [sess.run(None, {name: img[None]}) for img in images]
+    outs = [np.concatenate([r[i] for r in runs]) for i in range(len(runs[0]))]
+    return sess, name, outs
+
+
+def reference(float_onnx: str | Path, manifest_json: str | Path, spec: dict, out_npz: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+    start = time.perf_counter()
+    manifest = read_json(manifest_json)
+    ev = spec["evaluation"]
+    # Seeded apart from calibration, from photos calibration never sees.
+    images, sources = image_batches(spec["calibration"]["dataset"], "evaluation", ev["images"], spec["input"]["shape"], manifest["preprocessing"], spec["seed"] + 1)
+    model = expose_logits(load(float_onnx))
+    sess, name, outs = _run_all(model, images, threads)
+    scores, classes = _scores_and_classes(outs)
+    fp32_ms, repeats = host_latency_ms(sess, {name: images[:1]}, ev["latency_repeats"])
+    with atomic_path(out_npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, images=images, scores=scores, classes=classes)
+    report = {"images": len(images), "image_sources": sources, "host_fp32_ms": fp32_ms, "host_fp32_repeats": repeats,
+              "host_threads": threads, "seconds": round(time.perf_counter() - start, 3)}
+    write_json(out_json, report)
+    return report
+
+
+def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
+    f = ref_scores.reshape(len(ref_scores), -1).astype(np.float64)
+    q = scores.reshape(len(scores), -1).astype(np.float64)
+    cos = np.sum(f * q, axis=1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1) + 1e-30)
+    noise = np.sum((f - q) ** 2)
+    metrics = {
+        "cosine": float(np.mean(cos)),
+        "cosine_min": float(np.min(cos)),
+        "sqnr_db": float(10 * np.log10(np.sum(f**2) / noise)) if noise > 0 else float("inf"),
+        "max_abs_error": float(np.max(np.abs(f - q))),
+    }
+    if task == "classification":
+        top5 = np.argsort(-scores, axis=1)[:, :5]
+        metrics["top1_agreement"] = float(np.mean(ref_classes == classes))
+        metrics["top5_agreement"] = float(np.mean([rc in t for rc, t in zip(ref_classes, top5)]))
+    else:
+        metrics["pixel_agreement"] = float(np.mean(ref_classes == classes))
+    return metrics
+
+
+def evaluate(quant_onnx: str | Path, reference_npz: str | Path, reference_json: str | Path, manifest_json: str | Path,
+             spec: dict, target: str, out_json: str | Path, threads: int = 1) -> dict:
+    start = time.perf_counter()
+    ref = np.load(reference_npz)
+    ref_report = read_json(reference_json)
+    manifest = read_json(manifest_json)
+    model = expose_logits(load(quant_onnx))
+    sess, name, outs = _run_all(model, ref["images"], threads)
+    scores, classes = _scores_and_classes(outs)
+    int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"])
+    report = {
+        "model": spec["name"],
+        "target": target,
+        "task": spec["task"],
+        "weights": manifest["weights"],
+        "images": int(len(ref["images"])),
+        **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),
+        "host_fp32_ms": ref_report["host_fp32_ms"],
+        "host_int8_ms": int8_ms,
+        "host_int8_repeats": repeats,
+        "host_threads": threads,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_json, report)
+    return report

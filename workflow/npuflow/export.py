@@ -1,0 +1,69 @@
+"""Stage export: the fetched model to ONNX at batch 1 and the configured opset, checked against
+torch on a fixed input."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .fetch import load_model
+from .errors import NpuflowError
+from .io import atomic_path, write_json
+from .onnxutil import op_counts, run_onnx
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+EXPORT_RTOL = 1e-3  # of the output's magnitude: float32 reordering noise, not a real difference
+
+
+class ExportError(NpuflowError):
+    pass
+
+
+def fixed_input(shape, seed: int = 0) -> np.ndarray:
+    """A reproducible input in the normalised-image range, for equivalence checks."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    module = load_model(spec, fetch_dir)
+    shape = spec["input"]["shape"]
+    x = fixed_input(shape)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    with atomic_path(out_onnx) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow are expected
+        try:
+            # The TorchScript exporter reaches opset 11, which edge toolchains still ask for.
+            torch.onnx.export(
+                module, (torch.from_numpy(x),), str(tmp), dynamo=False, opset_version=spec["opset"],
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+            )
+        except Exception as e:
+            raise ExportError(f"models.{spec['name']}: ONNX export at opset {spec['opset']} failed: {type(e).__name__}: {e}") from e
+        (got,) = run_onnx(tmp, {INPUT_NAME: x}, threads=threads)
+    max_abs = float(np.max(np.abs(got - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not max_abs <= EXPORT_RTOL * scale:
+        Path(out_onnx).unlink()
+        raise ExportError(f"models.{spec['name']}: exported ONNX differs from torch by {max_abs:.3g} (allowed {EXPORT_RTOL * scale:.3g})")
+    report = {
+        "model": spec["name"],
+        "opset": spec["opset"],
+        "input_shape": shape,
+        "output_shape": list(expected.shape),
+        "max_abs_diff_vs_torch": max_abs,
+        "ops": op_counts(out_onnx),
+        "onnx_bytes": Path(out_onnx).stat().st_size,
+        "torch_version": torch.__version__,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_json, report)
+    return report

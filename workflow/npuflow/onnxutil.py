@@ -1,0 +1,44 @@
+"""Small onnx/onnxruntime helpers shared by the stages."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def load(model_or_path):
+    import onnx
+
+    if isinstance(model_or_path, (str, Path)):
+        return onnx.load(str(model_or_path))
+    return model_or_path
+
+
+def op_counts(model_or_path) -> dict[str, int]:
+    graph = load(model_or_path).graph
+    return dict(sorted(Counter(n.op_type for n in graph.node).items()))
+
+
+def session(model_or_path, threads: int = 1, optimize: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = str(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model_or_path, feeds: dict, threads: int = 1, outputs=None) -> list[np.ndarray]:
+    return session(model_or_path, threads).run(outputs, feeds)
+
+
+def input_name(model_or_path) -> str:
+    graph = load(model_or_path).graph
+    inits = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in inits)

@@ -1,0 +1,48 @@
+"""Stage quantize: onnxruntime static QDQ quantisation (int8, per-channel weights) from the
+model's stored calibration ranges, so calibration runs once per model, not once per target."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .io import atomic_path, read_json, write_json
+from .onnxutil import load, op_counts
+
+
+def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, target: str, out_onnx: str | Path, out_json: str | Path) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    start = time.perf_counter()
+    calibration = read_json(calibration_json)
+    with atomic_path(out_onnx) as tmp:
+        quantize_static(
+            # In memory: given a path, onnxruntime writes a shape-inferred copy beside it, which
+            # races between the targets' jobs.
+            load(model_onnx),
+            str(tmp),
+            calibration_data_reader=None,
+            calibration_cache_path=str(ranges_json),  # ranges from the calibrate stage, not recomputed
+            calibrate_method=load_tensors_data(ranges_json).calibration_method,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    ops = op_counts(out_onnx)
+    report = {
+        "target": target,
+        "format": "QDQ",
+        "weights": "int8 per-channel symmetric",
+        "activations": "int8 per-tensor asymmetric",
+        "calibration_method": calibration["method"],
+        "calibration_images": calibration["images"],
+        "ops": ops,
+        "quantize_nodes": ops.get("QuantizeLinear", 0),
+        "int8_bytes": Path(out_onnx).stat().st_size,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_json, report)
+    return report

@@ -1,0 +1,356 @@
+"""Stage build: an analytical simulation of the vendor NPU compile and run of the quantised model.
+
+The quantised (QDQ) graph is read as the NPU sees it: Quantize/Dequantize pairs are precision
+annotations, not work. Each remaining op gets its work (MACs, elementwise ops, bytes), is fused the
+way the vendor compilers fuse (conv/gemm + BN/activation/residual add), mapped to a unit of the
+target profile (tensor, vector, DMA, or CPU fallback), and costed by a roofline: the larger of
+compute time (with tile-alignment padding) and memory time (weights and spilled activations over
+DDR), plus per-op overhead. CPU ops split the graph into NPU subgraphs with a DDR round trip each.
+All figures are simulations, never measurements."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import write_json
+
+PRECISION_BYTES = {"int8": 1, "int16": 2, "float": 4}
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+RANK = {"int8": 0, "int16": 1, "float": 2}
+
+
+@dataclass
+class Tensor:
+    shape: list[int]
+    precision: str = "int8"
+    weight: bool = False
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def bytes(self) -> int:
+        return self.numel * PRECISION_BYTES[self.precision]
+
+
+@dataclass
+class Op:
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict
+    unit: str = ""
+    precision: str = "int8"
+    fused: list[str] = field(default_factory=list)
+    fused_into: str | None = None
+    macs: int = 0
+    work: float = 0.0  # unit operations after alignment padding
+    work_unpadded: float = 0.0
+    weight_bytes: int = 0
+    act_bytes: int = 0
+    ddr_bytes: int = 0
+    compute_s: float = 0.0
+    memory_s: float = 0.0
+    time_s: float = 0.0
+
+
+def _pad(x: int, tile: int) -> int:
+    return int(math.ceil(x / tile) * tile) if tile else x
+
+
+class Graph:
+    """The quantised model as the NPU sees it: logical tensors (Q/DQ transparent) and ops."""
+
+    def __init__(self, model):
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.shape_inference.infer_shapes(model)
+        g = model.graph
+        shapes = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            dims = vi.type.tensor_type.shape.dim
+            shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        for n in g.node:  # Constant nodes carry weights too (e.g. after surgery)
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+                inits[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        self.alias: dict[str, str] = {}
+        self.tensors: dict[str, Tensor] = {}
+        for name, arr in inits.items():
+            self.tensors[name] = Tensor(list(arr.shape), "float", weight=True)
+        precision_of = {}
+        for n in g.node:
+            if n.op_type in QDQ_OPS:
+                zp = n.input[2] if len(n.input) > 2 else None
+                dtype = inits[zp].dtype if zp in inits else np.dtype(np.uint8)
+                precision_of[n.output[0] if n.op_type == "QuantizeLinear" else n.input[0]] = "int16" if dtype.itemsize == 2 else "int8"
+                self.alias[n.output[0]] = self.resolve(n.input[0])
+        for name, p in precision_of.items():
+            t = self.resolve(name)
+            if t in self.tensors:
+                self.tensors[t].precision = p
+        self.ops: list[Op] = []
+        for n in g.node:
+            if n.op_type in QDQ_OPS or n.op_type == "Constant":
+                continue
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            op = Op(n.name or f"{n.op_type}_{len(self.ops)}", n.op_type, [self.resolve(i) for i in n.input if i], list(n.output), attrs)
+            for o in n.output:
+                if o not in self.tensors:
+                    self.tensors[o] = Tensor(shapes.get(o, []), "int8")
+            self.ops.append(op)
+        for name in [i.name for i in g.input if i.name not in inits]:
+            self.tensors.setdefault(name, Tensor(shapes.get(name, []), "int8"))
+        self.inputs = [self.resolve(i.name) for i in g.input if i.name not in inits]
+        self.outputs = [self.resolve(o.name) for o in g.output]
+        self.consumers: dict[str, list[Op]] = {}
+        for op in self.ops:
+            for i in op.inputs:
+                self.consumers.setdefault(i, []).append(op)
+        for name in shapes:
+            t = self.resolve(name)
+            if t not in self.tensors:
+                self.tensors[t] = Tensor(shapes[name], "int8")
+
+    def resolve(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+
+def _activations(graph: Graph, op: Op) -> list[Tensor]:
+    return [graph.tensors[i] for i in op.inputs if i in graph.tensors and not graph.tensors[i].weight]
+
+
+def _weights(graph: Graph, op: Op) -> list[Tensor]:
+    return [graph.tensors[i] for i in op.inputs if i in graph.tensors and graph.tensors[i].weight]
+
+
+def assign_units(graph: Graph, profile: dict) -> None:
+    units = profile["units"]
+    free = set(profile.get("free_ops", []))
+    cpu_forced = set(units["vector"].get("cpu_ops", [])) | set(units["tensor"].get("cpu_ops", []))
+    for op in graph.ops:
+        if op.op_type in free:
+            op.unit = "free"
+        elif op.op_type in cpu_forced:
+            op.unit = "cpu"
+        else:
+            op.unit = next((u for u in ("tensor", "vector", "dma") if op.op_type in units[u].get("ops", [])), "cpu")
+        acts = _activations(graph, op)
+        if op.unit == "cpu":
+            op.precision = "float"
+        else:
+            op.precision = max((t.precision for t in acts), key=RANK.get, default="int8")
+            if op.precision == "float":  # NPU compilers quantise every op they run
+                op.precision = "int8"
+
+
+def fuse(graph: Graph, profile: dict) -> None:
+    """conv/gemm/matmul + following BN/activation (+ one residual Add) become one op, as the
+    vendor compilers do: the fused ops cost neither time nor a round trip of their own."""
+    fusable = set(profile.get("fusable_activations", []))
+    for op in graph.ops:
+        if op.unit != "tensor" or op.fused_into:
+            continue
+        out = op.outputs[0]
+        added_residual = False
+        while True:
+            users = graph.consumers.get(graph.resolve(out), [])
+            if len(users) != 1 or users[0].fused_into or users[0].unit == "cpu":
+                break
+            nxt = users[0]
+            if nxt.op_type in fusable or (nxt.op_type == "Add" and not added_residual and len(_activations(graph, nxt)) == 2):
+                added_residual |= nxt.op_type == "Add"
+                nxt.fused_into = op.name
+                op.fused.append(nxt.op_type)
+                out = nxt.outputs[0]
+            else:
+                break
+
+
+def _tensor_work(graph: Graph, op: Op, tile: dict) -> tuple[int, float]:
+    """(MACs, padded MACs) of a conv-like op; tiles pad output H, W, C and input channels."""
+    th, tw, tc = tile.get("h", 1), tile.get("w", 1), tile.get("c", 1)
+    out = graph.tensors[graph.resolve(op.outputs[0])].shape
+    if op.op_type in ("Conv", "ConvTranspose"):
+        w = graph.tensors[op.inputs[1]].shape
+        n, co = out[0], out[1]
+        spatial = out[2:] + [1] * (2 - len(out[2:]))
+        cin_g, kernel = w[1], int(np.prod(w[2:])) if len(w) > 2 else 1
+        macs = n * co * spatial[0] * spatial[1] * cin_g * kernel
+        padded = n * _pad(co, tc) * _pad(spatial[0], th) * _pad(spatial[1], tw) * _pad(cin_g, tc) * kernel
+        return macs, padded
+    a, b = (graph.tensors[i].shape for i in op.inputs[:2])
+    if op.op_type == "Gemm":
+        m = a[1] if op.attrs.get("transA", 0) else a[0]
+        k = a[0] if op.attrs.get("transA", 0) else a[1]
+        nn_ = b[0] if op.attrs.get("transB", 0) else b[1]
+        batch = 1
+    else:  # MatMul, numpy broadcasting over leading dims
+        a2, b2 = (a if len(a) > 1 else [1] + a), (b if len(b) > 1 else b + [1])
+        m, k, nn_ = a2[-2], a2[-1], b2[-1]
+        batch = int(np.prod(out[:-2])) if len(out) > 2 else 1
+    return batch * m * k * nn_, batch * _pad(m, tw) * _pad(k, tc) * _pad(nn_, tc)
+
+
+def _elements(shape: list[int], tile_c: int) -> tuple[int, int]:
+    """(elements, elements with the channel axis padded to the vector tile)."""
+    if not shape:
+        return 1, 1
+    numel = int(np.prod(shape))
+    axis = 1 if len(shape) == 4 else len(shape) - 1
+    padded = numel // shape[axis] * _pad(shape[axis], tile_c) if shape[axis] else numel
+    return numel, padded
+
+
+def cost(graph: Graph, profile: dict, batch: int = 1) -> None:
+    """Fill each op's work and time for a batch of `batch` frames (weights loaded once per batch)."""
+    units, mem, ovh = profile["units"], profile["memory"], profile["overheads"]
+    per_elem = profile.get("vector_ops_per_element", {})
+    onchip, ddr = mem["onchip_bytes"], mem["ddr_bytes_per_s"]
+    for op in graph.ops:
+        if op.fused_into or op.unit == "free":
+            op.time_s = op.compute_s = op.memory_s = 0.0
+            continue
+        acts = _activations(graph, op)
+        outs = [graph.tensors[graph.resolve(o)] for o in op.outputs if graph.resolve(o) in graph.tensors]
+        elem_bytes = PRECISION_BYTES[op.precision]
+        op.act_bytes = sum(t.numel for t in acts + outs) * elem_bytes
+        op.weight_bytes = sum(t.numel for t in _weights(graph, op)) * (1 if op.unit != "cpu" else 4)
+        # Activations stay on chip unless they don't fit; weights stream from DDR once per batch.
+        spilled = sum(t.numel * elem_bytes for t in acts + outs if t.numel * elem_bytes > onchip)
+        op.ddr_bytes = op.weight_bytes + batch * spilled
+        if op.unit == "tensor":
+            macs, padded = _tensor_work(graph, op, units["tensor"].get("tile", {}))
+            op.macs, op.work_unpadded, op.work = macs, 2.0 * macs, 2.0 * padded
+            rate = units["tensor"]["peak_ops_per_s"].get(op.precision) or units["tensor"]["peak_ops_per_s"]["int8"] / 4
+        elif op.unit == "vector":
+            out_shape = outs[0].shape if outs else []
+            numel, padded = _elements(out_shape, units["vector"].get("tile", {}).get("c", 1))
+            k = per_elem.get(op.op_type, 1)
+            if op.op_type in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool"):
+                numel, padded = _elements(acts[0].shape if acts else out_shape, units["vector"].get("tile", {}).get("c", 1))
+                k *= int(np.prod(op.attrs.get("kernel_shape", [1])))
+            op.work_unpadded, op.work = float(numel * k), float(padded * k)
+            rate = units["vector"]["peak_ops_per_s"].get(op.precision) or units["vector"]["peak_ops_per_s"]["int8"] / 2
+        elif op.unit == "dma":
+            op.work_unpadded = op.work = float(op.act_bytes)
+            rate = units["dma"]["bytes_per_s"]
+        else:  # CPU fallback: float math, and its tensors go through DDR
+            numel = sum(t.numel for t in outs) or 1
+            op.work_unpadded = op.work = float(numel * per_elem.get(op.op_type, 1))
+            rate = units["cpu"]["peak_ops_per_s"]["float"]
+            op.ddr_bytes += batch * sum(t.numel for t in acts + outs) * 4
+        op.compute_s = batch * op.work / rate
+        op.memory_s = op.ddr_bytes / ddr
+        overhead = ovh["cpu_op_s"] if op.unit == "cpu" else ovh["op_s"]
+        op.time_s = max(op.compute_s, op.memory_s) + overhead
+
+
+def subgraphs(graph: Graph) -> list[dict]:
+    """Maximal runs of NPU ops between CPU ops, in execution order."""
+    parts: list[dict] = []
+    for op in graph.ops:
+        if op.fused_into or op.unit == "free":
+            continue
+        device = "cpu" if op.unit == "cpu" else "npu"
+        if not parts or parts[-1]["device"] != device:
+            parts.append({"device": device, "ops": 0, "time_s": 0.0, "first_op": op.name})
+        parts[-1]["ops"] += 1
+        parts[-1]["time_s"] += op.time_s
+        parts[-1]["last_op"] = op.name
+    return parts
+
+
+def simulate(model, profile: dict, batch: int = 1) -> dict:
+    """Simulate one frame batch; returns the timing and the per-op records."""
+    graph = Graph(model)
+    assign_units(graph, profile)
+    fuse(graph, profile)
+    cost(graph, profile, batch)
+    parts = subgraphs(graph)
+    npu_parts = [p for p in parts if p["device"] == "npu"]
+    ddr = profile["memory"]["ddr_bytes_per_s"]
+    io_bytes = batch * sum(graph.tensors[t].bytes for t in graph.inputs + graph.outputs if t in graph.tensors)
+    # Each hand-over between an NPU subgraph and the CPU is a DDR round trip plus a launch.
+    handovers = max(0, len(parts) - 1)
+    overhead_s = len(npu_parts) * profile["overheads"]["subgraph_s"] + io_bytes / ddr
+    total_s = sum(op.time_s for op in graph.ops) + overhead_s
+    return {"graph": graph, "parts": parts, "total_s": total_s, "overhead_s": overhead_s, "handovers": handovers, "io_bytes": io_bytes}
+
+
+def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name: str = "", weights: str = "") -> dict:
+    import onnx
+
+    start = time.perf_counter()
+    model = onnx.load(str(quant_onnx))
+    one = simulate(model, profile, 1)
+    n = int(profile["batch"])
+    many = simulate(model, profile, n) if n > 1 else one
+    graph = one["graph"]
+    live = [op for op in graph.ops if not op.fused_into and op.unit != "free"]
+    unit_time = {u: sum(op.time_s for op in live if op.unit == u) for u in ("tensor", "vector", "dma", "cpu")}
+    unit_time["overhead"] = one["overhead_s"]
+    latency_s = one["total_s"]
+    peak = profile["units"]["tensor"]["peak_ops_per_s"]["int8"]
+    macs = sum(op.macs for op in graph.ops)
+    top = sorted(live, key=lambda o: o.time_s, reverse=True)[:10]
+    report = {
+        "model": model_name,
+        "target": profile["name"],
+        "chip": profile.get("chip", ""),
+        "mode": profile.get("mode", ""),
+        "simulated": True,
+        "profile_fitted": bool(profile.get("fit")),
+        "weights": weights,
+        "latency_ms": latency_s * 1e3,
+        "batch": n,
+        "fps": n / many["total_s"],
+        "fps_batch1": 1.0 / latency_s,
+        "macs": macs,
+        "tensor_utilisation": (2.0 * macs / peak) / latency_s,
+        "subgraphs": len([p for p in one["parts"] if p["device"] == "npu"]),
+        "cpu_ops": sum(1 for op in live if op.unit == "cpu"),
+        "partition": [{**p, "time_ms": p.pop("time_s") * 1e3} for p in one["parts"]],
+        "ddr_bytes_per_frame": int(sum(op.ddr_bytes for op in live) + one["io_bytes"]),
+        "unit_time_ms": {u: t * 1e3 for u, t in unit_time.items()},
+        "unit_share": {u: t / latency_s for u, t in unit_time.items()},
+        "ops": {"total": len(graph.ops), "fused": sum(1 for op in graph.ops if op.fused_into), "free": sum(1 for op in graph.ops if op.unit == "free")},
+        "top_ops": [
+            {"name": op.name, "op_type": op.op_type, "fused": op.fused, "unit": op.unit, "precision": op.precision,
+             "time_ms": op.time_s * 1e3, "bound": "memory" if op.memory_s > op.compute_s else "compute",
+             "padding_waste": 1.0 - op.work_unpadded / op.work if op.work else 0.0}
+            for op in top
+        ],
+        "seconds": 0.0,
+    }
+    out_dir = Path(out_dir)
+    write_json(out_dir / "trace.json", chrome_trace(graph, profile["name"]))
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(out_dir / "build.json", report)
+    return report
+
+
+def chrome_trace(graph: Graph, target: str) -> dict:
+    """The simulated batch-1 timeline in Chrome/Perfetto trace format, one lane per unit."""
+    lanes = {"tensor": 1, "vector": 2, "dma": 3, "cpu": 4}
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": f"{target} (simulated)"}}]
+    events += [{"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": unit}} for unit, tid in lanes.items()]
+    t_us = 0.0
+    for op in graph.ops:
+        if op.fused_into or op.unit == "free":
+            continue
+        dur = op.time_s * 1e6
+        events.append({"ph": "X", "name": op.op_type + ("+" + "+".join(op.fused) if op.fused else ""), "pid": 1, "tid": lanes[op.unit],
+                       "ts": t_us, "dur": dur, "args": {"node": op.name, "precision": op.precision, "work": op.work}})
+        t_us += dur
+    return {"traceEvents": events, "displayTimeUnit": "ms"}

@@ -1,0 +1,299 @@
+"""Model sources: where a model's architecture and weights come from (`timm:`, `hf:`, `url:`,
+`file:`). Each source builds the architecture offline with random weights, and loads pretrained
+weights when they can be had; `fetch` decides which by the weights policy."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from .errors import NpuflowError
+from .io import atomic_path, sha256_file
+from .registry import Registry, unknown_name_message
+
+SOURCES: Registry["ModelSource"] = Registry("model source")
+HF_CONFIG_DIR = Path(__file__).resolve().parent / "hf_configs"
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+PROBE_TIMEOUT_S = 3.0
+DOWNLOAD_TIMEOUT_S = 10.0
+
+
+class FetchError(NpuflowError):
+    """A model cannot be fetched or built; the message says which entry and why."""
+
+
+class WeightsUnavailable(FetchError):
+    """Pretrained weights cannot be had now (offline, unreachable host, not cached)."""
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True if a TCP connection to the URL's host opens within `timeout` seconds.
+    Hub clients retry for ~50 s when offline; this answers in at most `timeout`."""
+    import socket
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo has no timeout of its own, so the probe runs in a thread we stop waiting for.
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def set_hub_offline_unless_reachable() -> bool:
+    """Put huggingface_hub in offline mode (cache only, no retries) when the hub is unreachable.
+    Must run before huggingface_hub is imported, which reads the flag at import time."""
+    online = reachable(hub_endpoint())
+    if not online:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    return online
+
+
+class ModelSource:
+    """A kind of model source. `spec` is the resolved model spec (npuflow.config.model_spec)."""
+
+    def build(self, spec: dict):
+        """The architecture with freshly initialised weights (the caller seeds torch)."""
+        raise NotImplementedError
+
+    def load_pretrained(self, spec: dict, cache_dir: Path):
+        """The architecture with pretrained weights; raise WeightsUnavailable if they can't be had.
+        Returns (module, details) where details is a dict recorded in the manifest."""
+        raise NotImplementedError
+
+    def preprocessing(self, spec: dict, module) -> dict:
+        return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+def _ref(spec: dict) -> str:
+    return spec["source"].split(":", 1)[1]
+
+
+def _check_timm_name(name: str, where: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        known = set(timm.list_models()) | set(timm.list_pretrained())
+        raise FetchError(f"{where}: {unknown_name_message('timm model', name, known)}")
+
+
+def _timm_preprocessing(module) -> dict:
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    return {"mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD))}
+
+
+@SOURCES.register("timm")
+class TimmSource(ModelSource):
+    def build(self, spec):
+        import timm
+
+        name = _ref(spec)
+        _check_timm_name(name, f"models.{spec['name']}.source")
+        return timm.create_model(name, pretrained=False).eval()
+
+    def load_pretrained(self, spec, cache_dir):
+        import timm
+
+        name = _ref(spec)
+        _check_timm_name(name, f"models.{spec['name']}.source")
+        try:
+            module = timm.create_model(name, pretrained=True).eval()
+        except Exception as e:  # hub errors come in many types; all mean "not available now"
+            raise WeightsUnavailable(f"timm could not load pretrained {name}: {type(e).__name__}: {e}") from e
+        return module, {"from": f"hub:{module.pretrained_cfg.get('hf_hub_id') or name}"}
+
+    def preprocessing(self, spec, module):
+        return _timm_preprocessing(module)
+
+
+def _hf_wrapper(model):
+    """Wrap a transformers model so export sees one tensor in, the logits out."""
+    import torch
+
+    class HFLogitsModule(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            return self.inner(pixel_values=pixel_values).logits
+
+    return HFLogitsModule(model).eval()
+
+
+def hf_config_file(repo: str) -> Path:
+    return HF_CONFIG_DIR / (repo.replace("/", "__") + ".json")
+
+
+@SOURCES.register("hf")
+class HFSource(ModelSource):
+    def _config(self, spec):
+        import transformers
+
+        repo = _ref(spec)
+        cfg = spec.get("hf_config")
+        if cfg is None:
+            path = hf_config_file(repo)
+            if not path.exists():
+                raise FetchError(
+                    f"models.{spec['name']}.hf_config: hf:{repo} has no shipped architecture config; "
+                    "add `hf_config:` (the repo's config.json) so it can be built offline"
+                )
+            cfg = json.loads(path.read_text())
+        cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        model_type = cfg.pop("model_type", None)
+        if not model_type:
+            raise FetchError(f"models.{spec['name']}.hf_config: expected a `model_type` field")
+        return transformers.AutoConfig.for_model(model_type, **cfg)
+
+    @staticmethod
+    def _model_class(config, spec):
+        import transformers
+
+        archs = getattr(config, "architectures", None) or []
+        if not archs or not hasattr(transformers, archs[0]):
+            raise FetchError(f"models.{spec['name']}.hf_config: expected `architectures` naming a transformers class")
+        return getattr(transformers, archs[0])
+
+    def build(self, spec):
+        config = self._config(spec)
+        config._attn_implementation = "eager"  # the SDPA path does not export at opset < 14
+        return _hf_wrapper(self._model_class(config, spec)(config))
+
+    def load_pretrained(self, spec, cache_dir):
+        repo = _ref(spec)
+        config = self._config(spec)
+        try:
+            model = self._model_class(config, spec).from_pretrained(repo, attn_implementation="eager")
+        except Exception as e:
+            raise WeightsUnavailable(f"transformers could not load pretrained {repo}: {type(e).__name__}: {e}") from e
+        return _hf_wrapper(model), {"from": f"hub:{repo}"}
+
+
+def download(url: str, dest: Path, sha256: str | None, allow_http: bool = False) -> str:
+    """Download `url` to `dest` atomically; verify sha256 when given. Returns the file's sha256."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme != "https" and not (scheme == "http" and allow_http):
+        raise FetchError(f"refusing to download {url}: only https is allowed (allow_http permits http)")
+    if dest.exists() and sha256 and sha256_file(dest) == sha256.lower():
+        return sha256.lower()
+    if not reachable(url):
+        raise WeightsUnavailable(f"{url} is unreachable (no connection within {PROBE_TIMEOUT_S:.0f} s)")
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except (urllib.error.URLError, OSError) as e:
+            raise WeightsUnavailable(f"download of {url} failed: {e}") from e
+        digest = sha256_file(tmp)
+        if sha256 and digest != sha256.lower():
+            raise FetchError(f"sha256 mismatch for {url}: expected {sha256.lower()}, got {digest}; file discarded")
+    return digest
+
+
+def load_state_dict_file(path: Path, key: str | None, where: str) -> dict:
+    """Load a checkpoint without executing code from it (safetensors or weights-only pickle)."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FetchError(f"{where}: {path.name} is not a loadable weights-only checkpoint: {e}") from e
+    if key:
+        if not isinstance(obj, dict) or key not in obj:
+            keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+            raise FetchError(f"{where}.state_dict_key: no key {key!r} in the checkpoint (top-level keys: {keys})")
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise FetchError(f"{where}: checkpoint is not a state dict of tensors (set state_dict_key?)")
+    return obj
+
+
+def load_into_timm(arch: str, state_dict: dict, where: str):
+    """Load a state dict into a timm architecture, remapping original-repo layouts with the model
+    module's own checkpoint_filter_fn (timm's convention), strictly."""
+    import timm
+
+    _check_timm_name(arch, f"{where}.arch")
+    module = timm.create_model(arch, pretrained=False)
+    filter_fn = getattr(importlib.import_module(type(module).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, module)
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise FetchError(f"{where}: checkpoint does not fit architecture {arch}: {str(e)[:800]}") from e
+    return module.eval()
+
+
+class _CheckpointSource(ModelSource):
+    """A checkpoint file loaded into the timm architecture named by `arch`."""
+
+    def build(self, spec):
+        import timm
+
+        _check_timm_name(spec["arch"], f"models.{spec['name']}.arch")
+        return timm.create_model(spec["arch"], pretrained=False).eval()
+
+    def preprocessing(self, spec, module):
+        return _timm_preprocessing(module)
+
+    def _checkpoint(self, spec, cache_dir) -> tuple[Path, str]:
+        raise NotImplementedError
+
+    def load_pretrained(self, spec, cache_dir):
+        path, digest = self._checkpoint(spec, cache_dir)
+        where = f"models.{spec['name']}"
+        state_dict = load_state_dict_file(path, spec.get("state_dict_key"), where)
+        return load_into_timm(spec["arch"], state_dict, where), {"from": spec["source"], "file_sha256": digest}
+
+
+@SOURCES.register("url")
+class URLSource(_CheckpointSource):
+    def _checkpoint(self, spec, cache_dir):
+        url = _ref(spec)
+        name = Path(urllib.parse.urlsplit(url).path).name or "checkpoint"
+        dest = Path(cache_dir) / "downloads" / spec["name"] / name
+        return dest, download(url, dest, spec.get("sha256"), spec.get("allow_http", False))
+
+
+@SOURCES.register("file")
+class FileSource(_CheckpointSource):
+    def _checkpoint(self, spec, cache_dir):
+        path = Path(_ref(spec)).expanduser()
+        if not path.is_file():
+            raise FetchError(f"models.{spec['name']}.source: no such file {path}")
+        digest = sha256_file(path)
+        if spec.get("sha256") and digest != spec["sha256"].lower():
+            raise FetchError(f"models.{spec['name']}.sha256: {path} has sha256 {digest}, expected {spec['sha256'].lower()}")
+        return path, digest
+
+
+def source_for(spec: dict) -> ModelSource:
+    return SOURCES.get(spec["source"].split(":", 1)[0])()

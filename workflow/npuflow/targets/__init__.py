@@ -1,0 +1,75 @@
+"""NPU target profiles: built-in YAML files in this folder plus the user's `target_profiles` from
+config.yaml. A profile may name a `base:` profile and list only what differs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from ..registry import Registry
+
+PROFILE_DIR = Path(__file__).resolve().parent
+REQUIRED_UNITS = ("tensor", "vector", "dma", "cpu")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _raw_profiles(user_profiles: dict) -> dict[str, tuple[dict, str]]:
+    raw = {p.stem: (yaml.safe_load(p.read_text()), f"built-in profile {p.name}") for p in sorted(PROFILE_DIR.glob("*.yaml"))}
+    for name, prof in user_profiles.items():
+        raw[name] = (prof, f"target_profiles.{name}")
+    return raw
+
+
+def _resolve(name: str, raw: dict, seen: tuple = ()) -> dict:
+    from ..config import ConfigError
+
+    prof, where = raw[name]
+    base = prof.get("base")
+    if base is None:
+        return copy.deepcopy(prof)
+    if base not in raw or base in seen:
+        raise ConfigError(f"{where}.base: {'unknown' if base not in raw else 'circular'} base profile {base!r}")
+    return deep_merge(_resolve(base, raw, seen + (name,)), {k: v for k, v in prof.items() if k != "base"})
+
+
+def _check(name: str, prof: dict, where: str) -> None:
+    from ..config import ConfigError
+
+    def need(path: str):
+        node = prof
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{where}.{path}: missing (every target profile needs it)")
+            node = node[part]
+        return node
+
+    for unit in REQUIRED_UNITS:
+        need(f"units.{unit}")
+    for path in ("units.tensor.peak_ops_per_s.int8", "units.vector.peak_ops_per_s.int8", "units.cpu.peak_ops_per_s.float",
+                 "units.dma.bytes_per_s", "memory.ddr_bytes_per_s", "memory.onchip_bytes", "overheads.op_s",
+                 "overheads.subgraph_s", "overheads.cpu_op_s", "batch"):
+        value = need(path)
+        if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not path.startswith("overheads")):
+            raise ConfigError(f"{where}.{path}: expected a positive number, got {value!r}")
+
+
+def load_targets(user_profiles: dict | None = None) -> Registry[dict]:
+    """All target profiles, resolved and checked, by name (names starting with _ are bases)."""
+    raw = _raw_profiles(user_profiles or {})
+    targets: Registry[dict] = Registry("target")
+    for name in raw:
+        if name.startswith("_"):
+            continue
+        prof = _resolve(name, raw)
+        _check(name, prof, raw[name][1])
+        prof["name"] = name
+        targets.add(name, prof)
+    return targets

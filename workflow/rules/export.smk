@@ -1,0 +1,17 @@
+rule export:
+    input:
+        weights="results/{model}/fetch/weights.safetensors",
+        manifest="results/{model}/fetch/manifest.json",
+    output:
+        onnx="results/{model}/model.onnx",
+        report="results/{model}/export.json",
+    params:
+        spec=spec_json,
+    threads: 2
+    log:
+        "results/logs/export/{model}.log",
+    benchmark:
+        "results/benchmarks/export/{model}.tsv"
+    shell:
+        "npuflow export --spec {params.spec:q} --fetch-dir results/{wildcards.model}/fetch"
+        " --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,13 @@
+rule simplify:
+    input:
+        onnx="results/{model}/model.onnx",
+    output:
+        onnx="results/{model}/model.sim.onnx",
+        report="results/{model}/simplify.json",
+    threads: 2
+    log:
+        "results/logs/simplify/{model}.log",
+    benchmark:
+        "results/benchmarks/simplify/{model}.tsv"
+    shell:
+        "npuflow simplify {input.onnx} --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"
