@@ -10,17 +10,32 @@ from .io import atomic_path, read_json, write_json
 from .onnxutil import load, op_counts
 
 
+# Per-channel DequantizeLinear (its `axis`) exists from opset 13; onnxruntime's quantiser does not
+# raise an opset-11 model (the SegFormer flow) by itself, so npuflow converts it first.
+QDQ_MIN_OPSET = 13
+
+
+def _onnx_opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, target: str, out_onnx: str | Path, out_json: str | Path) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     start = time.perf_counter()
     calibration = read_json(calibration_json)
+    model = load(model_onnx)
+    opset_in = _onnx_opset(model)
+    if opset_in < QDQ_MIN_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, QDQ_MIN_OPSET)
     with atomic_path(out_onnx) as tmp:
         quantize_static(
             # In memory: given a path, onnxruntime writes a shape-inferred copy beside it, which
             # races between the targets' jobs.
-            load(model_onnx),
+            model,
             str(tmp),
             calibration_data_reader=None,
             calibration_cache_path=str(ranges_json),  # ranges from the calibrate stage, not recomputed
@@ -35,6 +50,8 @@ def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: 
     report = {
         "target": target,
         "format": "QDQ",
+        "opset_in": opset_in,
+        "opset": _onnx_opset(load(out_onnx)),
         "weights": "int8 per-channel symmetric",
         "activations": "int8 per-tensor asymmetric",
         "calibration_method": calibration["method"],

@@ -62,11 +62,14 @@ def hub_endpoint() -> str:
 
 
 def set_hub_offline_unless_reachable() -> bool:
-    """Put huggingface_hub in offline mode (cache only, no retries) when the hub is unreachable.
-    Must run before huggingface_hub is imported, which reads the flag at import time."""
+    """Put huggingface_hub in offline mode (cache only, no retries) when the hub is unreachable."""
     online = reachable(hub_endpoint())
     if not online:
         os.environ["HF_HUB_OFFLINE"] = "1"
+        import sys
+
+        if "huggingface_hub.constants" in sys.modules:  # already imported: set the flag it read
+            sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
     return online
 
 
@@ -243,11 +246,11 @@ def load_into_timm(arch: str, state_dict: dict, where: str):
     _check_timm_name(arch, f"{where}.arch")
     module = timm.create_model(arch, pretrained=False)
     filter_fn = getattr(importlib.import_module(type(module).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state_dict = filter_fn(state_dict, module)
     try:
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, module)
         module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, AssertionError, ValueError, KeyError) as e:  # filters assert on misfits
         raise FetchError(f"{where}: checkpoint does not fit architecture {arch}: {str(e)[:800]}") from e
     return module.eval()
 

@@ -1,0 +1,80 @@
+"""Shared fixtures: small random-weight models taken through the stages once per test session."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from npuflow.config import model_spec, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A tiny SegFormer (same architecture family as the default one, a fraction of the width) so the
+# segmentation path runs in seconds.
+TINY_SEGFORMER = {
+    "model_type": "segformer",
+    "architectures": ["SegformerForSemanticSegmentation"],
+    "depths": [1, 1, 1, 1],
+    "hidden_sizes": [8, 16, 24, 32],
+    "num_attention_heads": [1, 1, 1, 1],
+    "decoder_hidden_size": 32,
+    "num_labels": 5,
+}
+
+
+def make_config(**models) -> dict:
+    config = {
+        "weights": "random",
+        "targets": ["ax650n-npu3", "rdk-x5"],
+        "calibration": {"images": 4},
+        "evaluation": {"images": 3, "latency_repeats": 3},
+        "models": models,
+    }
+    return validate_config(copy.deepcopy(config))
+
+
+def classifier_entry(**extra) -> dict:
+    return {"source": "timm:efficientvit_m0", "task": "classification", "input": {"shape": [1, 3, 224, 224]}, "surgery": ["fold_head_bn"], **extra}
+
+
+def segformer_entry(**extra) -> dict:
+    return {"source": "hf:tiny/segformer-test", "hf_config": TINY_SEGFORMER, "task": "segmentation",
+            "input": {"shape": [1, 3, 64, 128]}, "opset": 11, "surgery": ["append_argmax"], **extra}
+
+
+def run_front(spec: dict, root: Path) -> dict:
+    """fetch → export → simplify → surgery → calibrate for one model; returns the file paths."""
+    from npuflow.calibrate import calibrate
+    from npuflow.export import export
+    from npuflow.fetch import fetch
+    from npuflow.simplify import simplify
+    from npuflow.surgery import surgery
+
+    d = root / spec["name"]
+    p = {
+        "fetch": d / "fetch", "manifest": d / "fetch" / "manifest.json", "onnx": d / "model.onnx", "export": d / "export.json",
+        "sim": d / "model.sim.onnx", "simplify": d / "simplify.json", "surgery_onnx": d / "model.surgery.onnx",
+        "surgery": d / "surgery.json", "ranges": d / "calibration.ranges.json", "calibration": d / "calibration.json",
+    }
+    fetch(spec, p["fetch"], root)
+    export(spec, p["fetch"], p["onnx"], p["export"], threads=2)
+    simplify(p["onnx"], p["sim"], p["simplify"], threads=2)
+    surgery(p["sim"], spec["surgery"], p["surgery_onnx"], p["surgery"], threads=2)
+    calibrate(p["surgery_onnx"], p["manifest"], spec, p["ranges"], p["calibration"])
+    return p
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory):
+    """efficientvit_m0 (random weights) through fetch … calibrate."""
+    spec = model_spec(make_config(evit=classifier_entry()), "evit")
+    return spec, run_front(spec, tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="session")
+def segmenter(tmp_path_factory):
+    """A tiny SegFormer (random weights) through fetch … calibrate, with the ArgMax head."""
+    spec = model_spec(make_config(seg=segformer_entry()), "seg")
+    return spec, run_front(spec, tmp_path_factory.mktemp("segmenter"))

@@ -1,0 +1,177 @@
+"""Each stage on small random-weight models: values, files and errors."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import make_config
+from npuflow.io import read_json
+from npuflow.onnxutil import op_counts, run_onnx
+
+
+def test_fetch_random_weights_are_labelled_and_reproducible(classifier, tmp_path):
+    from npuflow.fetch import fetch
+
+    spec, p = classifier
+    manifest = read_json(p["manifest"])
+    assert manifest["weights"] == "random" and manifest["seed"] == 0
+    assert "random" in manifest["weights_detail"]
+    assert manifest["params"] == 2_349_436  # efficientvit_m0's published parameter count (2.3 M)
+    assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    again = fetch(spec, tmp_path / "again", tmp_path)
+    assert again["weights_sha256"] == manifest["weights_sha256"]  # seeded: identical weights
+
+
+def test_export_matches_torch_and_records_opset(classifier):
+    spec, p = classifier
+    report = read_json(p["export"])
+    assert report["opset"] == 17 and report["output_shape"] == [1, 1000]
+    assert report["max_abs_diff_vs_torch"] <= 1e-3 * max(1e-12, 1.0)
+    model = onnx.load(str(p["onnx"]))
+    assert model.opset_import[0].version == 17
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
+
+
+def test_simplify_removes_shape_ops_and_keeps_outputs(classifier):
+    _, p = classifier
+    report = read_json(p["simplify"])
+    assert report["nodes_after"] < report["nodes_before"]
+    assert report["ops_before"].get("Shape", 0) > 0 and report["ops_after"].get("Shape", 0) == 0
+    assert report["max_abs_diff"] <= 1e-4 * max(1.0, 0)
+
+
+def test_fold_head_bn_removes_the_batchnorm_and_keeps_outputs(classifier):
+    _, p = classifier
+    report = read_json(p["surgery"])
+    (step,) = report["passes"]
+    assert step["pass"] == "fold_head_bn" and step["folded"][0]["into"].endswith("Gemm")
+    assert "BatchNormalization" in op_counts(p["sim"]) and "BatchNormalization" not in op_counts(p["surgery_onnx"])
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    (before,) = run_onnx(p["sim"], {"input": x})
+    (after,) = run_onnx(p["surgery_onnx"], {"input": x})
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+
+
+def test_append_argmax_makes_class_ids_the_sole_output(segmenter):
+    _, p = segmenter
+    before, after = onnx.load(str(p["sim"])), onnx.load(str(p["surgery_onnx"]))
+    assert after.ir_version == before.ir_version and after.opset_import[0].version == 11
+    (out,) = after.graph.output
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert after.graph.node[-1].op_type == "ArgMax"
+    attrs = {a.name: a.i for a in after.graph.node[-1].attribute}
+    assert attrs == {"axis": 1, "keepdims": 1}
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 128)).astype(np.float32)
+    (logits,) = run_onnx(before, {"input": x})
+    (ids,) = run_onnx(after, {"input": x})
+    assert logits.shape == (1, 5, 16, 32) and ids.shape == (1, 1, 16, 32)
+    np.testing.assert_array_equal(ids[:, 0], logits.argmax(1))
+
+
+def test_failed_surgery_leaves_no_output(segmenter, tmp_path):
+    from npuflow.surgery import SurgeryError, surgery
+
+    _, p = segmenter
+    out = tmp_path / "x.onnx"
+    with pytest.raises(SurgeryError, match="fold_head_bn: found no BatchNormalization"):
+        surgery(p["sim"], ["fold_head_bn"], out, tmp_path / "x.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibration_ranges_cover_every_tensor_once(classifier):
+    spec, p = classifier
+    report = read_json(p["calibration"])
+    assert report["images"] == 4 and report["method"] == "minmax" and report["image_sources"][0] == "astronaut"
+    ranges = json.loads(p["ranges"].read_text())["data"]
+    assert len(ranges) == report["tensors"] > 100
+    lo, hi = ranges["input"]["lowest"]["data"][0], ranges["input"]["highest"]["data"][0]
+    assert -2.2 < lo < 0 < hi < 2.7  # ImageNet-normalised real photos
+
+
+@pytest.fixture(scope="module")
+def quantized(classifier, tmp_path_factory):
+    from npuflow.quantize import quantize
+
+    _, p = classifier
+    d = tmp_path_factory.mktemp("quant")
+    report = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "rdk-x5", d / "q.onnx", d / "q.json")
+    return d / "q.onnx", report
+
+
+def test_quantize_writes_int8_qdq_with_per_channel_weights(quantized, classifier):
+    path, report = quantized
+    model = onnx.load(str(path))
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert report["quantize_nodes"] > 100 and dq
+    inits = {i.name: i for i in model.graph.initializer}
+    conv_w_scales = [inits[n.input[1]] for n in dq if n.input[1] in inits and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+    assert conv_w_scales, "per-channel weight scales expected"
+    zp_types = {inits[n.input[2]].data_type for n in dq if len(n.input) > 2 and n.input[2] in inits}
+    assert zp_types == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}  # int8 tensors, int32 biases
+    assert report["int8_bytes"] < 0.5 * classifier[1]["onnx"].stat().st_size
+
+
+def test_quantize_reuses_ranges_without_recalibrating(classifier, tmp_path, monkeypatch):
+    import sys
+
+    from npuflow.quantize import quantize
+
+    ortq = sys.modules["onnxruntime.quantization.quantize"]  # the module, not the function of that name
+
+    def no_calibration(*a, **k):
+        raise AssertionError("quantize must not calibrate")
+
+    monkeypatch.setattr(ortq, "create_calibrator", no_calibration)
+    _, p = classifier
+    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "j5", tmp_path / "q.onnx", tmp_path / "q.json")
+    assert (tmp_path / "q.onnx").exists()
+
+
+def test_evaluate_compares_int8_to_float_on_held_out_images(quantized, classifier, tmp_path):
+    from npuflow.evaluate import evaluate, reference
+
+    spec, p = classifier
+    ref = reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
+    assert set(ref["image_sources"]).isdisjoint(read_json(p["calibration"])["image_sources"])
+    report = evaluate(quantized[0], tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "rdk-x5", tmp_path / "e.json")
+    assert 0.9 < report["cosine"] <= 1.0 and report["sqnr_db"] > 5
+    assert 0 <= report["top1_agreement"] <= report["top5_agreement"] <= 1
+    assert report["host_fp32_ms"] > 0 and report["host_int8_ms"] > 0 and report["weights"] == "random"
+
+
+def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
+    from npuflow.evaluate import evaluate, reference
+    from npuflow.quantize import quantize
+
+    spec, p = segmenter
+    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "ax650n-npu3", tmp_path / "q.onnx", tmp_path / "q.json")
+    reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
+    report = evaluate(tmp_path / "q.onnx", tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "ax650n-npu3", tmp_path / "e.json")
+    assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
+    assert -1 <= report["cosine"] <= 1
+
+
+def test_fidelity_metrics_values():
+    from npuflow.evaluate import fidelity
+
+    f = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 0.0]])
+    m = fidelity(f, f.argmax(1), f, f.argmax(1), "classification")
+    assert m["cosine"] == pytest.approx(1.0) and m["sqnr_db"] == float("inf") and m["top1_agreement"] == 1.0
+    q = f + np.array([[0.1, 0, 0], [0, 0, 0]])
+    m = fidelity(f, f.argmax(1), q, q.argmax(1), "classification")
+    assert m["sqnr_db"] == pytest.approx(10 * np.log10(24 / 0.01))
+
+
+def test_unknown_timm_name_lists_close_matches():
+    from npuflow.fetch import fetch
+    from npuflow.sources import FetchError
+
+    from conftest import classifier_entry
+    from npuflow.config import model_spec
+
+    spec = model_spec(make_config(m=classifier_entry(source="timm:efficientvit_m9")), "m")
+    with pytest.raises(FetchError, match="efficientvit_m0|efficientvit_m5") as e:
+        fetch(spec, "/nonexistent-never-written", "/tmp")
+    assert "models.m.source" in str(e.value)
