@@ -10,6 +10,7 @@ from npuflow.simulator import build, simulate
 from npuflow.targets import load_targets
 
 TARGETS = load_targets()
+INT8 = {"default": "int8"}
 
 
 def conv_model(cin=16, cout=32, hw=56, k=3, softmax=False):
@@ -91,7 +92,7 @@ def test_quantised_model_builds_on_every_target(classifier, tmp_path):
     from npuflow.quantize import quantize
 
     _, p = classifier
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "x", tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
     for target in TARGETS.names():
         report = build(tmp_path / "q.onnx", TARGETS.get(target), tmp_path / target, "evit", "random")
         assert report["macs"] == pytest.approx(79e6, rel=0.05)  # EfficientViT-M0: 79 M MACs (paper)

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import make_config
 from npuflow.io import read_json
+
+INT8 = {"default": "int8"}
 from npuflow.onnxutil import op_counts, run_onnx
 
 
@@ -96,7 +98,7 @@ def quantized(classifier, tmp_path_factory):
 
     _, p = classifier
     d = tmp_path_factory.mktemp("quant")
-    report = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "rdk-x5", d / "q.onnx", d / "q.json")
+    report = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, d / "q.onnx", d / "q.json")
     return d / "q.onnx", report
 
 
@@ -125,7 +127,7 @@ def test_quantize_reuses_ranges_without_recalibrating(classifier, tmp_path, monk
 
     monkeypatch.setattr(ortq, "create_calibrator", no_calibration)
     _, p = classifier
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "j5", tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
     assert (tmp_path / "q.onnx").exists()
 
 
@@ -146,7 +148,7 @@ def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
     from npuflow.quantize import quantize
 
     spec, p = segmenter
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], "ax650n-npu3", tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
     reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
     report = evaluate(tmp_path / "q.onnx", tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "ax650n-npu3", tmp_path / "e.json")
     assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
@@ -175,3 +177,22 @@ def test_unknown_timm_name_lists_close_matches():
     with pytest.raises(FetchError, match="efficientvit_m0|efficientvit_m5") as e:
         fetch(spec, "/nonexistent-never-written", "/tmp")
     assert "models.m.source" in str(e.value)
+
+
+def test_int16_recipe_quantises_activations_to_int16(classifier, tmp_path):
+    from npuflow.quantize import quantize
+
+    _, p = classifier
+    report = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], {"default": "int16"}, tmp_path / "q.onnx", tmp_path / "q.json")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    zp = {inits.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert zp == {onnx.TensorProto.INT16} and report["activations"].startswith("int16")
+
+
+def test_targets_with_one_recipe_share_one_quantised_model():
+    from npuflow.targets import load_targets, recipe_id
+
+    targets = load_targets({"my-npu": {"base": "ax650n-npu3", "precision": {"default": "int16"}}})
+    assert {recipe_id(targets.get(t)) for t in ("ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5")} == {"int8"}
+    assert recipe_id(targets.get("my-npu")) == "int16"

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input")
     p.add_argument("--ranges", required=True)
     p.add_argument("--calibration", required=True, help="calibrate's report")
-    p.add_argument("--target", required=True)
+    p.add_argument("--recipe", default='{"default": "int8"}', help="precision recipe as JSON (a target profile's `precision`)")
     p.add_argument("--out", required=True)
     p.add_argument("--report", required=True)
 
@@ -181,7 +181,7 @@ def _dispatch(args):
     if cmd == "quantize":
         from .quantize import quantize
 
-        return quantize(args.input, args.ranges, args.calibration, args.target, args.out, args.report)
+        return quantize(args.input, args.ranges, args.calibration, json.loads(args.recipe), args.out, args.report)
     if cmd == "build":
         from .io import read_json
         from .simulator import build

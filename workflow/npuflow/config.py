@@ -75,6 +75,10 @@ def _check_semantics(config: dict) -> None:
         if t not in targets:
             problems.append(f"targets.{i}: {targets.unknown_message(t)}")
     problems += _check_calibration("calibration", config["calibration"], CALIBRATION_METHODS)
+    from .data import DATASETS
+
+    if config["evaluation"]["dataset"] not in DATASETS:
+        problems.append(f"evaluation.dataset: {DATASETS.unknown_message(config['evaluation']['dataset'])}")
     for name, entry in config["models"].items():
         where = f"models.{name}"
         kind = entry["source"].split(":", 1)[0]
@@ -123,6 +127,24 @@ def load_config(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return validate_config(config)
+
+
+# What each stage reads of a model spec. The workflow passes each job only these fields, so a
+# changed field re-runs the stages that read it (and what depends on their outputs), nothing else.
+_SOURCE_FIELDS = ("name", "source", "arch", "sha256", "state_dict_key", "allow_http", "hf_config", "weights", "seed", "task", "input")
+STAGE_FIELDS = {
+    "fetch": _SOURCE_FIELDS,
+    "export": _SOURCE_FIELDS + ("opset",),
+    "surgery": ("name", "surgery"),
+    "calibrate": ("name", "calibration", "input", "seed"),
+    "reference": ("name", "evaluation", "input", "seed"),
+    "evaluate": ("name", "task", "evaluation"),
+    "track": ("name", "task", "source", "input", "surgery"),
+}
+
+
+def stage_spec(spec: dict, stage: str) -> dict:
+    return {k: spec[k] for k in STAGE_FIELDS[stage] if k in spec}
 
 
 def model_spec(config: dict, name: str) -> dict:

@@ -65,7 +65,7 @@ def reference(float_onnx: str | Path, manifest_json: str | Path, spec: dict, out
     manifest = read_json(manifest_json)
     ev = spec["evaluation"]
     # Seeded apart from calibration, from photos calibration never sees.
-    images, sources = image_batches(spec["calibration"]["dataset"], "evaluation", ev["images"], spec["input"]["shape"], manifest["preprocessing"], spec["seed"] + 1)
+    images, sources = image_batches(ev["dataset"], "evaluation", ev["images"], spec["input"]["shape"], manifest["preprocessing"], spec["seed"] + 1)
     model = expose_logits(load(float_onnx))
     sess, name, outs = _run_all(model, images, threads)
     scores, classes = _scores_and_classes(outs)

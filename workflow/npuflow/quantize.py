@@ -1,5 +1,6 @@
-"""Stage quantize: onnxruntime static QDQ quantisation (int8, per-channel weights) from the
-model's stored calibration ranges, so calibration runs once per model, not once per target."""
+"""Stage quantize: onnxruntime static QDQ quantisation (int8 per-channel weights; activations at
+the precision recipe's default, int8 or int16) from the model's stored calibration ranges, so
+calibration runs once per model and quantisation once per distinct recipe, not once per target."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _onnx_opset(model) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, target: str, out_onnx: str | Path, out_json: str | Path) -> dict:
+def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, recipe: dict, out_onnx: str | Path, out_json: str | Path) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
@@ -42,18 +43,18 @@ def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: 
             calibrate_method=load_tensors_data(ranges_json).calibration_method,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            activation_type={"int8": QuantType.QInt8, "int16": QuantType.QInt16}[recipe["default"]],
             weight_type=QuantType.QInt8,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     ops = op_counts(out_onnx)
     report = {
-        "target": target,
+        "recipe": recipe,
         "format": "QDQ",
         "opset_in": opset_in,
         "opset": _onnx_opset(load(out_onnx)),
         "weights": "int8 per-channel symmetric",
-        "activations": "int8 per-tensor asymmetric",
+        "activations": f"{recipe['default']} per-tensor asymmetric",
         "calibration_method": calibration["method"],
         "calibration_images": calibration["images"],
         "ops": ops,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,8 +127,12 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v and abs(v) != float("inf")],
                          params=[Param(k, str(v)) for k, v in params.items()])
-        for name, path in files.items():
-            client.log_artifact(run_id, str(path), artifact_path="reports" if str(path).endswith(".json") else None)
+        with tempfile.TemporaryDirectory(prefix="npuflow-artifacts-") as tmp:
+            # Stage reports under their stage's name (reports/build.json …), one upload for all.
+            (Path(tmp) / "reports").mkdir()
+            for name, path in files.items():
+                shutil.copy(path, Path(tmp) / "reports" / f"{name}{Path(path).suffix}")
+            client.log_artifacts(run_id, tmp)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")

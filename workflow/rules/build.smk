@@ -1,7 +1,7 @@
 # Simulated NPU compile: no vendor toolchain runs; npuflow's analytical model of the target does.
 rule build:
     input:
-        onnx="results/{model}/quant/{target}.onnx",
+        onnx=quantized,
         manifest="results/{model}/fetch/manifest.json",
     output:
         build="results/{model}/build/{target}/build.json",

@@ -7,7 +7,7 @@ rule calibrate:
         ranges="results/{model}/calibration.ranges.json",
         report="results/{model}/calibration.json",
     params:
-        spec=spec_json,
+        spec=spec_json("calibrate"),
     log:
         "results/logs/calibrate/{model}.log",
     benchmark:

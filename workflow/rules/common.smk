@@ -3,8 +3,8 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from npuflow.config import ConfigError, model_spec, validate_config
-from npuflow.targets import load_targets
+from npuflow.config import ConfigError, model_spec, stage_spec, validate_config
+from npuflow.targets import load_targets, recipe_id
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -15,6 +15,8 @@ except ConfigError as e:
 
 SPECS = {name: model_spec(config, name) for name in config["models"]}
 TARGET_PROFILES = load_targets(config["target_profiles"])
+# Precision recipes in use, by id; a target's quantised model is the one of its recipe.
+RECIPES = {recipe_id(TARGET_PROFILES.get(t)): TARGET_PROFILES.get(t).get("precision", {"default": "int8"}) for t in TARGET_PROFILES.names()}
 PAIRS = [(m, t) for m, spec in SPECS.items() for t in spec["targets"]]
 MLFLOW_URI = config["mlflow"]["tracking_uri"]
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
@@ -23,11 +25,22 @@ MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
 wildcard_constraints:
     model="|".join(re.escape(m) for m in SPECS),
     target="|".join(re.escape(t) for t in TARGET_PROFILES.names()),
+    recipe="|".join(re.escape(r) for r in RECIPES),
 
 
-def spec_json(wildcards):
-    """The resolved model spec. As a rule param it makes a changed entry re-run that model's jobs."""
-    return json.dumps(SPECS[wildcards.model], sort_keys=True)
+def spec_json(stage):
+    """The part of the model spec a stage reads, as a rule param: a changed field re-runs the
+    jobs of that model that read it (Snakemake's params trigger), and nothing else."""
+    return lambda wildcards: json.dumps(stage_spec(SPECS[wildcards.model], stage), sort_keys=True)
+
+
+def quantized(wildcards):
+    """The quantised model a target runs: the one of the target's precision recipe."""
+    return f"results/{wildcards.model}/quant/{recipe_id(TARGET_PROFILES.get(wildcards.target))}.onnx"
+
+
+def quantized_report(wildcards):
+    return quantized(wildcards)[: -len(".onnx")] + ".json"
 
 
 def profile_json(wildcards):

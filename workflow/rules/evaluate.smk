@@ -7,7 +7,7 @@ rule reference:
         npz="results/{model}/eval/reference.npz",
         report="results/{model}/eval/reference.json",
     params:
-        spec=spec_json,
+        spec=spec_json("reference"),
     threads: 2
     log:
         "results/logs/reference/{model}.log",
@@ -20,14 +20,14 @@ rule reference:
 
 rule evaluate:
     input:
-        onnx="results/{model}/quant/{target}.onnx",
+        onnx=quantized,
         npz="results/{model}/eval/reference.npz",
         reference="results/{model}/eval/reference.json",
         manifest="results/{model}/fetch/manifest.json",
     output:
         report="results/{model}/eval/{target}.json",
     params:
-        spec=spec_json,
+        spec=spec_json("evaluate"),
     threads: 2
     log:
         "results/logs/evaluate/{model}.{target}.log",

@@ -6,7 +6,7 @@ rule export:
         onnx="results/{model}/model.onnx",
         report="results/{model}/export.json",
     params:
-        spec=spec_json,
+        spec=spec_json("export"),
     threads: 2
     log:
         "results/logs/export/{model}.log",

@@ -3,7 +3,7 @@ rule fetch:
         weights="results/{model}/fetch/weights.safetensors",
         manifest="results/{model}/fetch/manifest.json",
     params:
-        spec=spec_json,
+        spec=spec_json("fetch"),
     log:
         "results/logs/fetch/{model}.log",
     benchmark:

@@ -5,7 +5,7 @@ rule surgery:
         onnx="results/{model}/model.surgery.onnx",
         report="results/{model}/surgery.json",
     params:
-        spec=spec_json,
+        spec=spec_json("surgery"),
     log:
         "results/logs/surgery/{model}.log",
     benchmark:

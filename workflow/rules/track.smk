@@ -20,14 +20,14 @@ rule track:
         simplify="results/{model}/simplify.json",
         surgery="results/{model}/surgery.json",
         calibration="results/{model}/calibration.json",
-        quantize="results/{model}/quant/{target}.json",
+        quantize=quantized_report,
         build="results/{model}/build/{target}/build.json",
         trace="results/{model}/build/{target}/trace.json",
         evaluate="results/{model}/eval/{target}.json",
     output:
         "results/{model}/track/{target}.json",
     params:
-        spec=spec_json,
+        spec=spec_json("track"),
         uri=MLFLOW_URI,
         experiment=MLFLOW_EXPERIMENT,
         files=lambda wc, input: " ".join(f"--file {k}={v}" for k, v in input.items() if k != "store"),

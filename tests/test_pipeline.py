@@ -1,0 +1,117 @@
+"""End to end: Snakemake on tests/config.tiny.yaml (one small timm model, two targets), offline."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+
+
+def snakemake(workdir: Path, *args, configfile: Path = REPO / "tests" / "config.tiny.yaml"):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(configfile), *args],
+                          capture_output=True, text=True, env=env, cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    proc = snakemake(workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def mlflow_runs(workdir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    exp = client.get_experiment_by_name("npuflow-tiny")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
+    client, runs = mlflow_runs(pipeline)
+    assert sorted(r.data.tags["target"] for r in runs) == ["ax650n-npu3", "rdk-x5"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        tags, metrics = r.data.tags, r.data.metrics
+        assert (tags["model"], tags["task"], tags["weights"]) == ("efficientvit_m0", "classification", "random")
+        assert "RANDOM" in tags["mlflow.note.content"] and tags["npuflow.latency"] == "simulated"
+        assert metrics["latency_ms"] > 0 and metrics["fps"] > 0 and 0.5 < metrics["cosine"] <= 1.0
+        assert metrics["host_fp32_ms"] > 0 and metrics["host_int8_ms"] > 0 and metrics["params"] == 2_349_436
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "reports")}
+        assert {"reports/build.json", "reports/evaluate.json", "reports/manifest.json"} <= artifacts
+
+
+def test_summary_and_report_cover_every_pair(pipeline):
+    with open(pipeline / "results" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["target"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3"), ("efficientvit_m0", "rdk-x5")]
+    for r in rows:
+        assert r["weights"] == "random" and float(r["latency_ms"]) > 0 and float(r["host_int8_ms"]) > 0
+        assert 0 < float(r["cosine"]) <= 1 and r["run_id"]
+    x5 = next(r for r in rows if r["target"] == "rdk-x5")
+    assert int(x5["subgraphs"]) > 1  # Softmax on the RDK X5's CPU splits the graph
+    page = (pipeline / "results" / "report.html").read_text()
+    assert "Random weights" in page and "ax650n-npu3" in page and "simulated" in page
+
+
+def test_targets_with_one_recipe_share_the_quantised_model(pipeline):
+    assert sorted(p.name for p in (pipeline / "results" / "efficientvit_m0" / "quant").iterdir()) == ["int8.json", "int8.onnx"]
+
+
+def test_second_run_does_nothing(pipeline):
+    proc = snakemake(pipeline)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_forced_logging_reuses_runs(pipeline):
+    proc = snakemake(pipeline, "--forcerun", "track")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, runs = mlflow_runs(pipeline)
+    assert len(runs) == 2
+    assert yaml.safe_load((pipeline / "results" / "efficientvit_m0" / "track" / "rdk-x5.json").read_text())["reused"] is True
+
+
+def planned_jobs(workdir, configfile) -> set[tuple[str, str]]:
+    """(rule, model) of every job a dry run would run."""
+    proc = snakemake(workdir, "-n", configfile=configfile)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs, rule = set(), None
+    for line in proc.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("wildcards:") and rule:
+            wildcards = dict(w.split("=") for w in line.split(":", 1)[1].strip().split(", "))
+            jobs.add((rule, wildcards.get("model", "")))
+    return jobs
+
+
+def test_changed_entry_reruns_only_what_reads_the_change(pipeline, tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["models"]["second"] = dict(config["models"]["efficientvit_m0"])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert {model for _, model in planned_jobs(pipeline, tmp_path / "c.yaml")} == {"second"}
+
+    del config["models"]["second"]
+    config["models"]["efficientvit_m0"]["calibration"] = {"images": 5}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    rules = {rule for rule, _ in planned_jobs(pipeline, tmp_path / "c.yaml")}
+    assert rules == {"calibrate", "quantize", "build", "evaluate", "track"}
+
+
+def test_bad_config_fails_before_any_job_naming_the_field(tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["models"]["efficientvit_m0"]["input"]["shape"] = [1, 3, 224]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, configfile=tmp_path / "c.yaml")
+    assert proc.returncode != 0
+    assert "models.efficientvit_m0.input.shape" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
