@@ -64,8 +64,10 @@ def test_summary_and_report_cover_every_pair(pipeline):
     assert "Random weights" in page and "ax650n-npu3" in page and "simulated" in page
 
 
-def test_targets_with_one_recipe_share_the_quantised_model(pipeline):
-    assert sorted(p.name for p in (pipeline / "results" / "efficientvit_m0" / "quant").iterdir()) == ["int8.json", "int8.onnx"]
+def test_targets_with_one_recipe_share_the_quantised_model_and_its_evaluation(pipeline):
+    model = pipeline / "results" / "efficientvit_m0"
+    assert sorted(p.name for p in (model / "quant").iterdir()) == ["int8.json", "int8.onnx"]
+    assert sorted(p.name for p in (model / "eval").iterdir()) == ["int8.json", "reference.json", "reference.npz"]
 
 
 def test_second_run_does_nothing(pipeline):
@@ -78,7 +80,8 @@ def test_forced_logging_reuses_runs(pipeline):
     assert proc.returncode == 0, proc.stderr[-2000:]
     _, runs = mlflow_runs(pipeline)
     assert len(runs) == 2
-    assert yaml.safe_load((pipeline / "results" / "efficientvit_m0" / "track" / "rdk-x5.json").read_text())["reused"] is True
+    runs = yaml.safe_load((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]
+    assert sorted(runs) == ["ax650n-npu3", "rdk-x5"] and all(r["reused"] for r in runs.values())
 
 
 def planned_jobs(workdir, configfile) -> set[tuple[str, str]]:

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("evaluate", help="quantised vs float on held-out images + host int8 latency")
     p.add_argument("input")
     _add_model(p)
-    p.add_argument("--target", required=True)
+    p.add_argument("--recipe", default="int8", help="precision recipe id of the quantised model (for the record)")
     p.add_argument("--reference", required=True, help="reference .npz")
     p.add_argument("--reference-report", required=True)
     p.add_argument("--manifest", required=True)
@@ -125,12 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("track", help="log (or reuse) the MLflow run of a (model, target)")
+    p = sub.add_parser("track", help="log (or reuse) the MLflow run of each (model, target)")
     _add_model(p)
-    p.add_argument("--target", required=True)
     p.add_argument("--tracking-uri", required=True)
     p.add_argument("--experiment", required=True)
-    p.add_argument("--file", action="append", default=[], metavar="NAME=PATH", help="stage report or artifact to log")
+    p.add_argument("--files", required=True, help='JSON {target: {name: path}}: the stage reports and artifacts of each run')
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("report", help="summary.csv and report.html over all (model, target) pairs")
@@ -196,16 +195,15 @@ def _dispatch(args):
     if cmd == "evaluate":
         from .evaluate import evaluate
 
-        return evaluate(args.input, args.reference, args.reference_report, args.manifest, _spec(args), args.target, args.out, args.threads)
+        return evaluate(args.input, args.reference, args.reference_report, args.manifest, _spec(args), args.recipe, args.out, args.threads)
     if cmd == "init-mlflow":
         from .track import init_store, tracking_uri
 
         return init_store(tracking_uri(args.tracking_uri), args.experiment, args.out)
     if cmd == "track":
-        from .track import log_run, tracking_uri
+        from .track import log_model_runs, tracking_uri
 
-        files = dict(f.split("=", 1) for f in args.file)
-        return log_run(tracking_uri(args.tracking_uri), args.experiment, _spec(args), args.target, files, args.out)
+        return log_model_runs(tracking_uri(args.tracking_uri), args.experiment, _spec(args), json.loads(args.files), args.out)
     if cmd == "report":
         from .report import report
 

@@ -2,7 +2,8 @@
 calibration), and host-CPU latency of both measured with onnxruntime.
 
 The float reference (outputs and fp32 latency) is computed once per model by `reference`; each
-target's `evaluate` compares its quantised model to it."""
+quantised model (one per precision recipe, shared by the targets that use the recipe) is compared to
+it by `evaluate`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .onnxutil import input_name, load, session
 
 # Host latency is a median of timed runs; long models get fewer runs, never fewer than this.
 MIN_REPEATS = 3
-LATENCY_BUDGET_S = 10.0
+LATENCY_BUDGET_S = 5.0
 
 
 def expose_logits(model):
@@ -100,7 +101,7 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
 
 
 def evaluate(quant_onnx: str | Path, reference_npz: str | Path, reference_json: str | Path, manifest_json: str | Path,
-             spec: dict, target: str, out_json: str | Path, threads: int = 1) -> dict:
+             spec: dict, recipe: str, out_json: str | Path, threads: int = 1) -> dict:
     start = time.perf_counter()
     ref = np.load(reference_npz)
     ref_report = read_json(reference_json)
@@ -111,7 +112,7 @@ def evaluate(quant_onnx: str | Path, reference_npz: str | Path, reference_json: 
     int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"])
     report = {
         "model": spec["name"],
-        "target": target,
+        "recipe": recipe,
         "task": spec["task"],
         "weights": manifest["weights"],
         "images": int(len(ref["images"])),

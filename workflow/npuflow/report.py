@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .io import atomic_path, read_json
 
-COLUMNS = ["model", "target", "task", "weights", "latency_ms", "fps", "subgraphs", "cpu_ops", "ddr_bytes_per_frame",
+COLUMNS = ["model", "target", "task", "weights", "precision_recipe", "latency_ms", "fps", "subgraphs", "cpu_ops", "ddr_bytes_per_frame",
            "cosine", "sqnr_db", "top1_agreement", "top5_agreement", "pixel_agreement", "host_fp32_ms", "host_int8_ms",
            "params", "macs", "run_id"]
 
@@ -20,11 +20,11 @@ def collect(pairs: list[tuple[str, str]], results: str | Path = "results") -> li
     rows = []
     for model, target in pairs:
         build = read_json(results / model / "build" / target / "build.json")
-        ev = read_json(results / model / "eval" / f"{target}.json")
+        ev = read_json(results / model / "eval" / f"{build['precision_recipe']}.json")
         manifest = read_json(results / model / "fetch" / "manifest.json")
-        track = read_json(results / model / "track" / f"{target}.json")
+        track = read_json(results / model / "track.json")["runs"][target]
         row = {"model": model, "target": target, "task": ev["task"], "weights": manifest["weights"], "params": manifest["params"],
-               "run_id": track["run_id"], **{k: build[k] for k in ("latency_ms", "fps", "subgraphs", "cpu_ops", "ddr_bytes_per_frame", "macs")},
+               "run_id": track["run_id"], **{k: build[k] for k in ("precision_recipe", "latency_ms", "fps", "subgraphs", "cpu_ops", "ddr_bytes_per_frame", "macs")},
                **{k: ev.get(k, "") for k in ("cosine", "sqnr_db", "top1_agreement", "top5_agreement", "pixel_agreement", "host_fp32_ms", "host_int8_ms")}}
         rows.append(row)
     return rows

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import write_json
+from .targets import recipe_id
 
 PRECISION_BYTES = {"int8": 1, "int16": 2, "float": 4}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -312,6 +313,7 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
         "simulated": True,
         "profile_fitted": bool(profile.get("fit")),
         "weights": weights,
+        "precision_recipe": recipe_id(profile),
         "latency_ms": latency_s * 1e3,
         "batch": n,
         "fps": n / many["total_s"],

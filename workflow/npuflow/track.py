@@ -68,33 +68,40 @@ def _flat_numbers(prefix: str, obj: dict) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in obj.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def log_run(uri: str, experiment: str, spec: dict, target: str, files: dict[str, str | Path], out_json: str | Path) -> dict:
-    """Log (or reuse) the run of one (model, target). `files` holds the stage reports by name:
-    manifest, export, simplify, calibration, quantize, build, evaluate, plus artifacts (trace)."""
+def log_model_runs(uri: str, experiment: str, spec: dict, runs: dict[str, dict], out_json: str | Path) -> dict:
+    """Log (or reuse) the run of each (model, target) in `runs` ({target: files}); one job per
+    model, so MLflow's import and connection are paid once, not once per target."""
     start = time.perf_counter()
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise RuntimeError(f"MLflow experiment {experiment!r} is missing at {uri}: run the init_mlflow job first")
+    report = {"model": spec["name"], "experiment_id": exp.experiment_id, "tracking_uri": uri,
+              "runs": {target: log_run(client, exp.experiment_id, spec, target, files) for target, files in runs.items()}}
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(out_json, report)
+    return report
+
+
+def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str, str | Path]) -> dict:
+    """Log (or reuse) the run of one (model, target). `files` holds the stage reports by name:
+    manifest, export, simplify, calibration, quantize, build, evaluate, plus artifacts (trace)."""
     key = inputs_hash([files[k] for k in ("manifest", "export", "quantize", "build", "evaluate")])
     model = spec["name"]
     current = client.search_runs(
-        [exp.experiment_id],
+        [experiment_id],
         filter_string=f"tags.model = '{model}' and tags.target = '{target}' and tags.`{CURRENT_TAG}` = 'true'",
     )
     reused = next((r for r in current if r.data.tags.get(HASH_TAG) == key and r.info.status == "FINISHED"), None)
     if reused is not None:
         run_id = reused.info.run_id
     else:
-        run_id = _new_run(client, exp.experiment_id, spec, target, files, key)
+        run_id = _new_run(client, experiment_id, spec, target, files, key)
         for r in current:
             if r.info.run_id != run_id:
                 client.set_tag(r.info.run_id, CURRENT_TAG, "false")
                 client.set_tag(r.info.run_id, "npuflow.superseded_by", run_id)
-    report = {"run_id": run_id, "reused": reused is not None, "inputs_hash": key, "experiment_id": exp.experiment_id,
-              "tracking_uri": uri, "seconds": round(time.perf_counter() - start, 3)}
-    write_json(out_json, report)
-    return report
+    return {"run_id": run_id, "reused": reused is not None, "inputs_hash": key}
 
 
 def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, key: str) -> str:

@@ -39,8 +39,22 @@ def quantized(wildcards):
     return f"results/{wildcards.model}/quant/{recipe_id(TARGET_PROFILES.get(wildcards.target))}.onnx"
 
 
-def quantized_report(wildcards):
-    return quantized(wildcards)[: -len(".onnx")] + ".json"
+def run_files(model):
+    """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model."""
+    d = f"results/{model}"
+    runs = {}
+    for target in SPECS[model]["targets"]:
+        recipe = recipe_id(TARGET_PROFILES.get(target))
+        runs[target] = {
+            "manifest": f"{d}/fetch/manifest.json", "export": f"{d}/export.json", "simplify": f"{d}/simplify.json",
+            "surgery": f"{d}/surgery.json", "calibration": f"{d}/calibration.json", "quantize": f"{d}/quant/{recipe}.json",
+            "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json", "evaluate": f"{d}/eval/{recipe}.json",
+        }
+    return runs
+
+
+def track_inputs(wildcards):
+    return {f"{target}.{name}": path for target, files in run_files(wildcards.model).items() for name, path in files.items()}
 
 
 def profile_json(wildcards):

@@ -1,4 +1,5 @@
-# Float outputs and fp32 host latency once per model; each target's int8 model is compared to them.
+# Float outputs and fp32 host latency once per model; each quantised model (one per precision
+# recipe) is compared to them once, whatever number of targets share it.
 rule reference:
     input:
         onnx="results/{model}/model.surgery.onnx",
@@ -20,20 +21,20 @@ rule reference:
 
 rule evaluate:
     input:
-        onnx=quantized,
+        onnx="results/{model}/quant/{recipe}.onnx",
         npz="results/{model}/eval/reference.npz",
         reference="results/{model}/eval/reference.json",
         manifest="results/{model}/fetch/manifest.json",
     output:
-        report="results/{model}/eval/{target}.json",
+        report="results/{model}/eval/{recipe}.json",
     params:
         spec=spec_json("evaluate"),
     threads: 2
     log:
-        "results/logs/evaluate/{model}.{target}.log",
+        "results/logs/evaluate/{model}.{recipe}.log",
     benchmark:
-        "results/benchmarks/evaluate/{model}.{target}.tsv"
+        "results/benchmarks/evaluate/{model}.{recipe}.tsv"
     shell:
-        "npuflow evaluate {input.onnx} --spec {params.spec:q} --target {wildcards.target}"
+        "npuflow evaluate {input.onnx} --spec {params.spec:q} --recipe {wildcards.recipe}"
         " --reference {input.npz} --reference-report {input.reference} --manifest {input.manifest}"
         " --out {output.report} --threads {threads} > {log} 2>&1"

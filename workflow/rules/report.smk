@@ -1,8 +1,7 @@
 rule report:
     input:
-        tracked=[f"results/{m}/track/{t}.json" for m, t in PAIRS],
-        builds=[f"results/{m}/build/{t}/build.json" for m, t in PAIRS],
-        evals=[f"results/{m}/eval/{t}.json" for m, t in PAIRS],
+        tracked=[f"results/{m}/track.json" for m in SPECS],
+        runs=[path for m in SPECS for files in run_files(m).values() for path in files.values()],
     output:
         csv="results/summary.csv",
         html="results/report.html",

@@ -12,31 +12,24 @@ rule init_mlflow:
         "npuflow init-mlflow --tracking-uri {params.uri:q} --experiment {params.experiment:q} --out {output} > {log} 2>&1"
 
 
+# One job per model logs one run per (model, target).
 rule track:
     input:
+        unpack(track_inputs),
         store="results/mlflow.init.json",
-        manifest="results/{model}/fetch/manifest.json",
-        export="results/{model}/export.json",
-        simplify="results/{model}/simplify.json",
-        surgery="results/{model}/surgery.json",
-        calibration="results/{model}/calibration.json",
-        quantize=quantized_report,
-        build="results/{model}/build/{target}/build.json",
-        trace="results/{model}/build/{target}/trace.json",
-        evaluate="results/{model}/eval/{target}.json",
     output:
-        "results/{model}/track/{target}.json",
+        "results/{model}/track.json",
     params:
         spec=spec_json("track"),
         uri=MLFLOW_URI,
         experiment=MLFLOW_EXPERIMENT,
-        files=lambda wc, input: " ".join(f"--file {k}={v}" for k, v in input.items() if k != "store"),
+        files=lambda wc: json.dumps(run_files(wc.model)),
     resources:
         mlflow=1,
     log:
-        "results/logs/track/{model}.{target}.log",
+        "results/logs/track/{model}.log",
     benchmark:
-        "results/benchmarks/track/{model}.{target}.tsv"
+        "results/benchmarks/track/{model}.tsv"
     shell:
-        "npuflow track --spec {params.spec:q} --target {wildcards.target} --tracking-uri {params.uri:q}"
-        " --experiment {params.experiment:q} {params.files} --out {output} > {log} 2>&1"
+        "npuflow track --spec {params.spec:q} --tracking-uri {params.uri:q} --experiment {params.experiment:q}"
+        " --files {params.files:q} --out {output} > {log} 2>&1"
