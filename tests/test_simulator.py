@@ -97,3 +97,23 @@ def test_quantised_model_builds_on_every_target(classifier, tmp_path):
         report = build(tmp_path / "q.onnx", TARGETS.get(target), tmp_path / target, "evit", "random")
         assert report["macs"] == pytest.approx(79e6, rel=0.05)  # EfficientViT-M0: 79 M MACs (paper)
         assert report["latency_ms"] > 0 and report["fps"] > 0 and len(report["top_ops"]) == 10
+
+
+def test_transpose_chain_is_one_data_move_and_unit_switches_cost_a_reorder():
+    """x → Transpose → Reshape → Transpose → Conv → Softmax → Conv"""
+    w = numpy_helper.from_array(np.zeros((8, 8, 1, 1), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 8, 32, 32], np.int64), "shape")
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 3, 1], name="t1"),
+        helper.make_node("Reshape", ["t1", "shape"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["t2"], perm=[0, 1, 3, 2], name="t2"),
+        helper.make_node("Conv", ["t2", "w"], ["c1"], name="conv1"),
+        helper.make_node("Softmax", ["c1"], ["s"], axis=1, name="softmax"),
+        helper.make_node("Conv", ["s", "w"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, shape])
+    ops = {op.name: op for op in simulate(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), TARGETS.get("ax650n-npu3"))["graph"].ops}
+    assert ops["t2"].fused_into == "t1" and ops["t1"].fused == ["Transpose"] and ops["reshape"].unit == "free"
+    assert ops["softmax"].reorder_bytes == 8 * 32 * 32 and ops["conv2"].reorder_bytes == 8 * 32 * 32  # int8 tensors
+    assert ops["conv1"].reorder_bytes == 0  # fed by a data move, not by the vector unit

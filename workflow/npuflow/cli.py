@@ -132,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", required=True, help='JSON {target: {name: path}}: the stage reports and artifacts of each run')
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("sim-validate", help="predict published device measurements with the simulator")
+    p.add_argument("csv", help="published measurements (columns: " + "target,model,timm_name,input_hw,batch,metric,value,source)")
+    p.add_argument("--out", required=True, help="report JSON")
+    p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
+    p.add_argument("--config", default="config.yaml", help="for user target_profiles (if the file exists)")
+
+    p = sub.add_parser("sim-fit", help="fit the targets' free physical parameters to published measurements")
+    p.add_argument("csv")
+    p.add_argument("--cache-dir", default="results/sim-cache")
+    p.add_argument("--profile-dir", help="where the fitted profiles are written (default: the built-in profiles)")
+
     p = sub.add_parser("report", help="summary.csv and report.html over all (model, target) pairs")
     p.add_argument("--pair", action="append", default=[], metavar="MODEL:TARGET")
     p.add_argument("--results", default="results")
@@ -204,6 +215,16 @@ def _dispatch(args):
         from .track import log_model_runs, tracking_uri
 
         return log_model_runs(tracking_uri(args.tracking_uri), args.experiment, _spec(args), json.loads(args.files), args.out)
+    if cmd == "sim-validate":
+        from .config import load_config
+        from .simfit import validate
+
+        user = load_config(args.config).get("target_profiles", {}) if Path(args.config).exists() else {}
+        return validate(args.csv, args.out, args.cache_dir, user)["summary"]
+    if cmd == "sim-fit":
+        from .simfit import fit
+
+        return {t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]} for t, r in fit(args.csv, args.cache_dir, args.profile_dir).items()}
     if cmd == "report":
         from .report import report
 

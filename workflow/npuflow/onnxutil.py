@@ -42,3 +42,19 @@ def input_name(model_or_path) -> str:
     graph = load(model_or_path).graph
     inits = {i.name for i in graph.initializer}
     return next(i.name for i in graph.input if i.name not in inits)
+
+
+def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Max abs difference between two output lists; raise if a shape differs."""
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        if x.shape != y.shape:
+            raise ValueError(f"output shape changed: {x.shape} vs {y.shape}")
+        worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
+    return worst
+
+
+def magnitude(outputs: list[np.ndarray]) -> float:
+    """Largest abs value of the outputs: tolerances are relative to it (random-weight models can
+    have outputs near 1e-8, where an absolute tolerance would check nothing)."""
+    return max(max(float(np.max(np.abs(o))) for o in outputs), 1e-30)

@@ -52,6 +52,8 @@ class Op:
     fused: list[str] = field(default_factory=list)
     fused_into: str | None = None
     macs: int = 0
+    spill_bytes: int = 0
+    reorder_bytes: int = 0
     work: float = 0.0  # unit operations after alignment padding
     work_unpadded: float = 0.0
     weight_bytes: int = 0
@@ -60,6 +62,10 @@ class Op:
     compute_s: float = 0.0
     memory_s: float = 0.0
     time_s: float = 0.0
+
+
+LAYOUT_UNITS = ("tensor", "vector")
+REDUCING_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool")
 
 
 def _pad(x: int, tile: int) -> int:
@@ -113,9 +119,14 @@ class Graph:
         self.inputs = [self.resolve(i.name) for i in g.input if i.name not in inits]
         self.outputs = [self.resolve(o.name) for o in g.output]
         self.consumers: dict[str, list[Op]] = {}
+        self.producer: dict[str, Op] = {}
+        self.by_name: dict[str, Op] = {}
         for op in self.ops:
+            self.by_name[op.name] = op
             for i in op.inputs:
                 self.consumers.setdefault(i, []).append(op)
+            for o in op.outputs:
+                self.producer[self.resolve(o)] = op
         for name in shapes:
             t = self.resolve(name)
             if t not in self.tensors:
@@ -176,6 +187,39 @@ def fuse(graph: Graph, profile: dict) -> None:
                 out = nxt.outputs[0]
             else:
                 break
+    merge_moves(graph, set(profile.get("mergeable_moves", [])))
+
+
+def merge_moves(graph: Graph, moves: set[str]) -> None:
+    """A chain of data moves (e.g. Transpose → Reshape → Transpose, window partition/reverse)
+    is done as one move: the compilers merge consecutive permutes; metadata reshapes pass through."""
+    for op in graph.ops:
+        if op.unit != "dma" or op.op_type not in moves or op.fused_into:
+            continue
+        out = op.outputs[0]
+        while True:
+            users = graph.consumers.get(graph.resolve(out), [])
+            if len(users) != 1 or users[0].fused_into:
+                break
+            nxt = users[0]
+            if nxt.unit != "free" and nxt.op_type not in moves:
+                break
+            if nxt.unit != "free":
+                nxt.fused_into = op.name
+                op.fused.append(nxt.op_type)
+            out = nxt.outputs[0]
+
+
+def _producer_unit(graph: Graph, tensor: str) -> str | None:
+    """The unit that wrote a tensor, looking through metadata-only ops."""
+    op = graph.producer.get(graph.resolve(tensor))
+    while op is not None and op.unit == "free" and op.inputs:
+        op = graph.producer.get(op.inputs[0])
+    if op is None:
+        return None
+    if op.fused_into:
+        return graph.by_name[op.fused_into].unit
+    return op.unit
 
 
 def _tensor_work(graph: Graph, op: Op, tile: dict) -> tuple[int, float]:
@@ -213,14 +257,15 @@ def _elements(shape: list[int], tile_c: int) -> tuple[int, int]:
     return numel, padded
 
 
-def cost(graph: Graph, profile: dict, batch: int = 1) -> None:
-    """Fill each op's work and time for a batch of `batch` frames (weights loaded once per batch)."""
-    units, mem, ovh = profile["units"], profile["memory"], profile["overheads"]
+def measure(graph: Graph, profile: dict) -> None:
+    """Fill each op's work (unit operations, alignment-padded) and bytes: everything that does not
+    depend on the rates being fitted, so a fit re-times ops without re-reading the graph."""
+    units = profile["units"]
     per_elem = profile.get("vector_ops_per_element", {})
-    onchip, ddr = mem["onchip_bytes"], mem["ddr_bytes_per_s"]
+    onchip = profile["memory"]["onchip_bytes"]
+    vtile = units["vector"].get("tile", {}).get("c", 1)
     for op in graph.ops:
         if op.fused_into or op.unit == "free":
-            op.time_s = op.compute_s = op.memory_s = 0.0
             continue
         acts = _activations(graph, op)
         outs = [graph.tensors[graph.resolve(o)] for o in op.outputs if graph.resolve(o) in graph.tensors]
@@ -228,33 +273,57 @@ def cost(graph: Graph, profile: dict, batch: int = 1) -> None:
         op.act_bytes = sum(t.numel for t in acts + outs) * elem_bytes
         op.weight_bytes = sum(t.numel for t in _weights(graph, op)) * (1 if op.unit != "cpu" else 4)
         # Activations stay on chip unless they don't fit; weights stream from DDR once per batch.
-        spilled = sum(t.numel * elem_bytes for t in acts + outs if t.numel * elem_bytes > onchip)
-        op.ddr_bytes = op.weight_bytes + batch * spilled
+        op.spill_bytes = sum(t.numel * elem_bytes for t in acts + outs if t.numel * elem_bytes > onchip)
+        # Tensor and vector units keep different tile layouts: an input made by the other one is
+        # reordered first (a data move).
+        if op.unit in LAYOUT_UNITS:
+            op.reorder_bytes = sum(graph.tensors[i].numel * elem_bytes for i in op.inputs
+                                   if i in graph.tensors and not graph.tensors[i].weight
+                                   and _producer_unit(graph, i) in LAYOUT_UNITS and _producer_unit(graph, i) != op.unit)
         if op.unit == "tensor":
             macs, padded = _tensor_work(graph, op, units["tensor"].get("tile", {}))
             op.macs, op.work_unpadded, op.work = macs, 2.0 * macs, 2.0 * padded
-            rate = units["tensor"]["peak_ops_per_s"].get(op.precision) or units["tensor"]["peak_ops_per_s"]["int8"] / 4
         elif op.unit == "vector":
             out_shape = outs[0].shape if outs else []
-            numel, padded = _elements(out_shape, units["vector"].get("tile", {}).get("c", 1))
+            numel, padded = _elements(out_shape, vtile)
             k = per_elem.get(op.op_type, 1)
-            if op.op_type in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool"):
-                numel, padded = _elements(acts[0].shape if acts else out_shape, units["vector"].get("tile", {}).get("c", 1))
+            if op.op_type in REDUCING_OPS:
+                numel, padded = _elements(acts[0].shape if acts else out_shape, vtile)
                 k *= int(np.prod(op.attrs.get("kernel_shape", [1])))
             op.work_unpadded, op.work = float(numel * k), float(padded * k)
-            rate = units["vector"]["peak_ops_per_s"].get(op.precision) or units["vector"]["peak_ops_per_s"]["int8"] / 2
         elif op.unit == "dma":
             op.work_unpadded = op.work = float(op.act_bytes)
-            rate = units["dma"]["bytes_per_s"]
         else:  # CPU fallback: float math, and its tensors go through DDR
             numel = sum(t.numel for t in outs) or 1
             op.work_unpadded = op.work = float(numel * per_elem.get(op.op_type, 1))
-            rate = units["cpu"]["peak_ops_per_s"]["float"]
-            op.ddr_bytes += batch * sum(t.numel for t in acts + outs) * 4
-        op.compute_s = batch * op.work / rate
+            op.spill_bytes = sum(t.numel for t in acts + outs) * 4
+
+
+def unit_rate(profile: dict, unit: str, precision: str) -> float:
+    """Sustained rate of a unit in its work units per second (ops, or bytes for DMA)."""
+    u = profile["units"][unit]
+    if unit == "dma":
+        return u["bytes_per_s"]
+    if unit == "cpu":
+        return u["peak_ops_per_s"]["float"]
+    peaks = u["peak_ops_per_s"]
+    peak = peaks.get(precision) or peaks["int8"] / (2 if precision == "int16" else 4)
+    return peak * u.get("efficiency", 1.0)
+
+
+def time_ops(graph: Graph, profile: dict, batch: int = 1) -> None:
+    """Roofline time of each op for a batch: the larger of compute and DDR traffic, plus overhead."""
+    ddr = profile["memory"]["ddr_bytes_per_s"] * profile["memory"].get("efficiency", 1.0)
+    dma = profile["units"]["dma"]["bytes_per_s"]
+    ovh = profile["overheads"]
+    for op in graph.ops:
+        if op.fused_into or op.unit == "free":
+            op.time_s = op.compute_s = op.memory_s = 0.0
+            continue
+        op.ddr_bytes = op.weight_bytes + batch * op.spill_bytes
+        op.compute_s = batch * op.work / unit_rate(profile, op.unit, op.precision) + batch * op.reorder_bytes / dma
         op.memory_s = op.ddr_bytes / ddr
-        overhead = ovh["cpu_op_s"] if op.unit == "cpu" else ovh["op_s"]
-        op.time_s = max(op.compute_s, op.memory_s) + overhead
+        op.time_s = max(op.compute_s, op.memory_s) + (ovh["cpu_op_s"] if op.unit == "cpu" else ovh["op_s"])
 
 
 def subgraphs(graph: Graph) -> list[dict]:
@@ -272,15 +341,22 @@ def subgraphs(graph: Graph) -> list[dict]:
     return parts
 
 
-def simulate(model, profile: dict, batch: int = 1) -> dict:
-    """Simulate one frame batch; returns the timing and the per-op records."""
+def analyse(model, profile: dict) -> Graph:
+    """The rate-independent part of a build: graph, unit mapping, fusion, work per op."""
     graph = Graph(model)
     assign_units(graph, profile)
     fuse(graph, profile)
-    cost(graph, profile, batch)
+    measure(graph, profile)
+    return graph
+
+
+def simulate(model, profile: dict, batch: int = 1, graph: Graph | None = None) -> dict:
+    """Simulate one batch of frames; returns the timing and the per-op records."""
+    graph = graph or analyse(model, profile)
+    time_ops(graph, profile, batch)
     parts = subgraphs(graph)
     npu_parts = [p for p in parts if p["device"] == "npu"]
-    ddr = profile["memory"]["ddr_bytes_per_s"]
+    ddr = profile["memory"]["ddr_bytes_per_s"] * profile["memory"].get("efficiency", 1.0)
     io_bytes = batch * sum(graph.tensors[t].bytes for t in graph.inputs + graph.outputs if t in graph.tensors)
     # Each hand-over between an NPU subgraph and the CPU is a DDR round trip plus a launch.
     handovers = max(0, len(parts) - 1)
@@ -294,10 +370,10 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
 
     start = time.perf_counter()
     model = onnx.load(str(quant_onnx))
-    one = simulate(model, profile, 1)
+    graph = analyse(model, profile)
     n = int(profile["batch"])
-    many = simulate(model, profile, n) if n > 1 else one
-    graph = one["graph"]
+    many = simulate(model, profile, n, graph)
+    one = simulate(model, profile, 1, graph)  # last, so the per-op records are batch 1's
     live = [op for op in graph.ops if not op.fused_into and op.unit != "free"]
     unit_time = {u: sum(op.time_s for op in live if op.unit == u) for u in ("tensor", "vector", "dma", "cpu")}
     unit_time["overhead"] = one["overhead_s"]

@@ -38,7 +38,26 @@ def _resolve(name: str, raw: dict, seen: tuple = ()) -> dict:
         return copy.deepcopy(prof)
     if base not in raw or base in seen:
         raise ConfigError(f"{where}.base: {'unknown' if base not in raw else 'circular'} base profile {base!r}")
-    return deep_merge(_resolve(base, raw, seen + (name,)), {k: v for k, v in prof.items() if k != "base"})
+    inherited = _resolve(base, raw, seen + (name,))
+    inherited.pop("fit", None)  # a fit belongs to the target it was fitted on, not to derived ones
+    return deep_merge(inherited, {k: v for k, v in prof.items() if k != "base"})
+
+
+def get_path(profile: dict, path: str, default=None):
+    node = profile
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_path(profile: dict, path: str, value) -> None:
+    node = profile
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
 
 
 def _check(name: str, prof: dict, where: str) -> None:
@@ -75,14 +94,18 @@ def recipe_id(profile: dict) -> str:
     return "recipe-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def load_targets(user_profiles: dict | None = None) -> Registry[dict]:
-    """All target profiles, resolved and checked, by name (names starting with _ are bases)."""
+def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> Registry[dict]:
+    """All target profiles, resolved and checked, by name (names starting with _ are bases).
+    A profile's `fit.parameters` (from `npuflow sim-fit`) replace the values at their paths."""
     raw = _raw_profiles(user_profiles or {})
     targets: Registry[dict] = Registry("target")
     for name in raw:
         if name.startswith("_"):
             continue
         prof = _resolve(name, raw)
+        if apply_fit:
+            for path, value in get_path(prof, "fit.parameters", {}).items():
+                set_path(prof, path, value)
         _check(name, prof, raw[name][1])
         prof["name"] = name
         targets.add(name, prof)
