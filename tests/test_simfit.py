@@ -40,8 +40,10 @@ def test_summary_figures():
     assert s["per_target"]["a"]["spearman"]["latency_ms"] == pytest.approx(1.0)
 
 
-def test_fit_recovers_a_known_profile():
-    """Measurements made by a profile with other efficiencies are fitted back within 2 %."""
+def test_fit_recovers_a_known_profile(monkeypatch):
+    """Measurements made by a profile with other efficiencies are fitted back within 2 % (with a
+    prior too weak to matter)."""
+    monkeypatch.setattr("npuflow.simfit.PRIOR_FACTOR", 1e6)
     base = load_targets(apply_fit=False).get("ax650n-npu3")
     truth = copy.deepcopy(base)
     truth_values = {"units.tensor.efficiency": 0.4, "units.vector.peak_ops_per_s.int8": 3e11, "memory.efficiency": 0.6,
@@ -68,3 +70,15 @@ def test_fitted_parameters_are_applied_and_not_inherited():
                             "derived": {"base": "fitted"}})
     assert targets.get("fitted")["units"]["tensor"]["efficiency"] == 0.5
     assert get_path(targets.get("derived"), "units.tensor.efficiency") is None and "fit" not in targets.get("derived")
+
+
+def test_prior_keeps_a_parameter_the_data_cannot_see():
+    """Conv-only measurements say nothing about the vector unit: its rate stays at the profile's."""
+    base = load_targets(apply_fit=False).get("rdk-x5")
+    models = [conv_model(cin=c, cout=c, hw=hw) for c, hw in [(16, 112), (64, 56), (128, 28), (256, 14), (512, 7)]]
+    rows = [Row("rdk-x5", f"m{i}", f"m{i}", (0, 0), 1, "latency_ms", 1.5 * predict(analyse(m, base), base, 1, "latency_ms"), "")
+            for i, m in enumerate(models)]
+    result = fit_target(base, rows, [analyse(m, base) for m in models])
+    vector = result["parameters"]["units.vector.peak_ops_per_s.int8"]
+    assert vector == pytest.approx(base["units"]["vector"]["peak_ops_per_s"]["int8"], rel=0.05)
+    assert max(abs(r["error_pct"]) for r in result["residuals"]) < 10

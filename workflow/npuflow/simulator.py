@@ -65,6 +65,7 @@ class Op:
 
 
 LAYOUT_UNITS = ("tensor", "vector")
+VIEW_OPS = ("Split", "Slice", "Concat")
 REDUCING_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool")
 
 
@@ -146,12 +147,33 @@ def _weights(graph: Graph, op: Op) -> list[Tensor]:
     return [graph.tensors[i] for i in op.inputs if i in graph.tensors and graph.tensors[i].weight]
 
 
+def _channel_axis(rank: int) -> int:
+    """The axis the NPU tiles innermost: C of NCHW, the feature axis of [B, N, C]."""
+    return 1 if rank == 4 else rank - 1
+
+
+def _is_aligned_view(graph: Graph, op: Op, tile_c: int) -> bool:
+    """Split/Slice/Concat along the channel axis at tile-aligned sizes is an address offset in the
+    tiled layout (the compiler makes producers write in place), not a data move."""
+    if op.op_type not in VIEW_OPS or not tile_c:
+        return False
+    parts = [graph.tensors[graph.resolve(t)].shape for t in (op.inputs if op.op_type == "Concat" else op.outputs)
+             if graph.resolve(t) in graph.tensors and not graph.tensors[graph.resolve(t)].weight]
+    whole = graph.tensors[graph.resolve(op.outputs[0] if op.op_type == "Concat" else op.inputs[0])].shape
+    if not whole or any(len(p) != len(whole) for p in parts) or not parts:
+        return False
+    axis = _channel_axis(len(whole))
+    differing = {i for p in parts for i in range(len(whole)) if p[i] != whole[i]}
+    return differing <= {axis} and whole[axis] % tile_c == 0 and all(p[axis] % tile_c == 0 for p in parts)
+
+
 def assign_units(graph: Graph, profile: dict) -> None:
     units = profile["units"]
     free = set(profile.get("free_ops", []))
+    tile_c = units["tensor"].get("tile", {}).get("c", 0)
     cpu_forced = set(units["vector"].get("cpu_ops", [])) | set(units["tensor"].get("cpu_ops", []))
     for op in graph.ops:
-        if op.op_type in free:
+        if op.op_type in free or _is_aligned_view(graph, op, tile_c):
             op.unit = "free"
         elif op.op_type in cpu_forced:
             op.unit = "cpu"
@@ -166,6 +188,62 @@ def assign_units(graph: Graph, profile: dict) -> None:
                 op.precision = "int8"
 
 
+def _single_user(graph: Graph, op: Op) -> Op | None:
+    return users[0] if len(users := graph.consumers.get(graph.resolve(op.outputs[0]), [])) == 1 else None
+
+
+def _constant_operand(graph: Graph, op: Op) -> bool:
+    return any(graph.tensors.get(i) is not None and graph.tensors[i].weight for i in op.inputs)
+
+
+def _collapse(graph: Graph, group: list[Op], root: Op, op_type: str, x: str) -> None:
+    for op in group:
+        if op is not root:
+            op.fused_into = root.name
+    root.op_type, root.inputs = op_type, [x]
+
+
+def recognise_activations(graph: Graph) -> None:
+    """Activations exported as several ONNX ops are one activation to the NPU compilers (a lookup
+    table or a fused function): SiLU/Swish = x·sigmoid(x), and GELU = x·½(1 + erf(x/√2)) as torch
+    writes it below opset 20."""
+    for op in graph.ops:
+        if op.fused_into:
+            continue
+        if op.op_type == "Sigmoid" and op.unit != "cpu":
+            x = op.inputs[0]
+            mul = _single_user(graph, op)
+            if mul is not None and mul.op_type == "Mul" and set(mul.inputs) == {x, graph.resolve(op.outputs[0])}:
+                _collapse(graph, [op, mul], mul, "Swish", x)
+        elif op.op_type == "Erf" and op.unit != "cpu":
+            pre = graph.producer.get(op.inputs[0])
+            if pre is None or pre.op_type not in ("Div", "Mul") or not _constant_operand(graph, pre):
+                continue
+            x = next(i for i in pre.inputs if not (i in graph.tensors and graph.tensors[i].weight))
+            add = _single_user(graph, op)
+            mul = _single_user(graph, add) if add is not None and add.op_type == "Add" else None
+            if mul is None or mul.op_type != "Mul":
+                continue
+            group, other = [pre, op, add, mul], next((i for i in mul.inputs if i != graph.resolve(add.outputs[0])), None)
+            if other != x:  # the ½·x factor taken first
+                half = graph.producer.get(other)
+                if half is None or half.op_type != "Mul" or x not in half.inputs:
+                    continue
+                group.append(half)
+            root = mul
+            scale = _single_user(graph, mul)
+            if scale is not None and scale.op_type == "Mul" and _constant_operand(graph, scale):
+                group.append(scale)
+                root = scale
+            _collapse(graph, group, root, "Gelu", x)
+
+
+def _root(graph: Graph, op: Op) -> Op:
+    while op.fused_into:
+        op = graph.by_name[op.fused_into]
+    return op
+
+
 def fuse(graph: Graph, profile: dict) -> None:
     """conv/gemm/matmul + following BN/activation (+ one residual Add) become one op, as the
     vendor compilers do: the fused ops cost neither time nor a round trip of their own."""
@@ -176,10 +254,13 @@ def fuse(graph: Graph, profile: dict) -> None:
         out = op.outputs[0]
         added_residual = False
         while True:
-            users = graph.consumers.get(graph.resolve(out), [])
-            if len(users) != 1 or users[0].fused_into or users[0].unit == "cpu":
+            # Users that are parts of one recognised activation count as that activation.
+            roots = {id(r): r for r in (_root(graph, u) for u in graph.consumers.get(graph.resolve(out), []))}
+            if len(roots) != 1:
                 break
-            nxt = users[0]
+            (nxt,) = roots.values()
+            if nxt is op or nxt.unit == "cpu":
+                break
             if nxt.op_type in fusable or (nxt.op_type == "Add" and not added_residual and len(_activations(graph, nxt)) == 2):
                 added_residual |= nxt.op_type == "Add"
                 nxt.fused_into = op.name
@@ -215,11 +296,7 @@ def _producer_unit(graph: Graph, tensor: str) -> str | None:
     op = graph.producer.get(graph.resolve(tensor))
     while op is not None and op.unit == "free" and op.inputs:
         op = graph.producer.get(op.inputs[0])
-    if op is None:
-        return None
-    if op.fused_into:
-        return graph.by_name[op.fused_into].unit
-    return op.unit
+    return None if op is None else _root(graph, op).unit
 
 
 def _tensor_work(graph: Graph, op: Op, tile: dict) -> tuple[int, float]:
@@ -345,6 +422,7 @@ def analyse(model, profile: dict) -> Graph:
     """The rate-independent part of a build: graph, unit mapping, fusion, work per op."""
     graph = Graph(model)
     assign_units(graph, profile)
+    recognise_activations(graph)
     fuse(graph, profile)
     measure(graph, profile)
     return graph
