@@ -36,7 +36,7 @@ def make_config(**models) -> dict:
 
 
 def classifier_entry(**extra) -> dict:
-    return {"source": "timm:efficientvit_m0", "task": "classification", "input": {"shape": [1, 3, 224, 224]}, "surgery": ["fold_head_bn"], **extra}
+    return {"source": "timm:efficientvit_m0", "task": "classification", "input": {"shape": [1, 3, 224, 224]}, "surgery": ["fold_head_bn"], "reparameterize": False, **extra}
 
 
 def segformer_entry(**extra) -> dict:

@@ -82,3 +82,21 @@ def test_prior_keeps_a_parameter_the_data_cannot_see():
     vector = result["parameters"]["units.vector.peak_ops_per_s.int8"]
     assert vector == pytest.approx(base["units"]["vector"]["peak_ops_per_s"]["int8"], rel=0.05)
     assert max(abs(r["error_pct"]) for r in result["residuals"]) < 10
+
+
+def test_stored_fit_matches_the_simulator_today(tmp_path):
+    """The residuals stored by `npuflow sim-fit` are what the simulator predicts now (a changed
+    simulator without a re-fit fails here)."""
+    from conftest import REPO
+    from npuflow.simfit import model_onnx
+
+    import onnx
+
+    targets = load_targets()
+    rows = [r for r in read_published(REPO / "data" / "published" / "npu_latency_calibration.csv") if r.model == "mobilenetv1"]
+    model = onnx.load(str(model_onnx("mobilenetv1_100", (224, 224), tmp_path)))
+    for row in rows:
+        profile = targets.get(row.target)
+        stored = next(r for r in profile["fit"]["residuals"] if r["model"] == row.model)
+        assert predict(analyse(model, profile), profile, row.batch, row.metric) == pytest.approx(stored["predicted"], rel=1e-4)
+    assert len(rows) == 3

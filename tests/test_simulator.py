@@ -75,6 +75,8 @@ def test_build_writes_report_and_chrome_trace(tmp_path):
     assert on_disk["simulated"] is True and on_disk["latency_ms"] == report["latency_ms"] > 0
     assert set(on_disk["unit_time_ms"]) == {"tensor", "vector", "dma", "cpu", "overhead"}
     assert sum(on_disk["unit_time_ms"].values()) == pytest.approx(on_disk["latency_ms"])
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "SIMULATION" in summary and f"{report['latency_ms']:10.3f} ms" in summary and "cpu " in summary
     trace = read_json(tmp_path / "out" / "trace.json")
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert [s["name"] for s in spans] == ["Conv+Relu", "Softmax", "Conv"]

@@ -208,3 +208,20 @@ def test_targets_with_one_recipe_share_one_quantised_model():
     targets = load_targets({"my-npu": {"base": "ax650n-npu3", "precision": {"default": "int16"}}})
     assert {recipe_id(targets.get(t)) for t in ("ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5")} == {"int8"}
     assert recipe_id(targets.get("my-npu")) == "int16"
+
+
+def test_reparameterisation_exports_the_single_branch_deploy_form(tmp_path):
+    from npuflow.export import export_module
+    from npuflow.sources import TimmSource
+
+    source = TimmSource()
+    train_form = source.build({"name": "m", "source": "timm:mobileone_s0"})
+    deploy_form = source.deploy_form(train_form)
+    export_module(train_form, [1, 3, 64, 64], 17, tmp_path / "train.onnx", "m")
+    export_module(deploy_form, [1, 3, 64, 64], 17, tmp_path / "deploy.onnx", "m")
+    train_convs, deploy_convs = op_counts(tmp_path / "train.onnx")["Conv"], op_counts(tmp_path / "deploy.onnx")["Conv"]
+    assert deploy_convs < train_convs / 2  # each block's branches became one convolution
+    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (a,) = run_onnx(tmp_path / "train.onnx", {"input": x})
+    (b,) = run_onnx(tmp_path / "deploy.onnx", {"input": x})
+    assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(a))

@@ -134,7 +134,7 @@ def load_config(path: str | Path) -> dict:
 _SOURCE_FIELDS = ("name", "source", "arch", "sha256", "state_dict_key", "allow_http", "hf_config", "weights", "seed", "task", "input")
 STAGE_FIELDS = {
     "fetch": _SOURCE_FIELDS,
-    "export": _SOURCE_FIELDS + ("opset",),
+    "export": _SOURCE_FIELDS + ("opset", "reparameterize"),
     "surgery": ("name", "surgery"),
     "calibrate": ("name", "calibration", "input", "seed"),
     "reference": ("name", "evaluation", "input", "seed"),

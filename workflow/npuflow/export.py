@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .fetch import load_model
+from .sources import source_for
 from .errors import NpuflowError
 from .io import atomic_path, write_json
 from .onnxutil import magnitude, max_abs_diff, op_counts, run_onnx
@@ -59,6 +60,8 @@ def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: st
     torch.set_num_threads(threads)
     start = time.perf_counter()
     module = load_model(spec, fetch_dir)
+    if spec.get("reparameterize", True):
+        module = source_for(spec).deploy_form(module)
     shape = spec["input"]["shape"]
     max_abs, out_shape = export_module(module, shape, spec["opset"], out_onnx, f"models.{spec['name']}", threads)
     report = {
@@ -66,6 +69,7 @@ def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: st
         "opset": spec["opset"],
         "input_shape": shape,
         "output_shape": out_shape,
+        "reparameterized": bool(spec.get("reparameterize", True)),
         "max_abs_diff_vs_torch": max_abs,
         "ops": op_counts(out_onnx),
         "onnx_bytes": Path(out_onnx).stat().st_size,

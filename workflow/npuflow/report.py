@@ -46,6 +46,29 @@ def write_summary(rows: list[dict], out_csv: str | Path) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def simulator_accuracy_html(targets: list[str]) -> str:
+    """Per target: the simulator's predictions against the published measurements it was fitted
+    to (stored in the profile by `npuflow sim-fit`), or why there are none."""
+    from .targets import load_targets
+
+    profiles = load_targets()
+    parts = ["<h2>Simulator accuracy</h2><p>Predicted (simulated) against published device measurements, as stored by the last "
+             "<code>npuflow sim-fit</code>; <code>npuflow sim-validate</code> re-checks any CSV of measurements.</p>"]
+    for target in targets:
+        fit = profiles.get(target).get("fit") if target in profiles else None
+        if not fit:
+            parts.append(f"<h3>{html.escape(target)}</h3><p>No published measurements fitted: the profile comes from the chip's specs only.</p>")
+            continue
+        errs = [abs(r["error_pct"]) for r in fit["residuals"]]
+        body = "".join(f"<tr><td>{html.escape(r['model'])}</td><td>{r['metric']}</td><td>{r['batch']}</td><td>{r['published']:.4g}</td>"
+                       f"<td>{r['predicted']:.4g}</td><td>{r['error_pct']:+.1f}</td></tr>" for r in fit["residuals"])
+        parts.append(f"<h3>{html.escape(target)}</h3><p>{len(errs)} measurements ({html.escape(fit['data']['csv'])}): MAPE "
+                     f"{sum(errs) / len(errs):.1f} %, {sum(e <= 20 for e in errs)} of {len(errs)} within ±20 %.</p>"
+                     "<table><thead><tr><th>model</th><th>metric</th><th>batch</th><th>published</th><th>predicted</th><th>error %</th></tr></thead>"
+                     f"<tbody>{body}</tbody></table>")
+    return "".join(parts)
+
+
 def write_html(rows: list[dict], out_html: str | Path) -> None:
     random_models = sorted({r["model"] for r in rows if r["weights"] == "random"})
     banner = ""
@@ -70,7 +93,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#e
 <p>latency_ms, fps (at the target's batch), subgraphs and ddr_bytes_per_frame are <b>simulated</b> by npuflow's analytical
 NPU model, not measured on a device. Fidelity (cosine, SQNR, agreement) compares the int8 model with the float model on
 held-out images; host_*_ms are onnxruntime CPU latencies measured on this machine.</p>
-{banner}{''.join(sections)}</body></html>
+{banner}{''.join(sections)}{simulator_accuracy_html(sorted({r["target"] for r in rows}))}</body></html>
 """
     with atomic_path(out_html) as tmp:
         tmp.write_text(page)

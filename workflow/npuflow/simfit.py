@@ -93,13 +93,10 @@ def _module(name: str):
         from .sources import HFSource
 
         return HFSource().build({"name": name, "source": name})
-    import timm
-    from timm.models import reparameterize_model
+    from .sources import TimmSource
 
-    from .sources import _check_timm_name
-
-    _check_timm_name(name, f"timm_name {name}")
-    return reparameterize_model(timm.create_model(name, pretrained=False).eval())
+    source = TimmSource()
+    return source.deploy_form(source.build({"name": name, "source": f"timm:{name}"}))
 
 
 def model_onnx(name: str, hw: tuple[int, int], cache_dir: str | Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import write_json
+from .io import atomic_path, write_json
 from .targets import recipe_id
 
 PRECISION_BYTES = {"int8": 1, "int16": 2, "float": 4}
@@ -261,7 +261,13 @@ def fuse(graph: Graph, profile: dict) -> None:
             (nxt,) = roots.values()
             if nxt is op or nxt.unit == "cpu":
                 break
-            if nxt.op_type in fusable or (nxt.op_type == "Add" and not added_residual and len(_activations(graph, nxt)) == 2):
+            if nxt.unit == "free":  # metadata-only ops (reshape) do not stop a fusion
+                out = nxt.outputs[0]
+                continue
+            # Fusable: activations, a constant per-channel scale or bias (folded into the output's
+            # requantisation like BN), and one residual Add.
+            affine = nxt.op_type in ("Mul", "Add", "Sub", "Div") and len(_activations(graph, nxt)) == 1 and _constant_operand(graph, nxt)
+            if nxt.op_type in fusable or affine or (nxt.op_type == "Add" and not added_residual and len(_activations(graph, nxt)) == 2):
                 added_residual |= nxt.op_type == "Add"
                 nxt.fused_into = op.name
                 op.fused.append(nxt.op_type)
@@ -269,6 +275,21 @@ def fuse(graph: Graph, profile: dict) -> None:
             else:
                 break
     merge_moves(graph, set(profile.get("mergeable_moves", [])))
+    fold_operand_transposes(graph)
+
+
+def fold_operand_transposes(graph: Graph) -> None:
+    """A Transpose of the last two axes that only feeds a MatMul is the MatMul reading its
+    operand transposed (as Gemm's transA/transB): no data move."""
+    for op in graph.ops:
+        if op.op_type != "Transpose" or op.fused_into or op.unit != "dma":
+            continue
+        perm = list(op.attrs.get("perm", []))
+        if len(perm) < 2 or perm[:-2] != list(range(len(perm) - 2)) or perm[-2:] != [len(perm) - 1, len(perm) - 2]:
+            continue
+        users = [_root(graph, u) for u in graph.consumers.get(graph.resolve(op.outputs[0]), [])]
+        if users and all(u.op_type in ("MatMul", "Gemm") and u.unit == "tensor" for u in users):
+            op.unit = "free"
 
 
 def merge_moves(graph: Graph, moves: set[str]) -> None:
@@ -400,7 +421,9 @@ def time_ops(graph: Graph, profile: dict, batch: int = 1) -> None:
         op.ddr_bytes = op.weight_bytes + batch * op.spill_bytes
         op.compute_s = batch * op.work / unit_rate(profile, op.unit, op.precision) + batch * op.reorder_bytes / dma
         op.memory_s = op.ddr_bytes / ddr
-        op.time_s = max(op.compute_s, op.memory_s) + (ovh["cpu_op_s"] if op.unit == "cpu" else ovh["op_s"])
+        # Each frame of a batch is its own pass through the op (its own command); the weights
+        # stay loaded across the batch.
+        op.time_s = max(op.compute_s, op.memory_s) + batch * (ovh["cpu_op_s"] if op.unit == "cpu" else ovh["op_s"])
 
 
 def subgraphs(graph: Graph) -> list[dict]:
@@ -492,8 +515,35 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
     out_dir = Path(out_dir)
     write_json(out_dir / "trace.json", chrome_trace(graph, profile["name"]))
     report["seconds"] = round(time.perf_counter() - start, 3)
+    with atomic_path(out_dir / "summary.txt") as tmp:
+        tmp.write_text(readable_summary(report))
     write_json(out_dir / "build.json", report)
     return report
+
+
+def readable_summary(report: dict) -> str:
+    """The build at a glance, in the spirit of Horizon's hb_perf output."""
+    lines = [
+        f"npuflow simulated build — {report['model']} on {report['target']} ({report['chip']}, {report['mode']})",
+        "SIMULATION: figures come from npuflow's analytical model of the chip, not from a device"
+        + ("" if report["profile_fitted"] else " (profile not fitted to measurements)") + ".",
+        "",
+        f"latency (batch 1)      {report['latency_ms']:10.3f} ms",
+        f"throughput (batch {report['batch']})   {report['fps']:10.1f} FPS",
+        f"NPU subgraphs          {report['subgraphs']:10d}   CPU ops: {report['cpu_ops']}",
+        f"DDR traffic per frame  {report['ddr_bytes_per_frame'] / 1e6:10.2f} MB",
+        f"MACs                   {report['macs'] / 1e6:10.1f} M    tensor-unit utilisation: {100 * report['tensor_utilisation']:.1f} %",
+        "",
+        f"{'unit':<10}{'time ms':>10}{'share':>8}",
+    ]
+    lines += [f"{u:<10}{t:>10.3f}{100 * report['unit_share'][u]:>7.1f}%" for u, t in report["unit_time_ms"].items()]
+    lines += ["", "partition (execution order):"]
+    lines += [f"  {p['device']:<4} {p['ops']:>4} ops {p['time_ms']:>9.3f} ms   {p['first_op']} … {p['last_op']}" for p in report["partition"]]
+    lines += ["", f"{'costliest ops':<48}{'unit':<8}{'ms':>8}  bound    padding"]
+    for op in report["top_ops"]:
+        name = op["op_type"] + ("+" + "+".join(op["fused"]) if op["fused"] else "")
+        lines.append(f"  {(op['name'] or name)[:44]:<46}{op['unit']:<8}{op['time_ms']:>8.4f}  {op['bound']:<8} {100 * op['padding_waste']:4.0f} %")
+    return "\n".join(lines) + "\n"
 
 
 def chrome_trace(graph: Graph, target: str) -> dict:

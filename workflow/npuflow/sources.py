@@ -88,6 +88,10 @@ class ModelSource:
     def preprocessing(self, spec: dict, module) -> dict:
         return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
+    def deploy_form(self, module):
+        """The module as deployed (reparameterised), or the module itself if it has no such form."""
+        return module
+
 
 def _ref(spec: dict) -> str:
     return spec["source"].split(":", 1)[1]
@@ -128,6 +132,16 @@ class TimmSource(ModelSource):
 
     def preprocessing(self, spec, module):
         return _timm_preprocessing(module)
+
+    def deploy_form(self, module):
+        return _timm_deploy_form(module)
+
+
+def _timm_deploy_form(module):
+    """timm's reparameterisation: multi-branch training blocks fused into single convolutions."""
+    from timm.models import reparameterize_model
+
+    return reparameterize_model(module)
 
 
 def _hf_wrapper(model):
@@ -266,6 +280,9 @@ class _CheckpointSource(ModelSource):
 
     def preprocessing(self, spec, module):
         return _timm_preprocessing(module)
+
+    def deploy_form(self, module):
+        return _timm_deploy_form(module)
 
     def _checkpoint(self, spec, cache_dir) -> tuple[Path, str]:
         raise NotImplementedError

@@ -6,6 +6,7 @@ rule build:
     output:
         build="results/{model}/build/{target}/build.json",
         trace="results/{model}/build/{target}/trace.json",
+        summary="results/{model}/build/{target}/summary.txt",
     params:
         profile=profile_json,
     log:
