@@ -346,12 +346,14 @@ def _tensor_work(graph: Graph, op: Op, tile: dict) -> tuple[int, float]:
 
 
 def _elements(shape: list[int], tile_c: int) -> tuple[int, int]:
-    """(elements, elements with the channel axis padded to the vector tile)."""
+    """(elements, elements with the vector lanes' axis padded to the tile). The compiler puts the
+    channel axis (NCHW) or the last axis (attention scores [B, heads, N, M], [B, N, C]) in the
+    lanes, whichever wastes less."""
     if not shape:
         return 1, 1
     numel = int(np.prod(shape))
-    axis = 1 if len(shape) == 4 else len(shape) - 1
-    padded = numel // shape[axis] * _pad(shape[axis], tile_c) if shape[axis] else numel
+    axes = {1, len(shape) - 1} if len(shape) == 4 else {len(shape) - 1}
+    padded = min(numel // shape[a] * _pad(shape[a], tile_c) for a in axes) if all(shape[a] for a in axes) else numel
     return numel, padded
 
 
