@@ -43,7 +43,7 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
     for r in runs:
         assert r.info.status == "FINISHED"
         tags, metrics = r.data.tags, r.data.metrics
-        assert (tags["model"], tags["task"], tags["weights"]) == ("efficientvit_m0", "classification", "random")
+        assert (tags["model"], tags["task"], tags["weights"], tags["family"]) == ("efficientvit_m0", "classification", "random", "efficientvit_msra")
         assert "RANDOM" in tags["mlflow.note.content"] and tags["npuflow.latency"] == "simulated"
         assert metrics["latency_ms"] > 0 and metrics["fps"] > 0 and 0.5 < metrics["cosine"] <= 1.0
         assert metrics["host_fp32_ms"] > 0 and metrics["host_int8_ms"] > 0 and metrics["params"] == 2_349_436
@@ -119,3 +119,19 @@ def test_bad_config_fails_before_any_job_naming_the_field(tmp_path):
     assert proc.returncode != 0
     assert "models.efficientvit_m0.input.shape" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline):
+    """A logging job killed after creating its run leaves it RUNNING; the next logging retires it."""
+    from npuflow.track import CURRENT_TAG
+
+    client, runs = mlflow_runs(pipeline)
+    exp_id = runs[0].info.experiment_id
+    orphan = client.create_run(exp_id, tags={"model": "efficientvit_m0", "target": "rdk-x5", CURRENT_TAG: "true"})
+    proc = snakemake(pipeline, "--forcerun", "track")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, runs = mlflow_runs(pipeline)
+    current = [r for r in runs if r.data.tags.get(CURRENT_TAG) == "true"]
+    assert sorted(r.data.tags["target"] for r in current) == ["ax650n-npu3", "rdk-x5"]
+    assert all(r.info.status == "FINISHED" for r in current)
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"

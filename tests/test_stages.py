@@ -18,7 +18,7 @@ def test_fetch_random_weights_are_labelled_and_reproducible(classifier, tmp_path
 
     spec, p = classifier
     manifest = read_json(p["manifest"])
-    assert manifest["weights"] == "random" and manifest["seed"] == 0
+    assert manifest["weights"] == "random" and manifest["seed"] == 0 and manifest["family"] == "efficientvit_msra"
     assert "random" in manifest["weights_detail"]
     assert manifest["params"] == 2_349_436  # efficientvit_m0's published parameter count (2.3 M)
     assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
@@ -164,6 +164,7 @@ def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
     reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
     report = evaluate(tmp_path / "q.onnx", tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8", tmp_path / "e.json")
     assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
+    assert read_json(p["manifest"])["family"] == "segformer"
     assert -1 <= report["cosine"] <= 1
 
 

@@ -52,6 +52,7 @@ def fetch(spec: dict, out_dir: str | Path, cache_dir: str | Path = "results") ->
         "source": spec["source"],
         "arch": spec.get("arch"),
         "task": spec["task"],
+        "family": source.family(module),
         "weights": weights,
         "weights_detail": reason if weights == "random" else details,
         "seed": spec["seed"] if weights == "random" else None,

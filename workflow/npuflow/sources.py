@@ -92,6 +92,10 @@ class ModelSource:
         """The module as deployed (reparameterised), or the module itself if it has no such form."""
         return module
 
+    def family(self, module) -> str:
+        """The architecture family (timm's model module, e.g. efficientvit_msra), for grouping runs."""
+        return type(module).__module__.rsplit(".", 1)[-1]
+
 
 def _ref(spec: dict) -> str:
     return spec["source"].split(":", 1)[1]
@@ -206,6 +210,9 @@ class HFSource(ModelSource):
         except Exception as e:
             raise WeightsUnavailable(f"transformers could not load pretrained {repo}: {type(e).__name__}: {e}") from e
         return _hf_wrapper(model), {"from": f"hub:{repo}"}
+
+    def family(self, module):
+        return module.inner.config.model_type
 
 
 def download(url: str, dest: Path, sha256: str | None, allow_http: bool = False) -> str:

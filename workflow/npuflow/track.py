@@ -92,7 +92,12 @@ def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str
         [experiment_id],
         filter_string=f"tags.model = '{model}' and tags.target = '{target}' and tags.`{CURRENT_TAG}` = 'true'",
     )
-    reused = next((r for r in current if r.data.tags.get(HASH_TAG) == key and r.info.status == "FINISHED"), None)
+    for r in [r for r in current if r.info.status != "FINISHED"]:
+        # A logging job killed mid-run left this run unfinished: it is not a result, retire it.
+        client.set_terminated(r.info.run_id, "KILLED")
+        client.set_tag(r.info.run_id, CURRENT_TAG, "false")
+        current.remove(r)
+    reused = next((r for r in current if r.data.tags.get(HASH_TAG) == key), None)
     if reused is not None:
         run_id = reused.info.run_id
     else:
@@ -110,7 +115,7 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
     weights = manifest["weights"]
     note = (f"{spec['name']} on {target}. Latency/FPS are simulated by npuflow's NPU model ({build['chip']}), not measured on a device."
             + (f" Weights are RANDOM ({manifest['weights_detail']}): fidelity is real for these weights, accuracy is meaningless." if weights == "random" else ""))
-    tags = {"model": spec["name"], "target": target, "task": spec["task"], "weights": weights, "source": spec["source"],
+    tags = {"model": spec["name"], "target": target, "task": spec["task"], "family": manifest["family"], "weights": weights, "source": spec["source"],
             CURRENT_TAG: "true", HASH_TAG: key, "npuflow.latency": "simulated", "mlflow.note.content": note,
             "mlflow.runName": f"{spec['name']}@{target}"}
     run = client.create_run(experiment_id, tags=tags)
