@@ -28,16 +28,19 @@ def test_read_published_rows_and_errors(tmp_path):
 
 def test_summary_figures():
     rows = [
-        {"target": "a", "metric": "latency_ms", "published": 1.0, "predicted": 1.1, "error_pct": 10.0},
-        {"target": "a", "metric": "latency_ms", "published": 2.0, "predicted": 1.5, "error_pct": -25.0},
-        {"target": "a", "metric": "latency_ms", "published": 3.0, "predicted": 3.3, "error_pct": 10.0},
-        {"target": "b", "metric": "fps", "published": 100.0, "predicted": None},
+        {"target": "a", "metric": "latency_ms", "batch": 1, "published": 1.0, "predicted": 1.1, "error_pct": 10.0},
+        {"target": "a", "metric": "latency_ms", "batch": 1, "published": 2.0, "predicted": 1.5, "error_pct": -25.0},
+        {"target": "a", "metric": "latency_ms", "batch": 1, "published": 3.0, "predicted": 3.3, "error_pct": 10.0},
+        {"target": "a", "metric": "fps", "batch": 8, "published": 100.0, "predicted": 110.0, "error_pct": 10.0},
+        {"target": "b", "metric": "fps", "batch": 8, "published": 100.0, "predicted": None},
     ]
     s = summarise(rows)
-    assert s["rows"] == 4 and s["failures"] == 1
-    assert s["mape_pct"] == pytest.approx(15.0)
-    assert s["within_20pct_share"] == pytest.approx(2 / 4)  # a failure counts as a miss
-    assert s["per_target"]["a"]["spearman"]["latency_ms"] == pytest.approx(1.0)
+    assert s["rows"] == 5 and s["failures"] == 1
+    assert s["mape_pct"] == pytest.approx(13.75)
+    assert s["within_20pct_share"] == pytest.approx(3 / 5)  # a failure counts as a miss
+    # time per frame: 1, 2, 3 ms and 10 ms (100 FPS) published; 1.1, 1.5, 3.3, 9.09 predicted
+    assert s["per_target"]["a"]["spearman"] == pytest.approx(1.0)
+    assert s["per_target"]["a"]["spearman_by_metric"]["latency_ms"] == pytest.approx(1.0)
 
 
 def test_fit_recovers_a_known_profile(monkeypatch):
