@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 
 from npuflow.config import ConfigError, model_spec, stage_spec, validate_config
 from npuflow.targets import load_targets, recipe_id
+from npuflow.track import tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -18,7 +19,8 @@ TARGET_PROFILES = load_targets(config["target_profiles"])
 # Precision recipes in use, by id; a target's quantised model is the one of its recipe.
 RECIPES = {recipe_id(TARGET_PROFILES.get(t)): TARGET_PROFILES.get(t).get("precision", {"default": "int8"}) for t in TARGET_PROFILES.names()}
 PAIRS = [(m, t) for m, spec in SPECS.items() for t in spec["targets"]]
-MLFLOW_URI = config["mlflow"]["tracking_uri"]
+# MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
+MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
 
 
