@@ -92,6 +92,7 @@ def test_file_checkpoint_and_wrong_architecture(checkpoint, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_payload_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
 

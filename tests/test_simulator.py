@@ -99,6 +99,7 @@ def test_quantised_model_builds_on_every_target(classifier, tmp_path):
         report = build(tmp_path / "q.onnx", TARGETS.get(target), tmp_path / target, "evit", "random")
         assert report["macs"] == pytest.approx(79e6, rel=0.05)  # EfficientViT-M0: 79 M MACs (paper)
         assert report["latency_ms"] > 0 and report["fps"] > 0 and len(report["top_ops"]) == 10
+        assert report["unknown_dims"] == 0
 
 
 def test_transpose_chain_is_one_data_move_and_unit_switches_cost_a_reorder():

@@ -56,13 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--cache-dir", default="results")
 
-    for name, help_ in (("export", "ONNX export, checked against torch"),):
-        p = sub.add_parser(name, help=help_)
-        _add_model(p)
-        p.add_argument("--fetch-dir", required=True)
-        p.add_argument("--out", required=True)
-        p.add_argument("--report", required=True)
-        p.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("export", help="ONNX export, checked against torch")
+    _add_model(p)
+    p.add_argument("--fetch-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+    p.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser("simplify", help="onnxsim, outputs checked equal")
     p.add_argument("input")

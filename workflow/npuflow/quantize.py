@@ -47,12 +47,13 @@ def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: 
             weight_type=QuantType.QInt8,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
-    ops = op_counts(out_onnx)
+    quantized = load(out_onnx)
+    ops = op_counts(quantized)
     report = {
         "recipe": recipe,
         "format": "QDQ",
         "opset_in": opset_in,
-        "opset": _onnx_opset(load(out_onnx)),
+        "opset": _onnx_opset(quantized),
         "weights": "int8 per-channel symmetric",
         "activations": f"{recipe['default']} per-tensor asymmetric",
         "calibration_method": calibration["method"],

@@ -83,9 +83,13 @@ class Graph:
         model = onnx.shape_inference.infer_shapes(model)
         g = model.graph
         shapes = {}
+        # A dimension shape inference cannot resolve is counted as 1 and reported (build.json's
+        # unknown_dims): the exports here are static, so any is a sign the figures are too low.
+        self.unknown_dims = 0
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             dims = vi.type.tensor_type.shape.dim
             shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+            self.unknown_dims += sum(d.dim_value <= 0 for d in dims)
         inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for n in g.node:  # Constant nodes carry weights too (e.g. after surgery)
             if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
@@ -506,6 +510,7 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
         "unit_time_ms": {u: t * 1e3 for u, t in unit_time.items()},
         "unit_share": {u: t / latency_s for u, t in unit_time.items()},
         "ops": {"total": len(graph.ops), "fused": sum(1 for op in graph.ops if op.fused_into), "free": sum(1 for op in graph.ops if op.unit == "free")},
+        "unknown_dims": graph.unknown_dims,
         "top_ops": [
             {"name": op.name, "op_type": op.op_type, "fused": op.fused, "unit": op.unit, "precision": op.precision,
              "time_ms": op.time_s * 1e3, "bound": "memory" if op.memory_s > op.compute_s else "compute",

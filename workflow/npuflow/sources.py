@@ -109,43 +109,41 @@ def _check_timm_name(name: str, where: str) -> None:
         raise FetchError(f"{where}: {unknown_name_message('timm model', name, known)}")
 
 
-def _timm_preprocessing(module) -> dict:
-    cfg = getattr(module, "pretrained_cfg", None) or {}
-    return {"mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD))}
+def create_timm(name: str, where: str, pretrained: bool = False):
+    """A timm model by name (checked first, so an unknown name lists close matches)."""
+    import timm
+
+    _check_timm_name(name, where)
+    return timm.create_model(name, pretrained=pretrained).eval()
 
 
 @SOURCES.register("timm")
 class TimmSource(ModelSource):
-    def build(self, spec):
-        import timm
+    def _arch(self, spec) -> tuple[str, str]:
+        """(timm model name, config field it comes from)."""
+        return _ref(spec), f"models.{spec['name']}.source"
 
-        name = _ref(spec)
-        _check_timm_name(name, f"models.{spec['name']}.source")
-        return timm.create_model(name, pretrained=False).eval()
+    def build(self, spec):
+        return create_timm(*self._arch(spec))
 
     def load_pretrained(self, spec, cache_dir):
-        import timm
-
-        name = _ref(spec)
-        _check_timm_name(name, f"models.{spec['name']}.source")
+        name, where = self._arch(spec)
+        _check_timm_name(name, where)
         try:
-            module = timm.create_model(name, pretrained=True).eval()
+            module = create_timm(name, where, pretrained=True)
         except Exception as e:  # hub errors come in many types; all mean "not available now"
             raise WeightsUnavailable(f"timm could not load pretrained {name}: {type(e).__name__}: {e}") from e
         return module, {"from": f"hub:{module.pretrained_cfg.get('hf_hub_id') or name}"}
 
     def preprocessing(self, spec, module):
-        return _timm_preprocessing(module)
+        cfg = getattr(module, "pretrained_cfg", None) or {}
+        return {"mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD))}
 
     def deploy_form(self, module):
-        return _timm_deploy_form(module)
+        """timm's reparameterisation: multi-branch training blocks fused into single convolutions."""
+        from timm.models import reparameterize_model
 
-
-def _timm_deploy_form(module):
-    """timm's reparameterisation: multi-branch training blocks fused into single convolutions."""
-    from timm.models import reparameterize_model
-
-    return reparameterize_model(module)
+        return reparameterize_model(module)
 
 
 def _hf_wrapper(model):
@@ -262,10 +260,7 @@ def load_state_dict_file(path: Path, key: str | None, where: str) -> dict:
 def load_into_timm(arch: str, state_dict: dict, where: str):
     """Load a state dict into a timm architecture, remapping original-repo layouts with the model
     module's own checkpoint_filter_fn (timm's convention), strictly."""
-    import timm
-
-    _check_timm_name(arch, f"{where}.arch")
-    module = timm.create_model(arch, pretrained=False)
+    module = create_timm(arch, f"{where}.arch")
     filter_fn = getattr(importlib.import_module(type(module).__module__), "checkpoint_filter_fn", None)
     try:
         if filter_fn is not None:
@@ -276,20 +271,11 @@ def load_into_timm(arch: str, state_dict: dict, where: str):
     return module.eval()
 
 
-class _CheckpointSource(ModelSource):
+class _CheckpointSource(TimmSource):
     """A checkpoint file loaded into the timm architecture named by `arch`."""
 
-    def build(self, spec):
-        import timm
-
-        _check_timm_name(spec["arch"], f"models.{spec['name']}.arch")
-        return timm.create_model(spec["arch"], pretrained=False).eval()
-
-    def preprocessing(self, spec, module):
-        return _timm_preprocessing(module)
-
-    def deploy_form(self, module):
-        return _timm_deploy_form(module)
+    def _arch(self, spec):
+        return spec["arch"], f"models.{spec['name']}.arch"
 
     def _checkpoint(self, spec, cache_dir) -> tuple[Path, str]:
         raise NotImplementedError
