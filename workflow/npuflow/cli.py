@@ -21,6 +21,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="model entry name in the config")
 
 
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets-dir", default="results/datasets", help="where `npuflow dataset` prepared the user datasets")
+    p.add_argument("--cache-dir", default=None, help="cache of preprocessed images (none: no cache)")
+
+
 def _spec(args) -> dict:
     from .config import ConfigError, load_config, model_spec
 
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="ranges (onnxruntime calibration cache)")
     p.add_argument("--report", required=True)
+    _add_data(p)
 
     p = sub.add_parser("quantize", help="static QDQ int8 from stored ranges")
     p.add_argument("input")
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--model-name", default="")
     p.add_argument("--manifest", help="fetch manifest, to record the weights kind")
+    p.add_argument("--layers", help="precision analysis rows (eval/<recipe>.layers.json) to join with this target's build")
+    p.add_argument("--layers-csv", help="where to write the per-layer table for this target")
 
     p = sub.add_parser("reference", help="float outputs on held-out images + host fp32 latency")
     p.add_argument("input")
@@ -108,11 +116,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--report", required=True)
     p.add_argument("--threads", type=int, default=1)
+    _add_data(p)
+
+    p = sub.add_parser("dataset", help="fetch, safely extract and index a dataset declared under `datasets:`")
+    p.add_argument("name")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--entry", help="the dataset's config entry as JSON (what the workflow passes)")
+    p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser("mixed", help="automatic mixed precision for one (model, target): promote layers until the goal is met")
+    _add_model(p)
+    p.add_argument("--target", required=True)
+    p.add_argument("--profile", help="resolved target profile as JSON (default: --target from the built-ins/config)")
+    p.add_argument("--input", required=True, help="float (post-surgery) model")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--ranges", required=True)
+    p.add_argument("--calibration", required=True)
+    p.add_argument("--layers", required=True, help="precision analysis of the target's base recipe (eval/<recipe>.layers.json)")
+    p.add_argument("--recipe", required=True, help="the target's base recipe as JSON")
+    p.add_argument("--out", required=True, help="the chosen quantised model")
+    p.add_argument("--quant-report", required=True, help="its quantize report")
+    p.add_argument("--report", required=True, help="trade-off curve and chosen recipe (JSON)")
+    _add_data(p)
 
     p = sub.add_parser("evaluate", help="quantised vs float on held-out images + host int8 latency")
     p.add_argument("input")
     _add_model(p)
     p.add_argument("--recipe", default="int8", help="precision recipe id of the quantised model (for the record)")
+    p.add_argument("--float-model", required=True, help="the float (post-surgery) model, for the per-layer analysis")
+    p.add_argument("--layers-out", required=True, help="per-layer precision analysis (JSON)")
     p.add_argument("--reference", required=True, help="reference .npz")
     p.add_argument("--reference-report", required=True)
     p.add_argument("--manifest", required=True)
@@ -186,7 +218,7 @@ def _dispatch(args):
     if cmd == "calibrate":
         from .calibrate import calibrate
 
-        return calibrate(args.input, args.manifest, _spec(args), args.out, args.report)
+        return calibrate(args.input, args.manifest, _spec(args), args.out, args.report, args.datasets_dir, args.cache_dir)
     if cmd == "quantize":
         from .quantize import quantize
 
@@ -196,16 +228,35 @@ def _dispatch(args):
         from .simulator import build
 
         weights = read_json(args.manifest)["weights"] if args.manifest else ""
-        report = build(args.input, _profile(args), args.out_dir, args.model_name, weights)
+        rows = read_json(args.layers)["rows"] if args.layers else None
+        report = build(args.input, _profile(args), args.out_dir, args.model_name, weights, rows, args.layers_csv)
         return {k: report[k] for k in ("model", "target", "latency_ms", "fps", "subgraphs", "unit_time_ms")}
     if cmd == "reference":
         from .evaluate import reference
 
-        return reference(args.input, args.manifest, _spec(args), args.out, args.report, args.threads)
+        return reference(args.input, args.manifest, _spec(args), args.out, args.report, args.threads, args.datasets_dir, args.cache_dir)
     if cmd == "evaluate":
         from .evaluate import evaluate
 
-        return evaluate(args.input, args.reference, args.reference_report, args.manifest, _spec(args), args.recipe, args.out, args.threads)
+        return evaluate(args.input, args.float_model, args.reference, args.reference_report, args.manifest, _spec(args), args.recipe,
+                        args.out, args.layers_out, args.threads)
+    if cmd == "dataset":
+        from .config import load_config
+        from .data import prepare_dataset
+
+        entry = json.loads(args.entry) if args.entry else load_config(args.config)["datasets"].get(args.name)
+        if entry is None:
+            from .config import ConfigError
+
+            raise ConfigError(f"datasets.{args.name}: no such dataset in {args.config}")
+        index = prepare_dataset(args.name, entry, args.out_dir)
+        return {"dataset": args.name, "images": len(index["images"]), "labels": index["labels"], "masks": index["masks"]}
+    if cmd == "mixed":
+        from .mixed import mixed_precision
+
+        report = mixed_precision(args.input, args.manifest, args.ranges, args.calibration, args.layers, _spec(args), _profile(args),
+                                 json.loads(args.recipe), args.out, args.quant_report, args.report, args.datasets_dir, args.cache_dir)
+        return {k: report[k] for k in ("target", "goal", "goal_met", "chosen")}
     if cmd == "init-mlflow":
         from .track import init_store, tracking_uri
 

@@ -74,11 +74,13 @@ def _check_semantics(config: dict) -> None:
     for i, t in enumerate(config["targets"]):
         if t not in targets:
             problems.append(f"targets.{i}: {targets.unknown_message(t)}")
-    problems += _check_calibration("calibration", config["calibration"], CALIBRATION_METHODS)
-    from .data import DATASETS
-
-    if config["evaluation"]["dataset"] not in DATASETS:
-        problems.append(f"evaluation.dataset: {DATASETS.unknown_message(config['evaluation']['dataset'])}")
+    datasets = _dataset_names(config)
+    problems += _check_calibration("calibration", config["calibration"], CALIBRATION_METHODS, datasets)
+    if config["evaluation"]["dataset"] not in datasets:
+        problems.append(f"evaluation.dataset: {datasets.unknown_message(config['evaluation']['dataset'])}")
+    for name, entry in config["datasets"].items():
+        if "url" in entry and entry["url"].startswith("http://") and not entry["allow_http"]:
+            problems.append(f"datasets.{name}.url: plain http is refused; use https, or set allow_http: true")
     for name, entry in config["models"].items():
         where = f"models.{name}"
         kind = entry["source"].split(":", 1)[0]
@@ -104,19 +106,39 @@ def _check_semantics(config: dict) -> None:
             if t not in targets:
                 problems.append(f"{where}.targets.{i}: {targets.unknown_message(t)}")
         if "calibration" in entry:
-            problems += _check_calibration(f"{where}.calibration", entry["calibration"], CALIBRATION_METHODS)
+            problems += _check_calibration(f"{where}.calibration", entry["calibration"], CALIBRATION_METHODS, datasets)
+        model_targets = entry.get("targets", config["targets"])
+        for t in entry.get("precision", {}):
+            if t not in model_targets:
+                problems.append(f"{where}.precision.{t}: not one of this model's targets ({', '.join(model_targets)})")
+        for t in entry.get("mixed_precision", {}).get("targets", []):
+            if t not in model_targets:
+                problems.append(f"{where}.mixed_precision.targets: {t!r} is not one of this model's targets ({', '.join(model_targets)})")
+        calib_set = entry.get("calibration", {}).get("dataset", config["calibration"]["dataset"])
+        if calib_set in config["datasets"] and calib_set == config["evaluation"]["dataset"]:
+            problems.append(f"{where}.calibration.dataset: {calib_set!r} is also the evaluation dataset; evaluation images must be "
+                            "held out from calibration — declare two datasets (e.g. two folders)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
-def _check_calibration(where: str, calib: dict, methods) -> list[str]:
+def _dataset_names(config: dict):
+    """Built-in datasets and the config's own, as a registry (for its unknown-name message)."""
     from .data import DATASETS
+    from .registry import Registry
 
+    names: Registry[str] = Registry("dataset")
+    for name in list(DATASETS.names()) + list(config["datasets"]):
+        names.add(name, name)
+    return names
+
+
+def _check_calibration(where: str, calib: dict, methods, datasets) -> list[str]:
     problems = []
     if "method" in calib and calib["method"] not in methods:
         problems.append(f"{where}.method: {methods.unknown_message(calib['method'])}")
-    if "dataset" in calib and calib["dataset"] not in DATASETS:
-        problems.append(f"{where}.dataset: {DATASETS.unknown_message(calib['dataset'])}")
+    if "dataset" in calib and calib["dataset"] not in datasets:
+        problems.append(f"{where}.dataset: {datasets.unknown_message(calib['dataset'])}")
     return problems
 
 
@@ -137,8 +159,9 @@ STAGE_FIELDS = {
     "export": _SOURCE_FIELDS + ("opset", "reparameterize"),
     "surgery": ("name", "surgery"),
     "calibrate": ("name", "calibration", "input", "seed"),
-    "reference": ("name", "evaluation", "input", "seed"),
+    "reference": ("name", "task", "evaluation", "input", "seed"),
     "evaluate": ("name", "task", "evaluation"),
+    "mixed": ("name", "task", "calibration", "input", "seed", "mixed_precision"),
     "track": ("name", "task", "source", "input", "surgery"),
 }
 

@@ -1,80 +1,268 @@
 """Images for calibration and evaluation, preprocessed to a model's input spec.
 
-The built-in dataset `samples` is the set of real photos that scikit-image ships inside its wheel,
-so a fresh offline machine still calibrates on real images. Calibration and evaluation draw from
-disjoint photos, so evaluation is on held-out images."""
+Datasets are the built-in `samples` (the real photos scikit-image ships inside its wheel, so a fresh
+offline machine still calibrates on real images; calibration and evaluation draw from disjoint
+photos) or the user's, declared under `datasets:` in config.yaml: an image folder (class sub-folders
+as labels, or flat), a tar/zip archive (local path, or https URL with sha256; extracted safely), with
+segmentation masks alongside when given. A user dataset is prepared once (`npuflow dataset`: fetch,
+extract, index) into results/datasets/<name>/index.json; preprocessed tensors are cached per
+(dataset, split, input spec, count, seed)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from pathlib import Path
+
 import numpy as np
 
+from .errors import NpuflowError
+from .io import atomic_path, read_json, sha256_file, write_json
 from .registry import Registry
 
-DATASETS: Registry["ImageSet"] = Registry("calibration dataset")
+DATASETS: Registry["ImageSet"] = Registry("built-in dataset")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+IGNORE_LABEL = 255  # mask pixels that count for no class (Cityscapes convention)
+INDEX_FILE = "index.json"
 
 # Photos bundled in scikit-image's wheel (no download); greyscale ones are stacked to RGB.
 CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon", "brick", "grass")
 EVALUATION_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "gravel", "page", "text", "horse")
 
 
-class ImageSet:
-    """A source of RGB uint8 photos, split into calibration and held-out evaluation photos."""
+class DatasetError(NpuflowError):
+    """A dataset that cannot be read as declared; names the dataset and the file at fault."""
 
-    def photos(self, split: str) -> list[tuple[str, np.ndarray]]:
+
+class Sample:
+    """One image (uint8 HWC RGB), its class label (or None) and its mask (uint8 HW, or None)."""
+
+    __slots__ = ("name", "image", "label", "mask")
+
+    def __init__(self, name: str, image: np.ndarray, label: int | None = None, mask: np.ndarray | None = None):
+        self.name, self.image, self.label, self.mask = name, image, label, mask
+
+
+class ImageSet:
+    """A source of samples for a split ('calibration' or 'evaluation')."""
+
+    key = ""  # identifies the content, for the preprocessed-tensor cache
+
+    def samples(self, split: str) -> list[Sample]:
         raise NotImplementedError
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
 
 
 @DATASETS.register("samples")
 class SamplePhotos(ImageSet):
-    def photos(self, split):
+    key = "samples:skimage"
+
+    def samples(self, split):
         import skimage.data
 
         names = CALIBRATION_PHOTOS if split == "calibration" else EVALUATION_PHOTOS
+        return [Sample(name, _rgb(np.asarray(getattr(skimage.data, name)()))) for name in names]
+
+
+class IndexedImages(ImageSet):
+    """A user dataset prepared by `prepare_dataset`: every listed image serves either split
+    (config validation keeps one dataset from serving both roles of a model)."""
+
+    def __init__(self, index_json: str | Path):
+        self.index = read_json(index_json)
+        self.key = f"index:{sha256_file(index_json)}"
+
+    def samples(self, split):
+        from PIL import Image
+
+        root = Path(self.index["root"])
         out = []
-        for name in names:
-            img = np.asarray(getattr(skimage.data, name)())
-            if img.dtype == bool:
-                img = img.astype(np.uint8) * 255
-            if img.ndim == 2:
-                img = np.stack([img] * 3, axis=-1)
-            out.append((name, img[..., :3].astype(np.uint8)))
+        for item in self.index["images"]:
+            path = root / item["path"]
+            try:
+                with Image.open(path) as im:
+                    image = np.asarray(im.convert("RGB"))
+                mask = None
+                if item.get("mask"):
+                    with Image.open(root / item["mask"]) as im:
+                        mask = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I;16", "I") else im).astype(np.int64)
+                        mask = np.where(mask > IGNORE_LABEL, IGNORE_LABEL, mask).astype(np.uint8)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DatasetError(f"dataset {self.index['name']}: cannot read {path}: {e}") from None
+            out.append(Sample(item["path"], image, item.get("label"), mask))
         return out
 
 
-def preprocess(img: np.ndarray, hw: tuple[int, int], mean, std, rng: np.random.Generator | None) -> np.ndarray:
-    """uint8 HWC RGB -> normalised float32 CHW of size hw. With `rng`: a light augmentation
-    (random crop of 60-100% of the area at the target aspect, horizontal flip); without: a centre
-    crop at the target aspect, as timm's eval transform does."""
+def open_dataset(name: str, datasets_dir: str | Path = "results/datasets") -> ImageSet:
+    """A built-in dataset by name, else the user dataset prepared under `datasets_dir`."""
+    if name in DATASETS:
+        return DATASETS.get(name)()
+    index = Path(datasets_dir) / name / INDEX_FILE
+    if not index.exists():
+        raise DatasetError(f"dataset {name}: not prepared ({index} missing; `npuflow dataset` prepares it)")
+    return IndexedImages(index)
+
+
+# ---------------------------------------------------------------- preparing a user dataset
+
+def _images_under(root: Path, skip: Path | None) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith(".") and (skip is None or skip not in p.parents))
+
+
+def index_images(name: str, root: Path, entry: dict) -> dict:
+    """The index of an image folder: labels from class sub-folders (integer names are class
+    indices; other names map by `classes`, else sorted order), masks from the `masks` sub-folder
+    (same relative path, any image suffix)."""
+    where = f"datasets.{name}"
+    masks_dir = root / entry["masks"] if entry.get("masks") else None
+    if masks_dir is not None and not masks_dir.is_dir():
+        raise DatasetError(f"{where}.masks: no folder {masks_dir}")
+    paths = _images_under(root, masks_dir)
+    if not paths:
+        raise DatasetError(f"{where}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    folders = sorted({p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1})
+    labelled = entry.get("labels", "auto")
+    if labelled == "auto":
+        labelled = "folders" if folders and all(len(p.relative_to(root).parts) > 1 for p in paths) else "none"
+    classes = None
+    if labelled == "folders":
+        if entry.get("classes"):
+            classes = list(entry["classes"])
+            unknown = sorted(set(folders) - set(classes))
+            if unknown:
+                raise DatasetError(f"{where}.classes: class folder(s) {', '.join(unknown[:5])} not listed")
+        elif all(f.isdigit() for f in folders):
+            classes = None  # folder names are the class indices
+        else:
+            classes = folders
+    images = []
+    for p in paths:
+        rel = p.relative_to(root)
+        item = {"path": rel.as_posix()}
+        if labelled == "folders":
+            folder = rel.parts[0]
+            item["label"] = int(folder) if classes is None else classes.index(folder)
+        if masks_dir is not None:
+            candidates = [c for c in masks_dir.joinpath(rel).parent.glob(rel.stem + ".*") if c.suffix.lower() in IMAGE_SUFFIXES]
+            if not candidates:
+                raise DatasetError(f"{where}.masks: no mask for {rel} under {masks_dir}")
+            item["mask"] = candidates[0].relative_to(root).as_posix()
+        images.append(item)
+    return {"name": name, "root": str(root.resolve()), "labels": labelled, "classes": classes,
+            "masks": masks_dir is not None, "images": images}
+
+
+def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
+    """Fetch (url), extract safely (archive) and index a user dataset into out_dir/index.json."""
+    from .archive import extract_archive, fetch_archive
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    where = f"datasets.{name}"
+    if "folder" in entry:
+        root = Path(entry["folder"])
+        if not root.is_dir():
+            raise DatasetError(f"{where}.folder: no folder {root}")
+        origin = {"folder": str(root)}
+    else:
+        if "url" in entry:
+            archive = out_dir / ("download" + "".join(Path(entry["url"].split("?")[0]).suffixes[-2:]))
+            fetch_archive(entry["url"], entry.get("sha256"), archive, allow_http=entry.get("allow_http", False))
+        else:
+            archive = Path(entry["archive"])
+            if not archive.is_file():
+                raise DatasetError(f"{where}.archive: no file {archive}")
+            if entry.get("sha256") and sha256_file(archive) != entry["sha256"].lower():
+                raise DatasetError(f"{where}.sha256: {archive} does not match (expected {entry['sha256']})")
+        root = out_dir / "files"
+        if not root.exists():
+            extract_archive(archive, root)
+        origin = {"archive": str(archive), "archive_sha256": sha256_file(archive)}
+    index = {**index_images(name, root, entry), **origin, "seconds": round(time.perf_counter() - start, 3)}
+    write_json(out_dir / INDEX_FILE, index)
+    return index
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def preprocess(img: np.ndarray, hw: tuple[int, int], prep: dict, rng: np.random.Generator | None, mask: np.ndarray | None = None):
+    """uint8 HWC RGB -> normalised float32 CHW of size hw (and the mask cropped and resized alike,
+    nearest-neighbour). Without `rng`: timm's eval transform — a centre crop of `crop_pct` of the
+    largest window at the target aspect, resized (bicubic or bilinear). With `rng`: a light
+    augmentation for calibration (random crop of 60-100% of the area, horizontal flip)."""
     from PIL import Image
 
     h, w = img.shape[:2]
     target_aspect = hw[1] / hw[0]
-    area = rng.uniform(0.6, 1.0) if rng is not None else 1.0
-    crop_h = min(h, int(round(np.sqrt(area * h * w / target_aspect))))
-    crop_w = min(w, int(round(crop_h * target_aspect)))
-    crop_h = min(crop_h, int(round(crop_w / target_aspect))) or 1
+    fit_h = min(h, w / target_aspect)
+    scale = np.sqrt(rng.uniform(0.6, 1.0)) if rng is not None else (prep.get("crop_pct") or 1.0)
+    crop_h = max(1, min(h, int(round(fit_h * scale))))
+    crop_w = max(1, min(w, int(round(crop_h * target_aspect))))
     if rng is not None:
-        top, left = rng.integers(0, h - crop_h + 1), rng.integers(0, w - crop_w + 1)
+        top, left = int(rng.integers(0, h - crop_h + 1)), int(rng.integers(0, w - crop_w + 1))
     else:
         top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    flip = rng is not None and rng.random() < 0.5
     crop = img[top : top + crop_h, left : left + crop_w]
-    if rng is not None and rng.random() < 0.5:
+    if flip:
         crop = crop[:, ::-1]
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((hw[1], hw[0]), Image.BILINEAR), dtype=np.float32) / 255.0
-    chw = (resized - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return chw.transpose(2, 0, 1).astype(np.float32)
+    resample = Image.BICUBIC if prep.get("interpolation") == "bicubic" else Image.BILINEAR
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((hw[1], hw[0]), resample), dtype=np.float32) / 255.0
+    chw = ((resized - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)).transpose(2, 0, 1).astype(np.float32)
+    if mask is None:
+        return chw, None
+    mcrop = mask[top : top + crop_h, left : left + crop_w]
+    if flip:
+        mcrop = mcrop[:, ::-1]
+    return chw, np.asarray(Image.fromarray(np.ascontiguousarray(mcrop)).resize((hw[1], hw[0]), Image.NEAREST), dtype=np.uint8)
 
 
-def image_batches(dataset: str, split: str, count: int, shape, preprocessing: dict, seed: int) -> tuple[np.ndarray, list[str]]:
-    """`count` preprocessed images as an array [count, C, H, W] and where each came from.
-    Images cycle through the split's photos; each draw is a fresh augmentation (seeded)."""
-    photos = DATASETS.get(dataset)().photos(split)
-    rng = np.random.default_rng(seed)
+class Batch:
+    """Preprocessed images [N, C, H, W], where each came from, and labels/masks when the set has them."""
+
+    def __init__(self, images: np.ndarray, names: list[str], labels: np.ndarray | None, masks: np.ndarray | None):
+        self.images, self.names, self.labels, self.masks = images, names, labels, masks
+
+
+def image_batches(dataset: str, split: str, count: int, shape, preprocessing: dict, seed: int,
+                  datasets_dir: str | Path = "results/datasets", cache_dir: str | Path | None = None) -> Batch:
+    """`count` preprocessed images. Images cycle through the split's samples; the first pass is
+    un-augmented (timm's eval transform), later passes are seeded augmentations. Cached under
+    `cache_dir` by everything that determines them."""
+    source = open_dataset(dataset, datasets_dir)
     hw = (shape[2], shape[3])
-    arrays, names = [], []
+    prep = {k: preprocessing.get(k) for k in ("mean", "std", "crop_pct", "interpolation")}
+    key = hashlib.sha256(json.dumps([source.key, split, count, hw, prep, seed], sort_keys=True).encode()).hexdigest()[:16]
+    cached = Path(cache_dir) / f"{dataset}-{split}-{key}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        with np.load(cached, allow_pickle=False) as z:
+            return Batch(z["images"], list(z["names"]), z["labels"] if "labels" in z else None, z["masks"] if "masks" in z else None)
+    samples = source.samples(split)
+    if not samples:
+        raise DatasetError(f"dataset {dataset}: no images for {split}")
+    rng = np.random.default_rng(seed)
+    arrays, names, labels, masks = [], [], [], []
     for i in range(count):
-        name, img = photos[i % len(photos)]
-        # The first pass over the photos is un-augmented, so small sets still see each whole photo.
-        arrays.append(preprocess(img, hw, preprocessing["mean"], preprocessing["std"], rng if i >= len(photos) else None))
-        names.append(name if i < len(photos) else f"{name}#aug{i // len(photos)}")
-    return np.stack(arrays), names
+        s = samples[i % len(samples)]
+        chw, mask = preprocess(s.image, hw, prep, rng if i >= len(samples) else None, s.mask)
+        arrays.append(chw)
+        names.append(s.name if i < len(samples) else f"{s.name}#aug{i // len(samples)}")
+        labels.append(-1 if s.label is None else s.label)
+        masks.append(mask)
+    batch = Batch(np.stack(arrays), names, np.asarray(labels) if any(lb >= 0 for lb in labels) else None,
+                  np.stack(masks) if all(m is not None for m in masks) else None)
+    if cached is not None:
+        with atomic_path(cached) as tmp:
+            with open(tmp, "wb") as f:
+                extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
+                np.savez(f, images=batch.images, names=np.asarray(names), **extra)
+    return batch

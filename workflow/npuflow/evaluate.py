@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import image_batches
+from .data import IGNORE_LABEL, image_batches
 from .io import atomic_path, read_json, write_json
 from .onnxutil import input_name, load, session
 
@@ -61,21 +61,56 @@ def _run_all(model, images: np.ndarray, threads: int):
     return sess, name, outs
 
 
-def reference(float_onnx: str | Path, manifest_json: str | Path, spec: dict, out_npz: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+def _resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Masks to the model's output resolution (nearest): SegFormer predicts at 1/4 of the input."""
+    if masks.shape[1:] == hw:
+        return masks
+    rows = (np.arange(hw[0]) * masks.shape[1] // hw[0])[:, None]
+    cols = (np.arange(hw[1]) * masks.shape[2] // hw[1])[None, :]
+    return masks[:, rows, cols]
+
+
+def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | None, masks: np.ndarray | None, task: str) -> dict:
+    """Task accuracy against the evaluation set's labels (top-1/top-5) or masks (mIoU), if it has them."""
+    if task == "classification" and labels is not None:
+        known = labels >= 0
+        top5 = np.argsort(-scores[known], axis=1)[:, :5]
+        return {"top1": float(np.mean(classes[known] == labels[known])),
+                "top5": float(np.mean([lb in t for lb, t in zip(labels[known], top5)])), "labelled_images": int(known.sum())}
+    if task == "segmentation" and masks is not None:
+        truth = _resize_masks(masks, classes.shape[1:])
+        valid = truth != IGNORE_LABEL
+        ious = []
+        for c in range(scores.shape[1]):
+            pred, true = (classes == c) & valid, (truth == c) & valid
+            union = np.sum(pred | true)
+            if union:
+                ious.append(np.sum(pred & true) / union)
+        return {"miou": float(np.mean(ious)) if ious else 0.0, "pixel_accuracy": float(np.mean(classes[valid] == truth[valid])),
+                "labelled_images": int(len(masks))}
+    return {}
+
+
+def reference(float_onnx: str | Path, manifest_json: str | Path, spec: dict, out_npz: str | Path, out_json: str | Path, threads: int = 1,
+              datasets_dir: str | Path = "results/datasets", cache_dir: str | Path | None = None) -> dict:
     start = time.perf_counter()
     manifest = read_json(manifest_json)
     ev = spec["evaluation"]
-    # Seeded apart from calibration, from photos calibration never sees.
-    images, sources = image_batches(ev["dataset"], "evaluation", ev["images"], spec["input"]["shape"], manifest["preprocessing"], spec["seed"] + 1)
+    # Seeded apart from calibration, from images calibration never sees.
+    batch = image_batches(ev["dataset"], "evaluation", ev["images"], spec["input"]["shape"], manifest["preprocessing"], spec["seed"] + 1,
+                          datasets_dir, cache_dir)
     model = expose_logits(load(float_onnx))
-    sess, name, outs = _run_all(model, images, threads)
+    sess, name, outs = _run_all(model, batch.images, threads)
     scores, classes = _scores_and_classes(outs)
-    fp32_ms, repeats = host_latency_ms(sess, {name: images[:1]}, ev["latency_repeats"])
+    fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"])
+    extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=images, scores=scores, classes=classes)
-    report = {"images": len(images), "image_sources": sources, "host_fp32_ms": fp32_ms, "host_fp32_repeats": repeats,
-              "host_threads": threads, "seconds": round(time.perf_counter() - start, 3)}
+            np.savez_compressed(f, images=batch.images, scores=scores, classes=classes, **extra)
+    accuracy = task_metrics(scores, classes, batch.labels, batch.masks, spec["task"])
+    report = {"images": len(batch.images), "dataset": ev["dataset"], "image_sources": batch.names,
+              **{f"float_{k}" if k != "labelled_images" else k: v for k, v in accuracy.items()},
+              "host_fp32_ms": fp32_ms, "host_fp32_repeats": repeats, "host_threads": threads, "seconds": round(time.perf_counter() - start, 3)}
     write_json(out_json, report)
     return report
 
@@ -100,27 +135,44 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
     return metrics
 
 
-def evaluate(quant_onnx: str | Path, reference_npz: str | Path, reference_json: str | Path, manifest_json: str | Path,
-             spec: dict, recipe: str, out_json: str | Path, threads: int = 1) -> dict:
+def evaluate(quant_onnx: str | Path, float_onnx: str | Path, reference_npz: str | Path, reference_json: str | Path, manifest_json: str | Path,
+             spec: dict, recipe: str, out_json: str | Path, out_layers: str | Path, threads: int = 1) -> dict:
+    """Fidelity and task accuracy of a quantised model against the float reference, its host
+    latency, and the per-layer precision analysis (`out_layers`, JSON rows)."""
+    from .layers import analyse_layers
+
     start = time.perf_counter()
     ref = np.load(reference_npz)
     ref_report = read_json(reference_json)
     manifest = read_json(manifest_json)
-    model = expose_logits(load(quant_onnx))
+    quant_model = load(quant_onnx)
+    model = expose_logits(quant_model)
     sess, name, outs = _run_all(model, ref["images"], threads)
     scores, classes = _scores_and_classes(outs)
     int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"])
+    labels = ref["labels"] if "labels" in ref else None
+    masks = ref["masks"] if "masks" in ref else None
+    accuracy = task_metrics(scores, classes, labels, masks, spec["task"])
+    analysed = time.perf_counter()
+    rows = analyse_layers(load(float_onnx), load(quant_onnx), ref["images"][: spec["evaluation"]["analysis_images"]], threads)
+    write_json(out_layers, {"images": min(len(ref["images"]), spec["evaluation"]["analysis_images"]), "rows": rows})
     report = {
         "model": spec["name"],
         "recipe": recipe,
         "task": spec["task"],
         "weights": manifest["weights"],
         "images": int(len(ref["images"])),
+        "dataset": ref_report.get("dataset"),
         **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),
+        **accuracy,
+        **{k: v for k, v in ref_report.items() if k.startswith("float_")},
         "host_fp32_ms": ref_report["host_fp32_ms"],
         "host_int8_ms": int8_ms,
         "host_int8_repeats": repeats,
         "host_threads": threads,
+        "worst_layers": [{k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
+                         for r in sorted(rows, key=lambda r: r["cosine"])[:5]],
+        "seconds_layer_analysis": round(time.perf_counter() - analysed, 3),
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_json, report)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_path, write_json
-from .targets import recipe_id
+from .precision import DEFAULT_RECIPE, embedded_precision, recipe_id, resolve_precision
 
 PRECISION_BYTES = {"int8": 1, "int16": 2, "float": 4}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -171,23 +171,28 @@ def _is_aligned_view(graph: Graph, op: Op, tile_c: int) -> bool:
     return differing <= {axis} and whole[axis] % tile_c == 0 and all(p[axis] % tile_c == 0 for p in parts)
 
 
-def assign_units(graph: Graph, profile: dict) -> None:
+def assign_units(graph: Graph, profile: dict, node_precision: dict[str, str] | None = None) -> None:
+    """Each op's unit and precision. `node_precision` is the recipe resolved per node (what the
+    quantiser applied); a float op runs on the CPU unless one of the target's NPU units has a float
+    rate, as the vendor compilers leave unquantised ops to the CPU."""
     units = profile["units"]
     free = set(profile.get("free_ops", []))
     tile_c = units["tensor"].get("tile", {}).get("c", 0)
-    cpu_forced = set(units["vector"].get("cpu_ops", [])) | set(units["tensor"].get("cpu_ops", []))
+    node_precision = node_precision or {}
     for op in graph.ops:
+        dtype = node_precision.get(op.name)
         if op.op_type in free or _is_aligned_view(graph, op, tile_c):
             op.unit = "free"
-        elif op.op_type in cpu_forced:
-            op.unit = "cpu"
         else:
             op.unit = next((u for u in ("tensor", "vector", "dma") if op.op_type in units[u].get("ops", [])), "cpu")
-        acts = _activations(graph, op)
+            if dtype == "float" and "float" not in units.get(op.unit, {}).get("peak_ops_per_s", {}):
+                op.unit = "cpu"
         if op.unit == "cpu":
             op.precision = "float"
+        elif dtype is not None:
+            op.precision = dtype
         else:
-            op.precision = max((t.precision for t in acts), key=RANK.get, default="int8")
+            op.precision = max((t.precision for t in _activations(graph, op)), key=RANK.get, default="int8")
             if op.precision == "float":  # NPU compilers quantise every op they run
                 op.precision = "int8"
 
@@ -275,6 +280,7 @@ def fuse(graph: Graph, profile: dict) -> None:
                 added_residual |= nxt.op_type == "Add"
                 nxt.fused_into = op.name
                 op.fused.append(nxt.op_type)
+                op.precision = max(op.precision, nxt.precision, key=RANK.get)  # a wider fused output widens the op
                 out = nxt.outputs[0]
             else:
                 break
@@ -313,6 +319,7 @@ def merge_moves(graph: Graph, moves: set[str]) -> None:
             if nxt.unit != "free":
                 nxt.fused_into = op.name
                 op.fused.append(nxt.op_type)
+                op.precision = max(op.precision, nxt.precision, key=RANK.get)  # a wider fused output widens the op
             out = nxt.outputs[0]
 
 
@@ -448,9 +455,13 @@ def subgraphs(graph: Graph) -> list[dict]:
 
 
 def analyse(model, profile: dict) -> Graph:
-    """The rate-independent part of a build: graph, unit mapping, fusion, work per op."""
+    """The rate-independent part of a build: graph, unit mapping, fusion, work per op. The node
+    precision is the one the quantised model carries, else the profile's recipe resolved here."""
     graph = Graph(model)
-    assign_units(graph, profile)
+    node_precision = embedded_precision(model)
+    if node_precision is None:
+        node_precision = resolve_precision(model, profile.get("precision", DEFAULT_RECIPE))
+    assign_units(graph, profile, node_precision)
     recognise_activations(graph)
     fuse(graph, profile)
     measure(graph, profile)
@@ -472,7 +483,30 @@ def simulate(model, profile: dict, batch: int = 1, graph: Graph | None = None) -
     return {"graph": graph, "parts": parts, "total_s": total_s, "overhead_s": overhead_s, "io_bytes": io_bytes}
 
 
-def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name: str = "", weights: str = "") -> dict:
+def _recipe(model, profile: dict) -> dict:
+    import json
+
+    carried = next((p.value for p in model.metadata_props if p.key == "npuflow.recipe"), None)
+    return json.loads(carried) if carried else profile.get("precision", DEFAULT_RECIPE)
+
+
+def layer_table(rows: list[dict], graph: Graph) -> list[dict]:
+    """The precision analysis rows with where each layer runs on this target and its simulated
+    time (a fused op's time is its group's root's: `fused_into` names it)."""
+    out = []
+    for r in rows:
+        op = graph.by_name.get(r["node"])
+        if op is None:
+            out.append({**r, "unit": "", "fused_into": "", "sim_time_us": ""})
+            continue
+        out.append({**r, "unit": op.unit, "fused_into": op.fused_into or "", "sim_time_us": 0.0 if op.fused_into else op.time_s * 1e6})
+    return out
+
+
+def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name: str = "", weights: str = "",
+          layer_rows: list[dict] | None = None, layers_csv: str | Path | None = None) -> dict:
+    """Simulated compile: build.json, trace.json, summary.txt in `out_dir`; with the precision
+    analysis rows, also the per-layer table for this target (`layers_csv`)."""
     import onnx
 
     start = time.perf_counter()
@@ -496,7 +530,7 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
         "simulated": True,
         "profile_fitted": bool(profile.get("fit")),
         "weights": weights,
-        "precision_recipe": recipe_id(profile),
+        "precision_recipe": recipe_id(_recipe(model, profile)),
         "latency_ms": latency_s * 1e3,
         "batch": n,
         "fps": n / many["total_s"],
@@ -520,6 +554,10 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
         "seconds": 0.0,
     }
     out_dir = Path(out_dir)
+    if layer_rows is not None and layers_csv:
+        from .layers import write_layers_csv
+
+        write_layers_csv(layer_table(layer_rows, graph), layers_csv, ["unit", "fused_into", "sim_time_us"])
     write_json(out_dir / "trace.json", chrome_trace(graph, profile["name"]))
     report["seconds"] = round(time.perf_counter() - start, 3)
     with atomic_path(out_dir / "summary.txt") as tmp:

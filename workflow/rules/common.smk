@@ -4,7 +4,9 @@ import re
 from snakemake.exceptions import WorkflowError
 
 from npuflow.config import ConfigError, model_spec, stage_spec, validate_config
-from npuflow.targets import load_targets, recipe_id
+from npuflow.data import DATASETS
+from npuflow.precision import merge_recipe, recipe_id
+from npuflow.targets import load_targets
 from npuflow.track import tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
@@ -16,18 +18,38 @@ except ConfigError as e:
 
 SPECS = {name: model_spec(config, name) for name in config["models"]}
 TARGET_PROFILES = load_targets(config["target_profiles"])
-# Precision recipes in use, by id; a target's quantised model is the one of its recipe.
-RECIPES = {recipe_id(TARGET_PROFILES.get(t)): TARGET_PROFILES.get(t).get("precision", {"default": "int8"}) for t in TARGET_PROFILES.names()}
 PAIRS = [(m, t) for m, spec in SPECS.items() for t in spec["targets"]]
 # MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
 MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
+IMAGE_CACHE = "results/cache/images"
+
+
+def base_recipe(model, target):
+    """The target profile's precision recipe with the model's own changes for that target."""
+    return merge_recipe(TARGET_PROFILES.get(target).get("precision"), SPECS[model].get("precision", {}).get(target))
+
+
+def searched(model, target):
+    """Whether automatic mixed precision chooses this (model, target)'s recipe."""
+    mp = SPECS[model].get("mixed_precision")
+    return mp is not None and target in mp.get("targets", SPECS[model]["targets"])
+
+
+def recipe_of(model, target):
+    """The id of the quantised model a target builds: its recipe's, or mixed-<target> when searched."""
+    return f"mixed-{target}" if searched(model, target) else recipe_id(base_recipe(model, target))
+
+
+# Precision recipes by id; targets (of any model) with the same recipe share one quantised model.
+RECIPES = {recipe_id(base_recipe(m, t)): base_recipe(m, t) for m, t in PAIRS}
 
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in SPECS),
     target="|".join(re.escape(t) for t in TARGET_PROFILES.names()),
-    recipe="|".join(re.escape(r) for r in RECIPES),
+    recipe="|".join(re.escape(r) for r in list(RECIPES) + [f"mixed-{t}" for t in TARGET_PROFILES.names()]),
+    dataset="|".join(re.escape(d) for d in config["datasets"]) or "(?!)",
 
 
 def spec_json(stage):
@@ -36,9 +58,22 @@ def spec_json(stage):
     return lambda wildcards: json.dumps(stage_spec(SPECS[wildcards.model], stage), sort_keys=True)
 
 
+def dataset_inputs(*roles):
+    """The prepared index of each user dataset the model's calibration/evaluation reads."""
+    def inputs(wildcards):
+        spec = SPECS[wildcards.model]
+        names = {spec[role]["dataset"] for role in roles}
+        return [f"results/datasets/{d}/index.json" for d in sorted(names) if d not in DATASETS]
+    return inputs
+
+
 def quantized(wildcards):
-    """The quantised model a target runs: the one of the target's precision recipe."""
-    return f"results/{wildcards.model}/quant/{recipe_id(TARGET_PROFILES.get(wildcards.target))}.onnx"
+    """The quantised model a target builds."""
+    return f"results/{wildcards.model}/quant/{recipe_of(wildcards.model, wildcards.target)}.onnx"
+
+
+def target_layers(wildcards):
+    return f"results/{wildcards.model}/eval/{recipe_of(wildcards.model, wildcards.target)}.layers.json"
 
 
 def run_files(model):
@@ -46,12 +81,15 @@ def run_files(model):
     d = f"results/{model}"
     runs = {}
     for target in SPECS[model]["targets"]:
-        recipe = recipe_id(TARGET_PROFILES.get(target))
+        recipe = recipe_of(model, target)
         runs[target] = {
             "manifest": f"{d}/fetch/manifest.json", "export": f"{d}/export.json", "simplify": f"{d}/simplify.json",
             "surgery": f"{d}/surgery.json", "calibration": f"{d}/calibration.json", "quantize": f"{d}/quant/{recipe}.json",
             "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json", "evaluate": f"{d}/eval/{recipe}.json",
+            "layers": f"{d}/quant/{target}.layers.csv",
         }
+        if searched(model, target):
+            runs[target]["mixed"] = f"{d}/mixed/{target}.json"
     return runs
 
 

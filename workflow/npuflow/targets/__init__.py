@@ -12,7 +12,6 @@ from ..registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent
 REQUIRED_UNITS = ("tensor", "vector", "dma", "cpu")
-ACTIVATION_TYPES = ("int8", "int16")  # what the quantize stage can produce for a recipe's default
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -71,8 +70,11 @@ def _check(name: str, prof: dict, where: str) -> None:
             node = node[part]
         return node
 
-    if prof.get("precision", {}).get("default", "int8") not in ACTIVATION_TYPES:
-        raise ConfigError(f"{where}.precision.default: expected one of {', '.join(ACTIVATION_TYPES)}")
+    from ..precision import check_recipe
+
+    problems = check_recipe(prof.get("precision", {}), f"{where}.precision")
+    if problems:
+        raise ConfigError("\n  ".join(problems))
     for unit in REQUIRED_UNITS:
         need(f"units.{unit}")
     for path in ("units.tensor.peak_ops_per_s.int8", "units.vector.peak_ops_per_s.int8", "units.cpu.peak_ops_per_s.float",
@@ -81,17 +83,6 @@ def _check(name: str, prof: dict, where: str) -> None:
         value = need(path)
         if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not path.startswith("overheads")):
             raise ConfigError(f"{where}.{path}: expected a positive number, got {value!r}")
-
-
-def recipe_id(profile: dict) -> str:
-    """A file-name-safe id of the profile's precision recipe: `int8`, `int16`, or a short hash."""
-    import hashlib
-    import json
-
-    recipe = profile.get("precision", {"default": "int8"})
-    if set(recipe) == {"default"}:
-        return recipe["default"]
-    return "recipe-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> Registry[dict]:

@@ -1,0 +1,126 @@
+"""Per-layer precision analysis, like Pulsar2's precision_analysis table: for every tensor a node
+produces, the float model's value against the quantised model's (as its consumers see it, after
+Quantize/Dequantize) on held-out images — cosine, SQNR, MSE — and the local error the tensor's own
+quantisation adds (its value before vs after its Q/DQ pair). Errors accumulate through the graph,
+as in the vendor tables; the local SQNR is what ranks layers for mixed precision."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path
+from .onnxutil import input_name, session
+
+COLUMNS = ["tensor", "node", "op_type", "shape", "dtype", "quantized_dtype", "cosine", "sqnr_db", "mse", "local_sqnr_db"]
+_SKIP = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape"}
+_QTYPES = {3: "int8", 2: "int8", 5: "int16", 4: "int16"}  # onnx TensorProto INT8, UINT8, INT16, UINT16
+
+
+def _float_tensors(model) -> list[tuple[str, str, str, list[int]]]:
+    """(tensor, node, op_type, shape) for every float tensor a node of the float model produces."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    info = {vi.name: vi.type.tensor_type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in _SKIP:
+            continue
+        for t in n.output:
+            tt = info.get(t)
+            if tt is not None and tt.elem_type == onnx.TensorProto.FLOAT:
+                out.append((t, n.name, n.op_type, [d.dim_value for d in tt.shape.dim]))
+    return out
+
+
+def _with_outputs(model, names: list[str]):
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    present = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in present:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            present.add(name)
+    return m
+
+
+def _qdq_of(quant_model) -> dict[str, tuple[str, str]]:
+    """{tensor: (its dequantised name, quantised dtype)} for tensors behind a Q/DQ pair."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in quant_model.graph.initializer}
+    dq_of = {n.input[0]: n.output[0] for n in quant_model.graph.node if n.op_type == "DequantizeLinear"}
+    out = {}
+    for n in quant_model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.output[0] in dq_of:
+            zp = inits.get(n.input[2]) if len(n.input) > 2 else None
+            dtype = _QTYPES.get(zp.data_type, "int8") if zp is not None else "int8"
+            if zp is not None and zp.data_type not in _QTYPES:
+                dtype = str(numpy_helper.to_array(zp).dtype)
+            out[n.input[0]] = (dq_of[n.output[0]], dtype)
+    return out
+
+
+def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 2) -> list[dict]:
+    """One row per float tensor produced by a node, in graph order."""
+    tensors = _float_tensors(float_model)
+    quant_names = {o for n in quant_model.graph.node for o in n.output}
+    tensors = [t for t in tensors if t[0] in quant_names]
+    qdq = _qdq_of(quant_model)
+    names = [t[0] for t in tensors]
+    post_names = [qdq[t][0] if t in qdq else t for t in names]
+    fsess = session(_with_outputs(float_model, names), threads)
+    qsess = session(_with_outputs(quant_model, sorted(set(names) | set(post_names))), threads)
+    fin, qin = input_name(float_model), input_name(quant_model)
+    fidx = {o.name: i for i, o in enumerate(fsess.get_outputs())}
+    qidx = {o.name: i for i, o in enumerate(qsess.get_outputs())}
+    acc = {t: np.zeros(6) for t in names}  # f·q, f², q², (f-q)², count, (pre-post)²
+    for img in images:
+        fout = fsess.run(None, {fin: img[None]})
+        qout = qsess.run(None, {qin: img[None]})
+        for t, post in zip(names, post_names):
+            f = fout[fidx[t]].astype(np.float64).ravel()
+            q = qout[qidx[post]].astype(np.float64).ravel()
+            pre = qout[qidx[t]].astype(np.float64).ravel()
+            a = acc[t]
+            a[0] += f @ q
+            a[1] += f @ f
+            a[2] += q @ q
+            a[3] += np.sum((f - q) ** 2)
+            a[4] += f.size
+            a[5] += np.sum((pre - q) ** 2)
+    rows = []
+    for (t, node, op_type, shape), post in zip(tensors, post_names):
+        fq, ff, qq, err, count, local = acc[t]
+        rows.append({
+            "tensor": t, "node": node, "op_type": op_type, "shape": "x".join(map(str, shape)), "dtype": "float32",
+            "quantized_dtype": qdq[t][1] if t in qdq else "float",
+            "cosine": float(fq / np.sqrt(ff * qq)) if ff > 0 and qq > 0 else (1.0 if ff == qq else 0.0),
+            "sqnr_db": _db(ff, err), "mse": float(err / max(count, 1)), "local_sqnr_db": _db(qq, local),
+        })
+    return rows
+
+
+def _db(signal: float, noise: float) -> float:
+    if noise <= 0:
+        return float("inf")
+    if signal <= 0:
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))
+
+
+def write_layers_csv(rows: list[dict], path: str | Path, extra_columns: list[str] = ()) -> None:
+    """Worst layers first (lowest cosine), as the report shows them."""
+    columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+    ordered = sorted(rows, key=lambda r: (r["cosine"], r["sqnr_db"]))
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in ordered:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

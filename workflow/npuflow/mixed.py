@@ -1,0 +1,126 @@
+"""Automatic mixed precision for one (model, target), like OpenVINO NNCF's accuracy-aware
+quantisation but weighed against the target's simulated latency: starting from the target's
+recipe, promote the layers whose own quantisation hurts most (lowest local SQNR in the precision
+analysis) to int16 — 1, 2, 4, … at a time — then int16 ones to float, re-quantising and checking
+the fidelity goal on images apart from both the calibration and the evaluation images, until the
+goal is met, the step budget is spent, or the latency budget would be exceeded. Every step is a
+point of the accuracy/latency trade-off curve; the chosen recipe is saved with the model."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+from .data import image_batches
+from .io import read_json, write_json
+from .onnxutil import load
+from .precision import recipe_id
+
+
+def _score(model, images, ref_scores, ref_classes, task: str) -> dict:
+    from .evaluate import _run_all, _scores_and_classes, expose_logits, fidelity
+
+    _, _, outs = _run_all(expose_logits(model), images, 2)
+    scores, classes = _scores_and_classes(outs)
+    return fidelity(ref_scores, ref_classes, scores, classes, task)
+
+
+def promotion_order(rows: list[dict], groups: dict[str, list[str]]) -> tuple[list[list[str]], list[list[str]]]:
+    """(int8 layers, int16 layers), each most sensitive first: lowest local SQNR, i.e. the most
+    noise its own quantisation adds relative to the signal. A layer is a fused group on the target
+    (conv + BN + activation run as one op), promoted together: `groups` maps a node to its group."""
+    def order(dtype):
+        ranked = sorted((r for r in rows if r["quantized_dtype"] == dtype and r["local_sqnr_db"] != float("inf")),
+                        key=lambda r: r["local_sqnr_db"])
+        layers = {}
+        for r in ranked:
+            group = tuple(groups.get(r["node"], [r["node"]]))
+            layers.setdefault(group, list(group))
+        return list(layers.values())
+
+    return order("int8"), order("int16")
+
+
+def fused_groups(model, profile: dict) -> dict[str, list[str]]:
+    """{node: the nodes of its fused group} as the simulator maps the model onto the target."""
+    from .simulator import _root, analyse
+
+    graph = analyse(model, profile)
+    members: dict[str, list[str]] = {}
+    for op in graph.ops:
+        members.setdefault(_root(graph, op).name, []).append(op.name)
+    return {op.name: members[_root(graph, op).name] for op in graph.ops}
+
+
+def mixed_precision(float_onnx, manifest_json, ranges_json, calibration_json, layers_json, spec: dict, profile: dict, base_recipe: dict,
+                    out_onnx, out_quant_json, out_json, datasets_dir="results/datasets", cache_dir=None) -> dict:
+    from .evaluate import _run_all, _scores_and_classes, expose_logits
+    from .quantize import quantize, quantize_model
+    from .simulator import simulate
+
+    start = time.perf_counter()
+    mp = spec["mixed_precision"]
+    metric, goal = mp["goal"]["metric"], mp["goal"]["value"]
+    calib = spec["calibration"]
+    manifest = read_json(manifest_json)
+    options = read_json(calibration_json).get("quantization", {})
+    # Images after the calibration ones (and after auto-calibration's), never the evaluation images.
+    skip = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
+    batch = image_batches(calib["dataset"], "calibration", skip + mp["images"], spec["input"]["shape"], manifest["preprocessing"],
+                          spec["seed"], datasets_dir, cache_dir)
+    images = batch.images[skip:]
+    float_model = load(float_onnx)
+    _, _, ref_outs = _run_all(expose_logits(load(float_onnx)), images, 2)
+    ref_scores, ref_classes = _scores_and_classes(ref_outs)
+    int8_layers, int16_layers = promotion_order(read_json(layers_json)["rows"], fused_groups(float_model, profile))
+
+    curve = []
+    with tempfile.TemporaryDirectory(prefix="npuflow-mixed-") as tmp:
+        def point(recipe: dict, promoted: dict) -> dict:
+            path = Path(tmp) / f"step{len(curve)}.onnx"
+            quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path)
+            quantized = load(path)
+            fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
+            latency_ms = simulate(quantized, profile, 1)["total_s"] * 1e3
+            p = {"step": len(curve), "promoted": dict(promoted), "nodes_int16": sum(1 for d in promoted.values() if d == "int16"),
+                 "nodes_float": sum(1 for d in promoted.values() if d == "float"), metric: fid[metric], "cosine": fid["cosine"],
+                 "latency_ms": latency_ms, "recipe": recipe, "path": str(path)}
+            curve.append(p)
+            return p
+
+        base = point(base_recipe, {})
+        base["within_budget"] = True
+        budget_ms = base["latency_ms"] * (1 + mp["max_latency_increase_pct"] / 100)
+        queue = [(layer, "int16") for layer in int8_layers] + [(layer, "float") for layer in int16_layers + int8_layers]
+        promoted: dict[str, str] = {}
+        k, last = 1, base
+        while last[metric] < goal and len(curve) <= mp["max_steps"] and queue:
+            step, queue = queue[:k], queue[k:]
+            promoted.update({node: dtype for layer, dtype in step for node in layer})
+            recipe = copy.deepcopy(base_recipe)
+            recipe["layers"] = {**recipe.get("layers", {}), **promoted}
+            last = point(recipe, promoted)
+            last["within_budget"] = last["latency_ms"] <= budget_ms
+            if not last["within_budget"]:
+                break
+            k *= 2
+        feasible = [p for p in curve if p["within_budget"]]
+        meeting = [p for p in feasible if p[metric] >= goal]
+        chosen = meeting[0] if meeting else max(feasible, key=lambda p: p[metric])
+    # The chosen recipe quantised as the quantize stage does it, with its report beside the model.
+    quantize(float_onnx, ranges_json, calibration_json, chosen["recipe"], out_onnx, out_quant_json)
+    for p in curve:
+        p.pop("path")
+    report = {
+        "model": spec["name"], "target": profile["name"], "simulated_latency": True,
+        "goal": {"metric": metric, "value": goal}, "goal_met": chosen[metric] >= goal,
+        "base": {"recipe_id": recipe_id(base_recipe), metric: base[metric], "latency_ms": base["latency_ms"]},
+        "chosen": {"step": chosen["step"], "recipe": chosen["recipe"], metric: chosen[metric], "latency_ms": chosen["latency_ms"],
+                   "latency_increase_pct": 100 * (chosen["latency_ms"] / base["latency_ms"] - 1)},
+        "latency_budget_ms": budget_ms, "images": len(images), "curve": curve,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_json, report)
+    return report
