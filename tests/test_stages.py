@@ -100,7 +100,7 @@ def test_calibration_ranges_cover_every_tensor_once(classifier):
     assert report["images"] == 4 and report["method"] == "minmax" and report["image_sources"][0] == "astronaut"
     ranges = json.loads(p["ranges"].read_text())["data"]
     assert len(ranges) == report["tensors"] > 100
-    lo, hi = ranges["input"]["lowest"]["data"][0], ranges["input"]["highest"]["data"][0]
+    lo, hi = (float(np.ravel(ranges["input"][k]["data"])[0]) for k in ("lowest", "highest"))
     assert -2.2 < lo < 0 < hi < 2.7  # ImageNet-normalised real photos
 
 
@@ -149,7 +149,8 @@ def test_evaluate_compares_int8_to_float_on_held_out_images(quantized, classifie
     spec, p = classifier
     ref = reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
     assert set(ref["image_sources"]).isdisjoint(read_json(p["calibration"])["image_sources"])
-    report = evaluate(quantized[0], tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8", tmp_path / "e.json")
+    report = evaluate(quantized[0], p["surgery_onnx"], tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8", tmp_path / "e.json",
+                      tmp_path / "l.json")
     assert 0.9 < report["cosine"] <= 1.0 and report["sqnr_db"] > 5
     assert 0 <= report["top1_agreement"] <= report["top5_agreement"] <= 1
     assert report["host_fp32_ms"] > 0 and report["host_int8_ms"] > 0 and report["weights"] == "random"
@@ -162,7 +163,8 @@ def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
     spec, p = segmenter
     quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
     reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
-    report = evaluate(tmp_path / "q.onnx", tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8", tmp_path / "e.json")
+    report = evaluate(tmp_path / "q.onnx", p["surgery_onnx"], tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8",
+                      tmp_path / "e.json", tmp_path / "l.json")
     assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
     assert read_json(p["manifest"])["family"] == "segformer"
     assert -1 <= report["cosine"] <= 1
@@ -204,11 +206,13 @@ def test_int16_recipe_quantises_activations_to_int16(classifier, tmp_path):
 
 
 def test_targets_with_one_recipe_share_one_quantised_model():
-    from npuflow.targets import load_targets, recipe_id
+    from npuflow.precision import recipe_id
+    from npuflow.targets import load_targets
 
     targets = load_targets({"my-npu": {"base": "ax650n-npu3", "precision": {"default": "int16"}}})
-    assert {recipe_id(targets.get(t)) for t in ("ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5")} == {"int8"}
-    assert recipe_id(targets.get("my-npu")) == "int16"
+    ids = {t: recipe_id(targets.get(t)["precision"]) for t in ("ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5", "my-npu")}
+    assert ids == {"ax650n-npu1": "int8", "ax650n-npu3": "int8", "rdk-x5": "int8_Softmax-float",
+                   "j5": "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16", "my-npu": "int16"}
 
 
 def test_reparameterisation_exports_the_single_branch_deploy_form(tmp_path):

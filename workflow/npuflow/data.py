@@ -163,8 +163,6 @@ def index_images(name: str, root: Path, entry: dict) -> dict:
 
 def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
     """Fetch (url), extract safely (archive) and index a user dataset into out_dir/index.json."""
-    from .archive import extract_archive, fetch_archive
-
     start = time.perf_counter()
     out_dir = Path(out_dir)
     where = f"datasets.{name}"
@@ -174,6 +172,8 @@ def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
             raise DatasetError(f"{where}.folder: no folder {root}")
         origin = {"folder": str(root)}
     else:
+        from .archive import extract_archive, fetch_archive
+
         if "url" in entry:
             archive = out_dir / ("download" + "".join(Path(entry["url"].split("?")[0]).suffixes[-2:]))
             fetch_archive(entry["url"], entry.get("sha256"), archive, allow_http=entry.get("allow_http", False))

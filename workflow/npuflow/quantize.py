@@ -63,6 +63,10 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
+    if _onnx_opset(model) < QDQ_MIN_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, QDQ_MIN_OPSET)
     _fast_input_replacement()
     qtype = {"int8": QuantType.QInt8, "int16": QuantType.QInt16}
     precision = resolve_precision(model, recipe)
@@ -101,10 +105,6 @@ def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: 
     options = calibration.get("quantization", {})
     model = load(model_onnx)
     opset_in = _onnx_opset(model)
-    if opset_in < QDQ_MIN_OPSET:
-        from onnx import version_converter
-
-        model = version_converter.convert_version(model, QDQ_MIN_OPSET)
     precision = quantize_model(model, ranges_json, recipe, options, out_onnx)
     quantized = load(out_onnx)
     ops = op_counts(quantized)

@@ -1,0 +1,238 @@
+"""Precision recipes, calibration methods, per-layer analysis, mixed precision, datasets and task accuracy."""
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import make_config, segformer_entry
+from npuflow.config import ConfigError, model_spec, validate_config
+from npuflow.io import read_json
+
+
+def _attention_like():
+    """x → MatMul → Softmax → MatMul → GELU (Erf form) → out: enough for recipe resolution."""
+    w = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    c = {n: onnx.numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s2", 1.4142135), ("one", 1.0), ("half", 0.5))}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="qk"),
+        helper.make_node("Softmax", ["a"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "w"], ["v"], name="pv"),
+        helper.make_node("Div", ["v", "s2"], ["d"], name="gelu_div"),
+        helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+        helper.make_node("Mul", ["v", "e1"], ["m"], name="gelu_mul"),
+        helper.make_node("Mul", ["m", "half"], ["y"], name="gelu_half"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], [w, *c.values()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_recipe_priority_is_layer_then_op_type_then_subgraph():
+    from npuflow.precision import resolve_precision
+
+    model = _attention_like()
+    recipe = {"default": "int8", "op_types": {"Softmax": "float", "Gelu": "int16"}, "layers": {"gelu_erf": "float"},
+              "subgraphs": [{"start": ["x"], "end": ["v"], "dtype": "int16"}]}
+    p = resolve_precision(model, recipe)
+    assert p["qk"] == "int16" and p["pv"] == "int16"  # subgraph x → v
+    assert p["softmax"] == "float"  # op type beats subgraph
+    assert p["gelu_div"] == p["gelu_add"] == p["gelu_mul"] == p["gelu_half"] == "int16"  # `Gelu` covers the Erf form
+    assert p["gelu_erf"] == "float"  # named layer beats op type
+
+
+def test_recipe_naming_a_missing_layer_is_refused_with_the_field():
+    from npuflow.precision import RecipeError, resolve_precision
+
+    with pytest.raises(RecipeError, match=r"precision\.layers\.nope: no node of that name"):
+        resolve_precision(_attention_like(), {"default": "int8", "layers": {"nope": "int16"}})
+
+
+def test_bad_recipe_in_config_names_the_entry_and_field():
+    from conftest import classifier_entry
+
+    config = {"weights": "random", "targets": ["rdk-x5"], "models": {"m": classifier_entry(precision={"rdk-x5": {"op_types": {"Softmax": "int4"}}})}}
+    with pytest.raises(ConfigError, match=r"models\.m\.precision\.rdk-x5\.op_types\.Softmax"):
+        validate_config(config)
+    config["models"]["m"]["precision"] = {"j5": {"op_types": {"Softmax": "int16"}}}
+    with pytest.raises(ConfigError, match=r"models\.m\.precision\.j5: not one of this model's targets"):
+        validate_config(config)
+
+
+def test_histogram_methods_narrow_the_minmax_range():
+    from npuflow.calibrate import compute_ranges
+
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.normal(0, 1, 200_000), [40.0, -35.0]])  # two outliers
+    threshold = np.abs(data).max()
+    hist, edges = np.histogram(data, 2048, range=(-threshold, threshold))
+    stats = {"t": (hist, edges.astype(np.float32), np.float32(data.min()), np.float32(data.max()), np.float32(threshold))}
+    calib = {"percentile": 99.99}
+    mm, pc, en = (compute_ranges(stats, m, calib)["t"] for m in ("minmax", "percentile", "entropy"))
+    assert mm == pytest.approx((-35.0, 40.0), rel=1e-5)
+    assert 3.0 < pc[1] < 6.0 and -6.0 < pc[0] < -3.0  # 99.99 % of a unit normal lies within ±3.9
+    assert 2.0 < en[1] < 20.0 and en[0] == pytest.approx(-en[1])  # KL clips the outliers, symmetric
+
+
+@pytest.fixture(scope="module")
+def seg_quant(segmenter, tmp_path_factory):
+    """The tiny SegFormer quantised under a recipe with int16 Softmax and float MatMul, evaluated."""
+    from npuflow.evaluate import evaluate, reference
+    from npuflow.quantize import quantize
+
+    spec, p = segmenter
+    d = tmp_path_factory.mktemp("segq")
+    recipe = {"default": "int8", "op_types": {"Softmax": "int16"}}
+    q = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], recipe, d / "q.onnx", d / "q.json")
+    reference(p["surgery_onnx"], p["manifest"], spec, d / "r.npz", d / "r.json")
+    e = evaluate(d / "q.onnx", p["surgery_onnx"], d / "r.npz", d / "r.json", p["manifest"], spec, "x", d / "e.json", d / "l.json")
+    return spec, p, d, q, e
+
+
+def test_int16_recipe_reaches_the_quantised_model_and_the_simulator(seg_quant):
+    from npuflow.precision import embedded_precision
+    from npuflow.simulator import analyse
+    from npuflow.targets import load_targets
+
+    spec, p, d, q, e = seg_quant
+    model = onnx.load(str(d / "q.onnx"))
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for n in softmax:  # its input is dequantised from int16
+        dq = producer[n.input[0]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[2]].data_type == TensorProto.INT16
+    precision = embedded_precision(model)
+    assert {precision[n.name] for n in softmax} == {"int16"} and q["node_dtypes"]["int16"] >= len(softmax)
+    # rdk-x5's own recipe runs Softmax on the CPU; the model's int16 recipe keeps it on the BPU
+    graph = analyse(model, load_targets().get("rdk-x5"))
+    assert {graph.by_name[n.name].unit for n in softmax} == {"vector"}
+    assert {graph.by_name[n.name].precision for n in softmax} == {"int16"}
+
+
+def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_path):
+    from npuflow.quantize import quantize
+    from npuflow.simulator import build
+    from npuflow.targets import load_targets
+
+    spec, p = segmenter
+    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], {"default": "int8", "op_types": {"Softmax": "float"}}, tmp_path / "q.onnx", tmp_path / "q.json")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmax and all(n.input[0].endswith("DequantizeLinear_Output") for n in softmax)  # float op reads dequantised data
+    report = build(tmp_path / "q.onnx", load_targets().get("ax650n-npu3"), tmp_path / "b")
+    assert report["cpu_ops"] == len(softmax) and report["subgraphs"] == len(softmax) + 1
+    assert report["precision_recipe"] == "int8_Softmax-float"
+
+
+def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_quant, tmp_path):
+    from npuflow.simulator import build
+    from npuflow.targets import load_targets
+
+    spec, p, d, q, e = seg_quant
+    rows = read_json(d / "l.json")["rows"]
+    build(d / "q.onnx", load_targets().get("ax650n-npu3"), tmp_path / "b", layer_rows=rows, layers_csv=tmp_path / "t.layers.csv")
+    with open(tmp_path / "t.layers.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) > 50
+    assert list(table[0])[:10] == ["tensor", "node", "op_type", "shape", "dtype", "quantized_dtype", "cosine", "sqnr_db", "mse", "local_sqnr_db"]
+    cosines = [float(r["cosine"]) for r in table]
+    assert cosines == sorted(cosines) and all(-1.0 <= c <= 1.0 + 1e-9 for c in cosines)
+    assert {r["unit"] for r in table} >= {"tensor", "vector"}
+    assert {r["quantized_dtype"] for r in table} >= {"int8", "int16"}
+    assert e["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
+
+
+def test_auto_calibration_keeps_the_best_candidate(segmenter, tmp_path):
+    from npuflow.calibrate import calibrate
+
+    spec, p = segmenter
+    spec = {**spec, "calibration": {**spec["calibration"], "method": "auto", "images": 4, "selection_images": 2}}
+    report = calibrate(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.json", tmp_path / "c.json")
+    tried = report["candidates"]
+    assert [c["method"] for c in tried[:4]] == ["minmax", "percentile", "percentile", "entropy"] and len(tried) == 6
+    best = max(tried, key=lambda c: c["cosine"])
+    assert report["chosen"]["method"] == best["method"]
+    assert report["quantization"] == {"per_channel": best["per_channel"], "activation_symmetric": best["activation_symmetric"]}
+    assert report["selection_images"] == 2 and report["images"] == 4
+
+
+def test_mixed_precision_walks_the_trade_off_curve(seg_quant, tmp_path):
+    from npuflow.mixed import mixed_precision
+    from npuflow.targets import load_targets
+
+    spec, p, d, q, e = seg_quant
+    spec = {**spec, "mixed_precision": {"goal": {"metric": "cosine", "value": 0.999999}, "max_steps": 2, "max_latency_increase_pct": 1000, "images": 2}}
+    base = {"default": "int8"}
+    report = mixed_precision(p["surgery_onnx"], p["manifest"], p["ranges"], p["calibration"], d / "l.json", spec,
+                             load_targets().get("ax650n-npu3"), base, tmp_path / "m.onnx", tmp_path / "m.q.json", tmp_path / "m.json")
+    curve = report["curve"]
+    assert 2 <= len(curve) <= 3 and curve[0]["nodes_int16"] == 0
+    assert [c["nodes_int16"] for c in curve] == sorted(c["nodes_int16"] for c in curve)
+    assert curve[-1]["latency_ms"] >= curve[0]["latency_ms"]  # int16 costs time on the NPU
+    chosen = report["chosen"]
+    assert read_json(tmp_path / "m.q.json")["recipe"] == chosen["recipe"] and (tmp_path / "m.onnx").exists()
+    assert report["goal_met"] == (chosen["cosine"] >= 0.999999)
+
+
+def _write_png(path, rng, size=(40, 56), mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = size + ((3,) if mode == "RGB" else ())
+    Image.fromarray(rng.integers(0, 255 if mode == "RGB" else 5, shape, dtype=np.uint8), mode).save(path)
+
+
+def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segmenter):
+    from npuflow.data import image_batches, prepare_dataset
+    from npuflow.evaluate import task_metrics
+
+    rng = np.random.default_rng(0)
+    for cls in ("3", "7"):
+        for i in range(2):
+            _write_png(tmp_path / "imgs" / cls / f"{i}.png", rng)
+    index = prepare_dataset("mine", {"folder": str(tmp_path / "imgs")}, tmp_path / "ds" / "mine")
+    assert index["labels"] == "folders" and [i["label"] for i in index["images"]] == [3, 3, 7, 7]
+    prep = {"mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 0.875, "interpolation": "bicubic"}
+    batch = image_batches("mine", "evaluation", 4, [1, 3, 32, 32], prep, 0, tmp_path / "ds", tmp_path / "cache")
+    assert batch.images.shape == (4, 3, 32, 32) and list(batch.labels) == [3, 3, 7, 7]
+    again = image_batches("mine", "evaluation", 4, [1, 3, 32, 32], prep, 0, tmp_path / "ds", tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1 and np.array_equal(again.images, batch.images)
+    scores = np.zeros((4, 10))
+    scores[[0, 1, 2, 3], [3, 3, 2, 7]] = 1.0
+    scores[2, 7] = 0.5  # third image: true class second
+    m = task_metrics(scores, scores.argmax(1), batch.labels, None, "classification")
+    assert m == {"top1": 0.75, "top5": 1.0, "labelled_images": 4}
+
+
+def test_masks_give_miou(tmp_path):
+    from npuflow.data import image_batches, prepare_dataset
+    from npuflow.evaluate import task_metrics
+
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        _write_png(tmp_path / "cs" / f"{i}.png", rng, (32, 64))
+        _write_png(tmp_path / "cs" / "masks" / f"{i}.png", rng, (32, 64), mode="L")
+    index = prepare_dataset("cs", {"folder": str(tmp_path / "cs"), "masks": "masks"}, tmp_path / "ds" / "cs")
+    assert index["masks"] and index["labels"] == "none" and [i["mask"] for i in index["images"]] == ["masks/0.png", "masks/1.png"]
+    batch = image_batches("cs", "evaluation", 2, [1, 3, 16, 32], {"mean": [0.5] * 3, "std": [0.25] * 3}, 0, tmp_path / "ds")
+    assert batch.masks.shape == (2, 16, 32)
+    pred = batch.masks[:, ::2, ::2].astype(np.int64)  # a perfect prediction at half resolution
+    scores = np.eye(5)[pred].transpose(0, 3, 1, 2)
+    assert task_metrics(scores, pred, None, batch.masks, "segmentation")["miou"] == pytest.approx(1.0)
+
+
+def test_one_user_dataset_for_calibration_and_evaluation_is_refused():
+    from conftest import classifier_entry
+
+    config = {"weights": "random", "datasets": {"mine": {"folder": "x"}}, "calibration": {"dataset": "mine"},
+              "evaluation": {"dataset": "mine"}, "models": {"m": classifier_entry()}}
+    with pytest.raises(ConfigError, match=r"models\.m\.calibration\.dataset: 'mine' is also the evaluation dataset"):
+        validate_config(config)
+    config["evaluation"]["dataset"] = "other"
+    with pytest.raises(ConfigError, match=r"evaluation\.dataset: unknown dataset 'other'"):
+        validate_config(config)
