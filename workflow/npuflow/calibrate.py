@@ -6,7 +6,8 @@ Methods (a registry): minmax, percentile (configurable), entropy (KL, TensorRT's
 `auto`, which does what Horizon's default calibration does: try several methods and
 quantisation options, and keep the one whose quantised model's output is closest (cosine) to the
 float model's on images the ranges were not computed from. The histogram methods share one pass
-over the images: one signed histogram per tensor serves percentile, entropy and min/max."""
+over the images: one signed histogram per tensor serves percentile, entropy and min/max; minmax
+alone needs no histogram."""
 
 from __future__ import annotations
 
@@ -28,10 +29,6 @@ HISTOGRAM_BINS = 2048
 # quantised bins: fine enough, and the KL search is quadratic in bins.
 ENTROPY_COARSEN = 4
 ENTROPY_QUANTIZED_BINS = 128
-# Bounds the calibrator's memory (every tensor of every image is held until merged): images are
-# fed in chunks, each merged into the running ranges. (onnxruntime's own max_intermediate_outputs
-# option drops the chunk before merging it, so it is not used.)
-CHUNK_IMAGES = 4
 DEFAULT_OPTIONS = {"per_channel": True, "activation_symmetric": False}
 
 
@@ -40,6 +37,7 @@ class CalibrationMethod:
     """Ranges {tensor: (low, high)} from a tensor's histogram (hist, edges, min, max, threshold)."""
 
     ranges: Callable[[tuple, dict], tuple[float, float]] | None  # None: a search (auto)
+    needs_histogram: bool = True
 
 
 def _minmax(h, calib):
@@ -85,7 +83,7 @@ def _entropy(h, calib):
 
 
 CALIBRATION_METHODS: Registry[CalibrationMethod] = Registry("calibration method")
-CALIBRATION_METHODS.add("minmax", CalibrationMethod(_minmax))
+CALIBRATION_METHODS.add("minmax", CalibrationMethod(_minmax, needs_histogram=False))
 CALIBRATION_METHODS.add("percentile", CalibrationMethod(_percentile))
 CALIBRATION_METHODS.add("entropy", CalibrationMethod(_entropy))
 # `auto` is a search over the others (see auto_calibrate), not a range rule of its own.
@@ -96,35 +94,41 @@ AUTO_RULES = (("minmax", None), ("percentile", 99.99), ("percentile", 99.999), (
 AUTO_OPTIONS = ({"per_channel": True, "activation_symmetric": True}, {"per_channel": False, "activation_symmetric": False})
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over an in-memory image array."""
-
-    def __init__(self, name: str, images: np.ndarray):
-        self._it = iter([{name: img[None]} for img in images])
-
-    def get_next(self):
-        return next(self._it, None)
-
-
-def collect(model_onnx: str | Path, images: np.ndarray) -> dict[str, tuple]:
-    """Per calibrated tensor: its signed histogram and range, (hist, edges, min, max, threshold).
-    One pass serves every method (onnxruntime's histogram collector, which also tracks min/max;
-    it is faster here than its min/max calibrator)."""
+def collect(model_onnx: str | Path, images: np.ndarray, histogram: bool) -> dict[str, tuple]:
+    """Per calibrated tensor: (hist, edges, min, max, threshold). With `histogram`, the signed
+    histogram that percentile and entropy need (onnxruntime's histogram collector, which also
+    tracks min/max); without, min/max only (hist and edges empty), which is much cheaper on large
+    activations (SegFormer at 640×1280). Images go through one at a time, so memory holds one
+    image's activations."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import create_calibrator
+    from onnxruntime.quantization.calibrate import HistogramCollector
 
     name = input_name(load(model_onnx))
     with tempfile.TemporaryDirectory(prefix="npuflow-calib-") as tmp:
-        calibrator = create_calibrator(
-            Path(model_onnx),
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=OrtMethod.Entropy,
-            providers=["CPUExecutionProvider"],
-            extra_options={"num_bins": HISTOGRAM_BINS},
-        )
-        for i in range(0, len(images), CHUNK_IMAGES):
-            calibrator.collect_data(_Reader(name, images[i : i + CHUNK_IMAGES]))
-        return dict(calibrator.collector.histogram_dict)
+        # onnxruntime's calibrator picks the tensors to calibrate and builds the model that outputs them.
+        calibrator = create_calibrator(Path(model_onnx), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=OrtMethod.Entropy, providers=["CPUExecutionProvider"])
+    sess = calibrator.infer_session
+    names = [o.name for o in sess.get_outputs()]
+    wanted = [i for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
+    collector = HistogramCollector("entropy", False, HISTOGRAM_BINS, ENTROPY_QUANTIZED_BINS, 99.999, "same")
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
+    for img in images:
+        outs = sess.run(None, {name: img[None]})
+        if histogram:
+            collector.collect({names[i]: [outs[i]] for i in wanted})
+            continue
+        for i in wanted:
+            a = outs[i]
+            if a.size:
+                lows[names[i]] = min(lows.get(names[i], np.inf), float(a.min()))
+                highs[names[i]] = max(highs.get(names[i], -np.inf), float(a.max()))
+    if histogram:
+        return dict(collector.histogram_dict)
+    empty = np.zeros(0)
+    return {t: (empty, empty, np.float32(lows[t]), np.float32(highs[t]), None) for t in lows}
 
 
 def compute_ranges(stats: dict[str, tuple], method: str, calib: dict) -> dict[str, tuple[float, float]]:
@@ -205,7 +209,7 @@ def calibrate(model_onnx: str | Path, manifest_json: str | Path, spec: dict, out
                           spec["seed"], datasets_dir, cache_dir)
     images, selection = batch.images[: calib["images"]], batch.images[calib["images"] :]
     prepared = time.perf_counter()
-    stats = collect(model_onnx, images)
+    stats = collect(model_onnx, images, CALIBRATION_METHODS.get(method).needs_histogram)
     collected = time.perf_counter()
     options = {k: calib[k] for k in DEFAULT_OPTIONS}
     candidates = []
