@@ -5,12 +5,18 @@ anything "downloaded" is served on 127.0.0.1. The cases and their tests: docs/ho
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import pickle
+import stat
+import tarfile
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
+
+from npuflow.archive import ArchiveError, extract_archive, fetch_archive
 
 # ---------------------------------------------------------------------------------------------
 # Downloads (dataset archives and url: checkpoints share one downloader)
@@ -213,3 +219,294 @@ def test_url_naming_no_file_is_stored_under_a_safe_name(server, tmp_path):
     with pytest.raises(FetchError, match=r"downloads/m/checkpoint is not a loadable weights-only checkpoint"):
         fetch(checkpoint_spec(f"url:{url}/sub/.."), tmp_path / "out", tmp_path)
     assert [str(p.relative_to(tmp_path)) for p in (tmp_path / "downloads").rglob("*")] == ["downloads/m", "downloads/m/checkpoint"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives (calibration / evaluation datasets)
+# ---------------------------------------------------------------------------------------------
+
+TAR_MODES = {"tar": "w", "tar.gz": "w:gz", "tgz": "w:gz", "tar.bz2": "w:bz2", "tar.xz": "w:xz"}
+
+
+def make_tar(path: Path, members: list[tuple[str, bytes | None, dict]]) -> Path:
+    """A tar with crafted headers: (name, data or None, TarInfo attributes)."""
+    suffix = next(s for s in sorted(TAR_MODES, key=len, reverse=True) if path.name.endswith("." + s))
+    with tarfile.open(path, TAR_MODES[suffix], format=tarfile.PAX_FORMAT) as tar:
+        for name, data, attrs in members:
+            info = tarfile.TarInfo(name)
+            for k, v in attrs.items():
+                setattr(info, k, v)
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def make_zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
+    """A zip with crafted entries: (name, data, Unix mode recorded in external_attr, 0 = none)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, so the mode bits mean what they say
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """src/ holds the archive, sentinel/ is dest's parent (must stay empty after a refusal), and
+    outside/ is where escaping members aim (must stay empty)."""
+    for d in ("src", "sentinel", "outside"):
+        (tmp_path / d).mkdir()
+    return tmp_path
+
+
+def assert_refused(archive: Path, sandbox: Path, *expected: str, **limits) -> str:
+    before = tree(sandbox)
+    dest = sandbox / "sentinel" / "data"
+    with pytest.raises(ArchiveError) as e:
+        extract_archive(archive, dest, **limits)
+    message = str(e.value)
+    assert str(archive) in message, message
+    for part in expected:
+        assert part in message, message
+    assert not dest.exists()
+    assert list((sandbox / "sentinel").iterdir()) == []  # no temporary folder left either
+    assert tree(sandbox) == before  # nothing written anywhere else
+    return message
+
+
+@pytest.mark.parametrize("suffix", [*TAR_MODES, "zip"])
+def test_archive_extracts_every_format(sandbox, suffix):
+    files = {"imgs/cat/1.jpg": b"cat", "imgs/dog/2.jpg": b"dog" * 1000, "labels.txt": b"cat\ndog\n"}
+    archive = sandbox / "src" / f"set.{suffix}"
+    if suffix == "zip":
+        make_zip(archive, [("imgs/", b"", stat.S_IFDIR | 0o755)] + [(n, d, stat.S_IFREG | 0o644) for n, d in files.items()])
+    else:
+        make_tar(archive, [("./imgs", None, {"type": tarfile.DIRTYPE})] + [(f"./{n}", d, {}) for n, d in files.items()])
+    dest = sandbox / "sentinel" / "data"
+    got = extract_archive(archive, dest)
+    assert got == [dest / n for n in files]
+    assert {n: (dest / n).read_bytes() for n in files} == files
+    assert [p.name for p in (sandbox / "sentinel").iterdir()] == ["data"]
+
+
+def test_archive_kind_is_sniffed_when_the_name_does_not_say(sandbox):
+    archive = make_tar(sandbox / "src" / "set.tar.gz", [("a.txt", b"a", {})]).rename(sandbox / "src" / "download")
+    assert extract_archive(archive, sandbox / "sentinel" / "data") == [sandbox / "sentinel" / "data" / "a.txt"]
+
+
+OUTSIDE = "/outside/evil.txt"  # replaced by the absolute path of sandbox/outside/evil.txt
+
+HOSTILE_MEMBERS = {
+    # case: (tar members, zip members or None where zip has no such thing, expected message parts)
+    "dotdot": ([("../outside/evil.txt", b"x", {})], [("../outside/evil.txt", b"x", 0)], ["'../outside/evil.txt'", "'..' path component"]),
+    "nested-dotdot": ([("a/../../outside/evil.txt", b"x", {})], [("a/../../outside/evil.txt", b"x", 0)], ["'..' path component"]),
+    "absolute": ([(OUTSIDE, b"x", {})], [(OUTSIDE, b"x", 0)], ["absolute path"]),
+    "drive-letter": ([("C:/evil.txt", b"x", {})], [("C:/evil.txt", b"x", 0)], ["'C:/evil.txt'", "absolute path"]),
+    "backslash": ([("..\\outside\\evil.txt", b"x", {})], [("..\\outside\\evil.txt", b"x", 0)], ["backslash"]),
+    "symlink": ([("imgs", None, {"type": tarfile.SYMTYPE, "linkname": "../outside"})],
+                [("imgs", b"../outside", stat.S_IFLNK | 0o777)], ["'imgs'", "symbolic link"]),
+    "symlink-then-write-through": ([("l", None, {"type": tarfile.SYMTYPE, "linkname": "/"}), ("l/outside/evil.txt", b"x", {})],
+                                   [("l", b"/", stat.S_IFLNK | 0o777), ("l/outside/evil.txt", b"x", 0)], ["'l'", "symbolic link"]),
+    "hardlink": ([("a.txt", b"a", {}), ("h", None, {"type": tarfile.LNKTYPE, "linkname": "/etc/passwd"})], None, ["'h'", "hard link"]),
+    "char-device": ([("a.txt", b"a", {}), ("tty", None, {"type": tarfile.CHRTYPE, "devmajor": 5, "devminor": 0})],
+                    [("a.txt", b"a", 0), ("tty", b"", stat.S_IFCHR | 0o600)], ["'tty'", "device file"]),
+    "block-device": ([("sda", None, {"type": tarfile.BLKTYPE, "devmajor": 8, "devminor": 0})],
+                     [("sda", b"", stat.S_IFBLK | 0o600)], ["'sda'", "device file"]),
+    "fifo": ([("pipe", None, {"type": tarfile.FIFOTYPE})], [("pipe", b"", stat.S_IFIFO | 0o600)], ["'pipe'", "FIFO"]),
+    "duplicate": ([("a.txt", b"first", {}), ("a.txt", b"second", {})], [("a.txt", b"first", 0), ("a.txt", b"second", 0)], ["'a.txt'", "duplicate member"]),
+    "file-then-folder": ([("a", b"file", {}), ("a/b.txt", b"x", {})], [("a", b"file", 0), ("a/b.txt", b"x", 0)], ["'a/b.txt'", "collides"]),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+@pytest.mark.parametrize("case", HOSTILE_MEMBERS)
+def test_hostile_member_refuses_the_whole_archive(sandbox, case, fmt):
+    tar_members, zip_members, expected = HOSTILE_MEMBERS[case]
+    members = tar_members if fmt != "zip" else zip_members
+    if members is None:
+        pytest.skip(f"zip has no {case}")  # hard links exist only in tar
+    outside = str(sandbox / "outside" / "evil.txt")
+    members = [(outside if m[0] == OUTSIDE else m[0], *m[1:]) for m in members]
+    archive = sandbox / "src" / f"{case}.{fmt}"
+    (make_zip if fmt == "zip" else make_tar)(archive, members)
+    assert_refused(archive, sandbox, *expected)
+    assert not (sandbox / "outside" / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "tar.bz2", "zip"])
+def test_decompression_bomb_is_stopped_by_bytes_written(sandbox, fmt):
+    """4 MiB of zeros compress to a few KiB; the limit (1 MiB) is met by counting what inflates."""
+    archive = sandbox / "src" / f"bomb.{fmt}"
+    members = [("ok.txt", b"fine", 0), ("zeros.bin", bytes(4 << 20), 0)]
+    if fmt == "zip":
+        make_zip(archive, members)
+    else:
+        make_tar(archive, [(n, d, {}) for n, d, _ in members])
+    assert archive.stat().st_size < 64 << 10
+    assert_refused(archive, sandbox, "'zeros.bin'", "decompression bomb", max_bytes=1 << 20)
+
+
+def test_zip_header_claiming_a_small_size_does_not_get_past_the_limit(sandbox):
+    """A zip whose headers claim 1 byte for 4 MiB of deflated zeros: zipfile stops at the claimed
+    size and the CRC no longer matches; nothing is written."""
+    archive = make_zip(sandbox / "src" / "liar.zip", [("zeros.bin", bytes(4 << 20), 0)])
+    data = bytearray(archive.read_bytes())
+    real = (4 << 20).to_bytes(4, "little")
+    assert data.count(real) == 2  # uncompressed size: local header and central directory
+    archive.write_bytes(bytes(data).replace(real, (1).to_bytes(4, "little")))
+    assert_refused(archive, sandbox, "corrupt or truncated zip archive", "CRC")
+
+
+def test_tar_pax_header_bomb_is_stopped_before_tarfile_reads_it(sandbox):
+    """tarfile reads a pax header into memory before returning its member: the decompressed
+    stream itself is bounded, not only the members' data."""
+    archive = make_tar(sandbox / "src" / "pax.tar.gz", [("a.txt", b"a", {}), ("b.txt", b"b", {"pax_headers": {"comment": "x" * (8 << 20)}})])
+    assert_refused(archive, sandbox, "the header after member 'a.txt'", "decompression bomb", max_bytes=1 << 16)
+
+
+@pytest.mark.parametrize("fmt", ["tar.xz", "zip"])
+def test_too_many_members_is_refused(sandbox, fmt):
+    archive = sandbox / "src" / f"many.{fmt}"
+    names = [f"{i}.txt" for i in range(11)]
+    if fmt == "zip":
+        make_zip(archive, [(n, b"", 0) for n in names])
+    else:
+        make_tar(archive, [(n, b"", {}) for n in names])
+    assert_refused(archive, sandbox, "'10.txt'", "more than 10 members", max_members=10)
+
+
+def test_encrypted_zip_member_is_refused(sandbox):
+    archive = make_zip(sandbox / "src" / "enc.zip", [("a.txt", b"a", 0)])
+    data = bytearray(archive.read_bytes())
+    # general-purpose flag bit 0 (encrypted) in the local header and the central directory entry
+    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = data.index(sig)
+        data[i + offset] |= 0x1
+    archive.write_bytes(bytes(data))
+    assert_refused(archive, sandbox, "'a.txt'", "encrypted")
+
+
+@pytest.mark.parametrize("case", ["truncated-tar.gz", "truncated-tar", "truncated-zip", "text-as-tar.xz", "text-as-zip", "text-no-suffix", "empty-zip"])
+def test_broken_archive_is_refused_clearly(sandbox, case):
+    src = sandbox / "src"
+    if case.startswith("truncated"):
+        fmt = case.split("-", 1)[1]
+        good = src / f"good.{fmt}"
+        if fmt == "zip":
+            make_zip(good, [("a.bin", os.urandom(50_000), 0)])
+        else:
+            make_tar(good, [("a.bin", os.urandom(50_000), {})])
+        archive = src / f"cut.{fmt}"
+        archive.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        good.unlink()
+        expected = ["corrupt or truncated"]
+    elif case == "empty-zip":
+        archive = src / "empty.zip"
+        archive.write_bytes(b"")
+        expected = ["corrupt or truncated zip archive"]
+    else:
+        name = {"text-as-tar.xz": "set.tar.xz", "text-as-zip": "set.zip", "text-no-suffix": "set"}[case]
+        archive = src / name
+        archive.write_text("this is not an archive\n" * 50)
+        expected = ["not a tar or zip archive"] if case == "text-no-suffix" else ["corrupt or truncated"]
+    assert_refused(archive, sandbox, *expected)
+
+
+def test_refused_archive_leaves_an_existing_extraction_untouched_and_a_good_one_replaces_it(sandbox):
+    dest = sandbox / "sentinel" / "data"
+    extract_archive(make_tar(sandbox / "src" / "v1.tar", [("old.txt", b"v1", {})]), dest)
+    evil = make_tar(sandbox / "src" / "evil.tar", [("new.txt", b"v2", {}), ("../outside/x", b"x", {})])
+    with pytest.raises(ArchiveError, match=r"'\.\./outside/x'"):
+        extract_archive(evil, dest)
+    assert tree(dest) == {"old.txt"} and (dest / "old.txt").read_bytes() == b"v1"
+    assert [p.name for p in (sandbox / "sentinel").iterdir()] == ["data"]
+    extract_archive(make_tar(sandbox / "src" / "v2.tar", [("new.txt", b"v2", {})]), dest)
+    assert tree(dest) == {"new.txt"}
+    assert [p.name for p in (sandbox / "sentinel").iterdir()] == ["data"]
+
+
+def test_dest_that_is_a_symlink_is_replaced_not_followed(sandbox):
+    (sandbox / "outside" / "keep.txt").write_text("keep")
+    dest = sandbox / "sentinel" / "data"
+    dest.symlink_to(sandbox / "outside")
+    extract_archive(make_tar(sandbox / "src" / "v.tar", [("a.txt", b"a", {})]), dest)
+    assert not dest.is_symlink() and tree(dest) == {"a.txt"}
+    assert tree(sandbox / "outside") == {"keep.txt"}
+
+
+def test_extracted_files_do_not_keep_archive_permission_bits(sandbox):
+    archive = make_tar(sandbox / "src" / "modes.tar", [("run.sh", b"#!/bin/sh\n", {"mode": 0o6777})])
+    (path,) = extract_archive(archive, sandbox / "sentinel" / "data")
+    assert not path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IXUSR | stat.S_IWOTH)
+
+
+def test_fetch_archive_verifies_sha256_then_extracts(server, tmp_path):
+    import hashlib
+
+    url, www = server
+    archive = make_tar(www / "set.tar.gz", [("cat/1.jpg", b"cat", {})])
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    dest_file = tmp_path / "cache" / "set.tar.gz"
+    assert fetch_archive(f"{url}/set.tar.gz", digest, dest_file, allow_http=True) == digest
+    assert extract_archive(dest_file, tmp_path / "data") == [tmp_path / "data" / "cat" / "1.jpg"]
+    # A cached file with the expected sha256 is not downloaded again.
+    n = len(_Handler.requests)
+    fetch_archive(f"{url}/set.tar.gz", digest, dest_file, allow_http=True)
+    assert len(_Handler.requests) == n
+
+
+def test_fetch_archive_sha256_mismatch_removes_the_file(server, tmp_path):
+    url, www = server
+    make_tar(www / "set.tar.gz", [("cat/1.jpg", b"cat", {})])
+    dest_file = tmp_path / "cache" / "set.tar.gz"
+    dest_file.parent.mkdir()
+    dest_file.write_bytes(b"stale file from an earlier download")
+    with pytest.raises(ArchiveError, match=f"sha256 mismatch for {url}/set.tar.gz: expected {'0' * 64}, got [0-9a-f]{{64}}; file discarded"):
+        fetch_archive(f"{url}/set.tar.gz", "0" * 64, dest_file, allow_http=True)
+    assert list(dest_file.parent.iterdir()) == []
+
+
+def test_plain_http_is_refused_without_allow_http_and_nothing_is_requested(server, tmp_path):
+    url, www = server
+    make_tar(www / "set.tar.gz", [("a", b"a", {})])
+    with pytest.raises(ArchiveError, match=f"refusing to download {url}/set.tar.gz: only https is allowed"):
+        fetch_archive(f"{url}/set.tar.gz", None, tmp_path / "set.tar.gz")
+    for scheme in ("file:///etc/passwd", "ftp://127.0.0.1/set.tar.gz"):
+        with pytest.raises(ArchiveError, match="only https is allowed"):
+            fetch_archive(scheme, None, tmp_path / "set.tar.gz", allow_http=True)
+    assert _Handler.requests == [] and not (tmp_path / "set.tar.gz").exists()
+
+
+def test_redirect_to_another_scheme_is_refused(server, tmp_path):
+    url, www = server
+    with pytest.raises(ArchiveError, match=r"refusing to follow the redirect from .* to ftp://127\.0\.0\.1/x: only https"):
+        fetch_archive(f"{url}/redirect-ftp|127.0.0.1/x", None, tmp_path / "x.tar", allow_http=True)
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_https_to_http_redirect_is_refused():
+    """No TLS server offline: the redirect handler is asked directly, as urllib would."""
+    import urllib.request
+
+    from npuflow.download import DownloadError, _SchemeCheckingRedirect
+
+    req = urllib.request.Request("https://example.org/set.tar.gz")
+    with pytest.raises(DownloadError, match="refusing to follow the redirect from https://example.org/set.tar.gz to http://evil.example/x"):
+        _SchemeCheckingRedirect(allow_http=False).redirect_request(req, None, 302, "Found", {}, "http://evil.example/x")
+    assert _SchemeCheckingRedirect(allow_http=False).redirect_request(req, None, 302, "Found", {}, "https://mirror.example/x") is not None
+
+
+def test_transfer_broken_off_is_an_error_and_leaves_no_file(server, tmp_path):
+    url, _ = server
+    with pytest.raises(ArchiveError, match=r"broke off: 1000 bytes received, 100000 announced"):
+        fetch_archive(f"{url}/short/set.tar.gz", None, tmp_path / "cache" / "set.tar.gz", allow_http=True)
+    assert list((tmp_path / "cache").iterdir()) == []
