@@ -510,3 +510,38 @@ def test_transfer_broken_off_is_an_error_and_leaves_no_file(server, tmp_path):
     with pytest.raises(ArchiveError, match=r"broke off: 1000 bytes received, 100000 announced"):
         fetch_archive(f"{url}/short/set.tar.gz", None, tmp_path / "cache" / "set.tar.gz", allow_http=True)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["timm", "hf"])
+def test_offline_pretrained_fails_clearly_within_10_s(source, tmp_path, monkeypatch):
+    """The hub at a closed local port stands for no network. Timed in-process: what is measured is
+    npuflow noticing it is offline (a hub client's own retries take ~50 s), not Python's imports,
+    which on a loaded 2-core machine alone take longer than that (test_fetch.py runs the command)."""
+    import time
+
+    import huggingface_hub.constants
+
+    from conftest import classifier_entry, make_config, segformer_entry
+    from npuflow.config import model_spec
+    from npuflow.fetch import fetch
+    from npuflow.sources import FetchError, source_for
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # fetch flips it when offline
+    config = make_config(m=classifier_entry() if source == "timm" else segformer_entry())
+    config["weights"] = "pretrained"
+    spec = model_spec(config, "m")
+    source_for(spec).build(spec)  # imports (torch, timm, transformers) paid before the clock starts
+    start = time.perf_counter()
+    with pytest.raises(FetchError, match=r"^models\.m: weights: pretrained, but (timm|transformers) could not load pretrained"):
+        fetch(spec, tmp_path / "out", tmp_path)
+    seconds = time.perf_counter() - start
+    print(f"{source}: offline noticed in {seconds:.2f} s")
+    assert seconds < 10, f"{seconds:.1f} s"
+    assert not (tmp_path / "out").exists()
