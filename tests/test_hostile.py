@@ -545,3 +545,72 @@ def test_offline_pretrained_fails_clearly_within_10_s(source, tmp_path, monkeypa
     print(f"{source}: offline noticed in {seconds:.2f} s")
     assert seconds < 10, f"{seconds:.1f} s"
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes cut off by kill -9
+# ---------------------------------------------------------------------------------------------
+
+WRITER = """
+import os, signal, sys
+from npuflow.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half of an output")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_write_killed_mid_way_leaves_no_output_and_its_temporary_is_removed_by_the_next_write(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from npuflow.io import write_json
+
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-c", WRITER, str(out)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == -9
+    (left,) = tmp_path.iterdir()  # the killed writer's temporary, never the output
+    assert not out.exists() and left.name.startswith(".report.json.") and left.name.endswith(".part")
+    # Temporaries of live writers and of other hosts (a shared file system) are not touched.
+    live = tmp_path / f".report.json.{socket.gethostname()}-{os.getppid()}.abc123.part"
+    other_host = tmp_path / ".report.json.elsewhere-1.abc123.part"
+    live.write_text("")
+    other_host.write_text("")
+    write_json(out, {"ok": True})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other_host.name])
+    assert out.read_text() == '{\n  "ok": true\n}\n'
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)], ids=["umask-022", "umask-002"])
+def test_outputs_get_the_umask_permissions_not_mkstemp_0600(tmp_path, umask, mode):
+    """Results are shared (a group, a cluster file system): mkstemp's 0600 would hide them."""
+    import subprocess
+    import sys
+
+    code = "import sys; from npuflow.io import write_json; write_json(sys.argv[1], {})"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.json")], check=True, preexec_fn=lambda: os.umask(umask),
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == mode
+
+
+def test_extraction_killed_mid_way_is_cleaned_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    archive = make_tar(tmp_path / "set.tar", [("a.txt", b"a", {})])
+    killer = """
+import os, signal, sys
+import npuflow.archive as a
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+a._move_into_place = die
+a.extract_archive(sys.argv[1], sys.argv[2])
+"""
+    dest = tmp_path / "out" / "data"
+    proc = subprocess.run([sys.executable, "-c", killer, str(archive), str(dest)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == -9
+    (left,) = (tmp_path / "out").iterdir()
+    assert left.name.startswith(".data.") and left.name.endswith(".part") and (left / "a.txt").exists()
+    extract_archive(archive, dest)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["data"]

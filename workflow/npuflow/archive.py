@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from .download import DownloadError, download
 from .errors import NpuflowError
+from .io import TEMP_SUFFIX, remove_stale_temporaries, temporary_prefix
 
 MAX_BYTES = 2 * 1024**3
 MAX_MEMBERS = 100_000
@@ -62,7 +63,8 @@ def extract_archive(archive: str | Path, dest: str | Path, *, max_bytes: int = M
         raise ArchiveError(f"{archive}: no such archive file")
     kind = archive_kind(archive)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    remove_stale_temporaries(dest)  # left by an extraction killed mid-way
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(dest), suffix=TEMP_SUFFIX, dir=dest.parent))
     try:
         extractor = _extract_zip if kind == "zip" else _extract_tar
         try:
@@ -269,7 +271,7 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
     if not (dest.exists() or dest.is_symlink()):
         os.rename(tmp, dest)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    aside = Path(tempfile.mkdtemp(prefix=temporary_prefix(dest), suffix=TEMP_SUFFIX, dir=dest.parent))
     old = aside / "old"
     os.rename(dest, old)  # a symlink is moved, never followed
     try:
