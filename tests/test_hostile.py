@@ -614,3 +614,167 @@ a.extract_archive(sys.argv[1], sys.argv[2])
     assert left.name.startswith(".data.") and left.name.endswith(".part") and (left / "a.txt").exists()
     extract_archive(archive, dest)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults mid-run: kill -9, then re-run; logging from parallel jobs (--cores 8)
+# ---------------------------------------------------------------------------------------------
+
+# Three small timm test architectures (different families, so different graphs) × two targets,
+# at --cores 8 on whatever cores the machine has: the jobs of all models run side by side.
+FAULT_CONFIG = {
+    "weights": "random",
+    "targets": ["ax650n-npu3", "rdk-x5"],
+    "mlflow": {"tracking_uri": "sqlite:///results/mlflow.db", "experiment": "npuflow-faults"},
+    "calibration": {"method": "minmax", "images": 2},
+    "evaluation": {"images": 2, "latency_repeats": 1},
+    "models": {name: {"source": f"timm:{arch}", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
+               for name, arch in (("resnet", "test_resnet"), ("effnet", "test_efficientnet"), ("convnext", "test_convnext"))},
+}
+PAIRS = sorted((m, t) for m in FAULT_CONFIG["models"] for t in FAULT_CONFIG["targets"])
+
+
+def _run_statuses(db: Path) -> list[str]:
+    """Run statuses straight from the SQLite store, read-only (the logging job may be writing)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+        try:
+            return [row[0] for row in con.execute("SELECT status FROM runs")]
+        finally:
+            con.close()
+    except sqlite3.Error:  # not created yet, or busy this instant
+        return []
+
+
+def _run_then_kill(workdir: Path, config: Path, conditions: dict, log_name: str) -> dict:
+    """Start the workflow at --cores 8 in its own process group; SIGKILL the whole group
+    (Snakemake and every job: as a power loss or the OOM killer would) as soon as one of
+    `conditions` ({label: callable}) holds. Returns what the kill left behind."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import snakemake_command, snakemake_env
+
+    results = workdir / "results"
+    with open(workdir / log_name, "w") as log:
+        proc = subprocess.Popen(snakemake_command(workdir, configfile=config, cores=8), stdout=log, stderr=subprocess.STDOUT,
+                                env=snakemake_env(), cwd=workdir, start_new_session=True)
+        deadline, killed_at = time.monotonic() + 900, None
+        while proc.poll() is None and time.monotonic() < deadline and not killed_at:
+            killed_at = next((label for label, holds in conditions.items() if holds()), None)
+            if killed_at:
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.02)
+        proc.wait()
+    assert killed_at, f"run ended (rc {proc.returncode}) before {list(conditions)}: {(workdir / log_name).read_text()[-2000:]}"
+    incomplete = workdir / ".snakemake" / "incomplete"
+    return {
+        "killed_at": killed_at,
+        "running_runs": _run_statuses(results / "mlflow.db").count("RUNNING"),
+        "incomplete": sorted(p.name for p in incomplete.iterdir()) if incomplete.exists() else [],
+        "temporaries": sorted(str(p.relative_to(workdir)) for p in results.rglob("*.part")),
+    }
+
+
+@pytest.fixture(scope="module")
+def killed_then_rerun(tmp_path_factory):
+    """FAULT_CONFIG killed twice, then finished: first while the stage jobs run (as soon as one
+    export is done, the other models' jobs are mid-way), then while a logging job has its MLflow
+    run open. Each time it is recovered as the README says: `snakemake --unlock`, then the same
+    command (the profile re-runs the jobs the kill cut off)."""
+    import yaml
+
+    from conftest import snakemake
+
+    workdir = tmp_path_factory.mktemp("kill9")
+    config = workdir / "c.yaml"
+    config.write_text(yaml.safe_dump(FAULT_CONFIG))
+    results = workdir / "results"
+    kills = [_run_then_kill(workdir, config, {"an export finished": lambda: any(results.glob("*/model.onnx"))}, "run1.log")]
+    assert snakemake(workdir, "--unlock", configfile=config).returncode == 0
+    kills.append(_run_then_kill(workdir, config, {"an MLflow run open": lambda: "RUNNING" in _run_statuses(results / "mlflow.db"),
+                                                  "a logging job finished": lambda: any(results.glob("*/track.json"))}, "run2.log"))
+    assert snakemake(workdir, "--unlock", configfile=config).returncode == 0
+    rerun = snakemake(workdir, configfile=config, cores=8)
+    print(f"kills: {kills}")
+    return workdir, config, kills, rerun
+
+
+def test_kill9_mid_run_then_rerun_completes_with_whole_outputs(killed_then_rerun):
+    """Temporaries of writes the kill cut off are removed when their output is written again."""
+    import base64
+    import csv
+
+    import numpy as np
+    import onnx
+
+    from conftest import snakemake
+    from npuflow.io import read_json
+
+    workdir, config, kills, rerun = killed_then_rerun
+    assert all(kill["incomplete"] for kill in kills), f"a kill found nothing running: {kills}"
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    # Each job cut off by a kill was re-run; its outputs exist whole.
+    for marker in {m for kill in kills for m in kill["incomplete"]}:
+        path = workdir / base64.b64decode(marker).decode()
+        assert path.is_file() and path.stat().st_size > 0, path
+    results = workdir / "results"
+    for path in results.rglob("*.json"):
+        read_json(path)  # every report parses
+    for path in results.rglob("*.onnx"):
+        onnx.checker.check_model(onnx.load(str(path)))
+    for path in results.rglob("*.npz"):
+        assert len(np.load(path).files) > 0
+    assert not list(results.rglob("*.part")), "a temporary file of a killed write was left behind"
+    assert not any((workdir / ".snakemake" / "incomplete").iterdir())
+    with open(results / "summary.csv") as f:
+        assert sorted((r["model"], r["target"]) for r in csv.DictReader(f)) == PAIRS
+    # Nothing left to do, nothing done twice.
+    again = snakemake(workdir, "-n", configfile=config, cores=8)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_mlflow_after_kill9_has_one_finished_current_run_per_pair(killed_then_rerun):
+    from mlflow.tracking import MlflowClient
+
+    from npuflow.track import CURRENT_TAG
+
+    workdir, _, kills, rerun = killed_then_rerun
+    assert rerun.returncode == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("npuflow-faults").experiment_id], max_results=1000)
+    current = [r for r in runs if r.data.tags.get(CURRENT_TAG) == "true"]
+    assert sorted((r.data.tags["model"], r.data.tags["target"]) for r in current) == PAIRS  # one each, no duplicates
+    assert all(r.info.status == "FINISHED" for r in current)
+    retired = [r for r in runs if r.data.tags.get(CURRENT_TAG) != "true"]
+    assert all(r.info.status == "KILLED" for r in retired), [(r.data.tags.get("model"), r.info.status) for r in retired]
+    assert len(retired) == sum(kill["running_runs"] for kill in kills)  # exactly the runs the kills left open, retired
+    assert "RUNNING" not in [r.info.status for r in runs]
+
+
+def test_parallel_logging_at_8_cores_is_serialised_without_database_errors(killed_then_rerun):
+    """The re-run logged the remaining models from jobs started side by side at --cores 8: the
+    profile's mlflow=1 resource keeps their SQLite writes apart."""
+    from mlflow.tracking import MlflowClient
+
+    from npuflow.track import CURRENT_TAG
+
+    workdir, _, _, rerun = killed_then_rerun
+    out = rerun.stdout + rerun.stderr
+    assert out.count("rule track:") >= 2, out[-3000:]
+    logs = "".join(p.read_text() for p in (workdir / "results" / "logs" / "track").glob("*.log"))
+    logs += (workdir / "results" / "logs" / "init_mlflow.log").read_text()
+    for bad in ("database is locked", "OperationalError", "IntegrityError", "Traceback"):
+        assert bad not in logs and bad not in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("npuflow-faults").experiment_id],
+                              filter_string=f"tags.`{CURRENT_TAG}` = 'true'", max_results=1000)
+    spans = {}  # one logging job per model: its runs' first start to last end
+    for r in runs:
+        start, end = spans.get(r.data.tags["model"], (r.info.start_time, r.info.end_time))
+        spans[r.data.tags["model"]] = (min(start, r.info.start_time), max(end, r.info.end_time))
+    ordered = sorted(spans.values())
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:])), ordered

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, snakemake
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
-
-
-def snakemake(workdir: Path, *args, configfile: Path = REPO / "tests" / "config.tiny.yaml"):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `npuflow`
-    return subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(configfile), *args],
-                          capture_output=True, text=True, env=env, cwd=workdir)
 
 
 @pytest.fixture(scope="module")
