@@ -1,7 +1,7 @@
 """Dataset archives (tar, tar.gz/tgz, tar.bz2, tar.xz, zip), downloaded and extracted safely.
 
-An archive is untrusted input. Every member is checked before anything is written: its path must
-stay inside the destination (no `..`, no absolute or drive-letter paths, no backslashes), and it
+An archive is untrusted input. Every member is checked before it is written (a zip's, all before
+any is, from its central directory): its path must stay inside the destination (no `..`, no absolute or drive-letter paths, no backslashes), and it
 must be a regular file or a folder (links, devices and FIFOs are refused: a dataset needs none).
 Members are then streamed out one by one while the bytes actually decompressed are counted, so a
 zip or tar bomb is stopped at `max_bytes` whatever its headers claim. Extraction goes into a
@@ -152,14 +152,15 @@ def _write_file(root: Path, rel: PurePosixPath, src, budget: _Budget, name: str)
     try:
         # O_EXCL: a second member of the same name (or one differing only in case, on such file
         # systems) is refused rather than silently replacing the first.
-        with open(target, "xb") as dst:
-            return budget.copy(src, dst, name)
+        dst = open(target, "xb")
     except FileExistsError:
         raise _Refused(name, "duplicate member (a file or folder of that name was already extracted)") from None
     except (NotADirectoryError, IsADirectoryError):
         raise _Refused(name, "its path collides with another member (a file where a folder is, or the reverse)") from None
-    except PermissionError as e:
-        raise _Refused(name, f"cannot be written ({e.strerror})") from None
+    except OSError as e:  # a full disk or a read-only folder is not a corrupt archive
+        raise _Refused(name, f"cannot be written ({e.strerror or e})") from None
+    with dst:
+        return budget.copy(src, dst, name)
 
 
 def _make_dirs(root: Path, rel: PurePosixPath, name: str) -> None:
@@ -167,6 +168,8 @@ def _make_dirs(root: Path, rel: PurePosixPath, name: str) -> None:
         (root / rel).mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise _Refused(name, "its path collides with another member (a file where a folder is)") from None
+    except OSError as e:
+        raise _Refused(name, f"cannot be written ({e.strerror or e})") from None
 
 
 def _extract_zip(archive: Path, root: Path, max_bytes: int, max_members: int) -> list[PurePosixPath]:
