@@ -19,7 +19,7 @@ SOURCES_NEEDING_ARCH = ("url", "file")
 # Entries of results/ that are not model folders: a model of one of these names would write into
 # them (results/mlflow.db/… would break the tracking store). Add here what a stage adds there.
 RESERVED_MODEL_NAMES = ("logs", "benchmarks", "mlartifacts", "mlflow.db", "mlflow.init.json", "summary.csv", "report.html",
-                        "downloads", "sim-cache", "sim-validate.json")
+                        "downloads", "sim-cache", "sim-validate.json", "datasets", "cache")
 # A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
 # A config larger than this once expanded is refused (a "billion laughs" file would hang them).
 MAX_CONFIG_NODES = 1_000_000
