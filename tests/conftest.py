@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,24 @@ import pytest
 from npuflow.config import model_spec, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
+TINY_CONFIG = REPO / "tests" / "config.tiny.yaml"
+
+
+def snakemake_command(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(cores), "-d", str(workdir),
+            "--configfile", str(configfile), *args]
+
+
+def snakemake_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `npuflow`
+    return env
+
+
+def snakemake(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> subprocess.CompletedProcess:
+    """Snakemake on this repository's workflow, in `workdir`, as a user runs it (profile included)."""
+    return subprocess.run(snakemake_command(workdir, *args, configfile=configfile, cores=cores),
+                          capture_output=True, text=True, env=snakemake_env(), cwd=workdir)
 
 # A tiny SegFormer (same architecture family as the default one, a fraction of the width) so the
 # segmentation path runs in seconds.

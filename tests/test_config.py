@@ -58,6 +58,31 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c["models"]["m"].update(source="url:https://example.org/w.pth"), "models.m.arch", "needs `arch`"),
         (lambda c: c["models"]["m"].update(source="url:http://example.org/w.pth", arch="efficientvit_m0"), "models.m.source", "plain http is refused"),
         (lambda c: c["models"]["m"].update(calibration={"method": "kl"}), "models.m.calibration.method", "unknown calibration method"),
+        # Hostile or mistaken entries (issue #6): each refused before any job, naming the field.
+        (lambda c: c["models"]["m"].update(targets=["rdk-x6"]), "models.m.targets.0", "unknown target 'rdk-x6'; close matches: rdk-x5"),
+        (lambda c: c.update(calibration={"method": "kl"}), "calibration.method", "unknown calibration method 'kl'"),
+        (lambda c: c.update(calibration={"dataset": "imagenet"}), "calibration.dataset", "unknown dataset 'imagenet'"),
+        (lambda c: c.update(evaluation={"dataset": "imagenet"}), "evaluation.dataset", "unknown dataset 'imagenet'"),
+        (lambda c: c["models"]["m"].update(surgery=["rm -rf /"]), "models.m.surgery.0", "unknown surgery pass 'rm -rf /'"),
+        (lambda c: c["models"].update({"my model": classifier_entry()}), "models", "'my model' does not match"),
+        (lambda c: c["models"].update({"../../etc": classifier_entry()}), "models", "does not match"),
+        (lambda c: c["models"].update({"a\\b": classifier_entry()}), "models", "does not match"),
+        (lambda c: c["models"].update({"mlflow.db": classifier_entry()}), "models.mlflow.db", "taken by results/mlflow.db"),
+        (lambda c: c["models"].update({"logs": classifier_entry()}), "models.logs", "taken by results/logs"),
+        (lambda c: c["models"].update({"M": classifier_entry()}), "models.M", "differs from models.m only in case"),
+        (lambda c: c["models"]["m"]["input"].update(shape=[1, 3, 224, 224, 1]), "models.m.input.shape", "too long"),
+        (lambda c: c["models"]["m"]["input"].update(shape=[1, 3, -224, 224]), "models.m.input.shape.2", "less than the minimum of 1"),
+        (lambda c: c["models"]["m"]["input"].update(shape=[1, 1, 224, 224]), "models.m.input.shape", "expected 3 (RGB) channels"),
+        (lambda c: c["models"]["m"]["input"].update(std=[0.2, 0.0, 0.2]), "models.m.input.std.1", "less than or equal to the minimum of 0"),
+        (lambda c: c["models"]["m"]["input"].update(std=[0.2, float("nan"), 0.2]), "models.m.input.std", "expected finite numbers"),
+        (lambda c: c["models"]["m"]["input"].update(mean=[float("inf"), 0.5, 0.5]), "models.m.input.mean", "expected finite numbers"),
+        (lambda c: c.update(calibration={"images": 0}), "calibration.images", "less than the minimum of 1"),
+        (lambda c: c.update(evaluation={"images": -3}), "evaluation.images", "less than the minimum of 1"),
+        (lambda c: c.update(evaluation={"latency_repeats": 0}), "evaluation.latency_repeats", "less than the minimum of 1"),
+        (lambda c: c.update(seed=-1), "seed", "less than the minimum of 0"),
+        (lambda c: c["models"]["m"].update(opset=21), "models.m.opset", "greater than the maximum of 20"),
+        (lambda c: c["models"]["m"].update(source="url:ftp://example.org/w.pth", arch="efficientvit_m0"), "models.m.source", "expected url:https://"),
+        (lambda c: c["models"]["m"].update(sha256="abc"), "models.m.sha256", "does not match"),
     ],
 )
 def test_bad_config_names_entry_and_field(mutate, where, expected):
@@ -90,3 +115,55 @@ def test_check_config_cli_reports_field(tmp_path, capsys):
     path.write_text(yaml.safe_dump(bad))
     assert main(["check-config", str(path)]) == 2
     assert "models.m.task" in capsys.readouterr().err
+
+
+def test_duplicate_keys_are_refused_naming_the_field_and_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: two models of one name would silently be one."""
+    path = tmp_path / "c.yaml"
+    path.write_text("""weights: random
+models:
+  m0:
+    source: "timm:efficientvit_m0"
+    task: classification
+    input: {shape: [1, 3, 224, 224]}
+  m0:
+    source: "timm:efficientvit_m1"
+    task: classification
+    input: {shape: [1, 3, 224, 224], shape: [1, 3, 256, 256]}
+""")
+    with pytest.raises(ConfigError, match=rf"^models\.m0: given twice in {path} \(lines 3 and 7\); YAML would silently keep only the last one"):
+        load_config(path)
+    path.write_text(path.read_text().replace("  m0:\n    source: \"timm:efficientvit_m1\"", "  m1:\n    source: \"timm:efficientvit_m1\""))
+    with pytest.raises(ConfigError, match=r"^models\.m1\.input\.shape: given twice .*\(lines 10 and 10\)"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_and_shared_anchors_are_not_duplicates(tmp_path):
+    """A key given again after a merge (`<<: *base`) overrides it; that is YAML, not a duplicate."""
+    path = tmp_path / "c.yaml"
+    path.write_text("""weights: random
+models:
+  a: &base {source: "timm:efficientvit_m0", task: classification, input: {shape: [1, 3, 224, 224]}}
+  b: {<<: *base, source: "timm:efficientvit_m1"}
+""")
+    config = load_config(path)
+    assert config["models"]["a"]["source"] == "timm:efficientvit_m0" and config["models"]["b"]["source"] == "timm:efficientvit_m1"
+    assert config["models"]["b"]["input"] == {"shape": [1, 3, 224, 224]}
+
+
+def test_alias_bomb_is_refused_before_validation(tmp_path):
+    lines = ["weights: random", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    (tmp_path / "c.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="more than 1000000 values once its YAML aliases are expanded"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_empty_or_non_mapping_config_file(tmp_path):
+    for text in ("", "- a\n- b\n", "just a string\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="config: expected a mapping at the top level"):
+            load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("models: {m: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML"):
+        load_config(tmp_path / "c.yaml")

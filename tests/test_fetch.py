@@ -124,8 +124,9 @@ def test_offline_auto_falls_back_to_labelled_random_weights(tmp_path):
     proc, _ = run_fetch_cli(tmp_path, "auto")
     assert proc.returncode == 0, proc.stderr
     manifest = yaml.safe_load((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["weights"] == "random" and manifest["hub_reachable"] is False
+    assert manifest["weights"] == "random" and manifest["hub_reachable"] is False and manifest["seed"] == 0
     assert "could not load pretrained" in manifest["weights_detail"]
+    assert '"weights": "random"' in proc.stdout  # the command says so too, not only the file
 
 
 def test_offline_pretrained_fails_clearly_and_fast(tmp_path):
@@ -133,4 +134,4 @@ def test_offline_pretrained_fails_clearly_and_fast(tmp_path):
     assert proc.returncode == 2
     assert "models.m: weights: pretrained, but" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
-    print(f"offline pretrained fetch failed in {seconds:.1f} s")
+    print(f"offline pretrained fetch failed in {seconds:.1f} s")  # timed without imports: test_hostile.py

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, snakemake
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
-
-
-def snakemake(workdir: Path, *args, configfile: Path = REPO / "tests" / "config.tiny.yaml"):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `npuflow`
-    return subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(configfile), *args],
-                          capture_output=True, text=True, env=env, cwd=workdir)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +112,36 @@ def test_bad_config_fails_before_any_job_naming_the_field(tmp_path):
     assert proc.returncode != 0
     assert "models.efficientvit_m0.input.shape" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+TINY_MODEL_TEXT = """  efficientvit_m0:
+    source: "timm:efficientvit_m0"
+    task: classification
+    input: {shape: [1, 3, 224, 224]}
+    surgery: [fold_head_bn]
+    reparameterize: false
+"""
+
+
+@pytest.mark.parametrize(
+    "edit, where, expected",
+    [
+        # The same model name twice: Snakemake's YAML loader would keep the second silently.
+        (lambda t: t + TINY_MODEL_TEXT.replace("fold_head_bn", "append_argmax"), "models.efficientvit_m0", "given twice"),
+        (lambda t: t.replace("[fold_head_bn]", "[append_argmax]"), "models.efficientvit_m0.surgery", "task: segmentation"),
+        (lambda t: t.replace("reparameterize: false", "reparameterize: false\n    opset: 21"), "models.efficientvit_m0.opset", "maximum of 20"),
+        (lambda t: t.replace("targets: [ax650n-npu3, rdk-x5]", "targets: [ax650n-npu3, rdk-x50]"), "targets.1", "unknown target 'rdk-x50'"),
+    ],
+    ids=["duplicate-model", "append_argmax-on-classifier", "opset-21", "unknown-target"],
+)
+def test_bad_config_fails_dry_run_before_any_job(tmp_path, edit, where, expected):
+    text = (REPO / "tests" / "config.tiny.yaml").read_text()
+    assert TINY_MODEL_TEXT in text
+    (tmp_path / "c.yaml").write_text(edit(text))
+    proc = snakemake(tmp_path, "-n", configfile=tmp_path / "c.yaml")
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and f"{where}: " in out and expected in out, out[-2000:]
+    assert "Job stats" not in out and "rule fetch" not in out and not (tmp_path / "results").exists()
 
 
 def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline):

@@ -120,3 +120,52 @@ def test_transpose_chain_is_one_data_move_and_unit_switches_cost_a_reorder():
     assert ops["t2"].fused_into == "t1" and ops["t1"].fused == ["Transpose"] and ops["reshape"].unit == "free"
     assert ops["softmax"].reorder_bytes == 8 * 32 * 32 and ops["conv2"].reorder_bytes == 8 * 32 * 32  # int8 tensors
     assert ops["conv1"].reorder_bytes == 0  # fed by a data move, not by the vector unit
+
+
+def _unknown_op_model(op: str, quantised: bool):
+    """x → Conv → <op no NPU unit lists> → Conv (optionally with the Q/DQ pairs onnxruntime puts
+    around what it quantises): the op must fall back to the CPU, never crash the build."""
+    w = numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), "w")
+    inits = [w, numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.uint8(128), "z")]
+    extra_opsets = []
+    if op == "Einsum":
+        middle = [helper.make_node("Einsum", ["c", "c"], ["m"], equation="bchw,bchw->bchw", name="op")]
+    elif op == "TopK":
+        inits.append(numpy_helper.from_array(np.array([8], np.int64), "k"))
+        middle = [helper.make_node("TopK", ["c", "k"], ["m", "idx"], axis=1, name="op")]
+    elif op == "NonMaxSuppression":  # boxes/scores from the conv; its output count is data-dependent
+        inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                  (("bs", [1, 256, 4]), ("ss", [1, 8, 256]), ("st", [0]), ("en", [4]), ("ax", [1]), ("ms", [1, 8, 16, 16]))]
+        middle = [helper.make_node("Reshape", ["c", "ss"], ["scores"], name="r1"),
+                  helper.make_node("Slice", ["c", "st", "en", "ax"], ["c4"], name="slice"),
+                  helper.make_node("Reshape", ["c4", "bs"], ["boxes"], name="r2"),
+                  helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="op"),
+                  helper.make_node("Cast", ["sel"], ["self"], to=TensorProto.FLOAT, name="cast"),
+                  helper.make_node("ReduceSum", ["self"], ["sum"], keepdims=0, name="sum"),
+                  helper.make_node("Add", ["c", "sum"], ["m"], name="add")]
+    else:  # an op of a domain onnx's shape inference knows nothing of
+        middle = [helper.make_node(op, ["c"], ["m"], domain="com.example", name="op")]
+        extra_opsets = [helper.make_opsetid("com.example", 1)]
+
+    def qdq(t):
+        return [helper.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"]), helper.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_dq"])] if quantised else []
+
+    src = (lambda t: f"{t}_dq") if quantised else (lambda t: t)
+    nodes = [*qdq("x"), helper.make_node("Conv", [src("x"), "w"], ["c"], name="conv1"), *middle, *qdq("m"),
+             helper.make_node("Conv", [src("m"), "w"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *extra_opsets])
+
+
+@pytest.mark.parametrize("quantised", [False, True], ids=["float", "qdq"])
+@pytest.mark.parametrize("op", ["Einsum", "TopK", "NonMaxSuppression", "CustomOp"])
+def test_op_no_unit_runs_falls_back_to_cpu_in_the_build_report(op, quantised, tmp_path):
+    for target in ("ax650n-npu3", "rdk-x5"):
+        report = build_model(_unknown_op_model(op, quantised), TARGETS.get(target), tmp_path / target)
+        parts = [(p["device"], p["first_op"]) for p in report["partition"]]
+        assert ("cpu", "op") in parts and parts[0] == ("npu", "conv1") and parts[-1][0] == "npu", parts
+        assert report["subgraphs"] > 1 and report["cpu_ops"] >= 1 and report["latency_ms"] > 0
+        assert read_json(tmp_path / target / "out" / "build.json")["subgraphs"] == report["subgraphs"]
+        if op in ("NonMaxSuppression", "CustomOp"):  # shapes no inference can know: said, not hidden
+            assert report["unknown_dims"] > 0

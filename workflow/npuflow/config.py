@@ -5,6 +5,7 @@ Every error names the config entry and field at fault and what was expected."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +16,13 @@ from .errors import NpuflowError
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 # Sources whose checkpoint is loaded into a timm architecture named by the entry's `arch`.
 SOURCES_NEEDING_ARCH = ("url", "file")
+# Entries of results/ that are not model folders: a model of one of these names would write into
+# them (results/mlflow.db/… would break the tracking store). Add here what a stage adds there.
+RESERVED_MODEL_NAMES = ("logs", "benchmarks", "mlartifacts", "mlflow.db", "mlflow.init.json", "summary.csv", "report.html",
+                        "downloads", "sim-cache", "sim-validate.json", "datasets", "cache")
+# A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
+# A config larger than this once expanded is refused (a "billion laughs" file would hang them).
+MAX_CONFIG_NODES = 1_000_000
 
 
 class ConfigError(NpuflowError, ValueError):
@@ -81,8 +89,19 @@ def _check_semantics(config: dict) -> None:
     for name, entry in config["datasets"].items():
         if "url" in entry and entry["url"].startswith("http://") and not entry["allow_http"]:
             problems.append(f"datasets.{name}.url: plain http is refused; use https, or set allow_http: true")
+    folded = {}
+    for name in config["models"]:
+        if name in RESERVED_MODEL_NAMES:
+            problems.append(f"models.{name}: the name is taken by results/{name} (reserved: {', '.join(RESERVED_MODEL_NAMES)}); rename the entry")
+        if name.lower() in folded:  # one folder on case-insensitive file systems (macOS, Windows)
+            problems.append(f"models.{name}: differs from models.{folded[name.lower()]} only in case; their results folders would be one")
+        folded.setdefault(name.lower(), name)
     for name, entry in config["models"].items():
         where = f"models.{name}"
+        for field in ("mean", "std"):
+            values = entry["input"].get(field, [])
+            if not all(math.isfinite(v) for v in values):
+                problems.append(f"{where}.input.{field}: expected finite numbers, got {values}")
         kind = entry["source"].split(":", 1)[0]
         if kind in SOURCES_NEEDING_ARCH and "arch" not in entry:
             problems.append(f"{where}.arch: a {kind}: source needs `arch`, the timm architecture to load it into")
@@ -142,13 +161,54 @@ def _check_calibration(where: str, calib: dict, methods, datasets) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path) -> dict:
+def load_yaml(path: str | Path):
+    """YAML as yaml.safe_load reads it, but refusing what it would silently get wrong: a key
+    given twice in one mapping (PyYAML keeps the last, so two models of one name would be one),
+    and aliases that expand beyond MAX_CONFIG_NODES."""
     path = Path(path)
+    loader = yaml.SafeLoader(path.read_text())
     try:
-        config = yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _check_nodes(loader, node, path, [], {}) > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES} values once its YAML aliases are expanded; refused")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return validate_config(config)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(loader, node, path: Path, where: list[str], sizes: dict) -> int:
+    """Refuse duplicate keys (naming the field and both lines); return the node's expanded size."""
+    if id(node) in sizes:  # an alias: its size is known (None while it is being walked: a cycle)
+        if sizes[id(node)] is None:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: {'.'.join(where) or '(top level)'}: a YAML alias that contains itself; refused")
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                size += _check_nodes(loader, value_node, path, where, sizes)
+                continue
+            key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            field = ".".join([*where, str(key)])
+            if key in seen:
+                raise ConfigError(f"{field}: given twice in {path} (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                  "YAML would silently keep only the last one. Rename or remove one")
+            seen[key] = key_node.start_mark.line + 1
+            size += _check_nodes(loader, value_node, path, [*where, str(key)], sizes)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_check_nodes(loader, v, path, [*where, str(i)], sizes) for i, v in enumerate(node.value))
+    sizes[id(node)] = size
+    return size
+
+
+def load_config(path: str | Path) -> dict:
+    return validate_config(load_yaml(path))
 
 
 # What each stage reads of a model spec. The workflow passes each job only these fields, so a

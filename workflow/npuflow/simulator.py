@@ -87,6 +87,8 @@ class Graph:
         # unknown_dims): the exports here are static, so any is a sign the figures are too low.
         self.unknown_dims = 0
         for vi in list(g.input) + list(g.value_info) + list(g.output):
+            if not vi.type.tensor_type.HasField("shape"):  # rank unknown: counted below, with its op
+                continue
             dims = vi.type.tensor_type.shape.dim
             shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
             self.unknown_dims += sum(d.dim_value <= 0 for d in dims)
@@ -118,6 +120,9 @@ class Graph:
             for o in n.output:
                 if o not in self.tensors:
                     self.tensors[o] = Tensor(shapes.get(o, []), "int8")
+                # An op shape inference knows nothing of (a custom domain's) leaves its outputs
+                # without even a rank: count it, as the figures downstream of it are guesses.
+                self.unknown_dims += bool(o) and o not in shapes
             self.ops.append(op)
         for name in [i.name for i in g.input if i.name not in inits]:
             self.tensors.setdefault(name, Tensor(shapes.get(name, []), "int8"))
@@ -335,15 +340,19 @@ def _tensor_work(graph: Graph, op: Op, tile: dict) -> tuple[int, float]:
     """(MACs, padded MACs) of a conv-like op; tiles pad output H, W, C and input channels."""
     th, tw, tc = tile.get("h", 1), tile.get("w", 1), tile.get("c", 1)
     out = graph.tensors[graph.resolve(op.outputs[0])].shape
-    if op.op_type in ("Conv", "ConvTranspose"):
-        w = graph.tensors[op.inputs[1]].shape
+    operands = [graph.tensors[i].shape if i in graph.tensors else [] for i in op.inputs[:2]]
+    conv = op.op_type in ("Conv", "ConvTranspose")
+    if len(operands) < 2 or len(out) < (3 if conv else 1) or min(map(len, operands)) < (2 if conv or op.op_type == "Gemm" else 1):
+        return 0, 0.0  # shapes unknown (after an op shape inference can't see into): in unknown_dims
+    if conv:
+        w = operands[1]
         n, co = out[0], out[1]
         spatial = out[2:] + [1] * (2 - len(out[2:]))
         cin_g, kernel = w[1], int(np.prod(w[2:])) if len(w) > 2 else 1
         macs = n * co * spatial[0] * spatial[1] * cin_g * kernel
         padded = n * _pad(co, tc) * _pad(spatial[0], th) * _pad(spatial[1], tw) * _pad(cin_g, tc) * kernel
         return macs, padded
-    a, b = (graph.tensors[i].shape for i in op.inputs[:2])
+    a, b = operands
     if op.op_type == "Gemm":
         m = a[1] if op.attrs.get("transA", 0) else a[0]
         k = a[0] if op.attrs.get("transA", 0) else a[1]

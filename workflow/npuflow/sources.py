@@ -7,23 +7,18 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
-import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
+from .download import ChecksumMismatch, DownloadError, DownloadUnavailable, download, reachable
 from .errors import NpuflowError
-from .io import atomic_path, sha256_file
+from .io import sha256_file
 from .registry import Registry, unknown_name_message
 
 SOURCES: Registry["ModelSource"] = Registry("model source")
 HF_CONFIG_DIR = Path(__file__).resolve().parent / "hf_configs"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-PROBE_TIMEOUT_S = 3.0
-DOWNLOAD_TIMEOUT_S = 10.0
 
 
 class FetchError(NpuflowError):
@@ -32,29 +27,6 @@ class FetchError(NpuflowError):
 
 class WeightsUnavailable(FetchError):
     """Pretrained weights cannot be had now (offline, unreachable host, not cached)."""
-
-
-def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True if a TCP connection to the URL's host opens within `timeout` seconds.
-    Hub clients retry for ~50 s when offline; this answers in at most `timeout`."""
-    import socket
-
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    # getaddrinfo has no timeout of its own, so the probe runs in a thread we stop waiting for.
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(result and result[0])
 
 
 def hub_endpoint() -> str:
@@ -215,47 +187,49 @@ class HFSource(ModelSource):
         return module.inner.config.model_type
 
 
-def download(url: str, dest: Path, sha256: str | None, allow_http: bool = False) -> str:
-    """Download `url` to `dest` atomically; verify sha256 when given. Returns the file's sha256."""
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme != "https" and not (scheme == "http" and allow_http):
-        raise FetchError(f"refusing to download {url}: only https is allowed (allow_http permits http)")
-    if dest.exists() and sha256 and sha256_file(dest) == sha256.lower():
-        return sha256.lower()
-    if not reachable(url):
-        raise WeightsUnavailable(f"{url} is unreachable (no connection within {PROBE_TIMEOUT_S:.0f} s)")
-    with atomic_path(dest) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
-        except (urllib.error.URLError, OSError) as e:
-            raise WeightsUnavailable(f"download of {url} failed: {e}") from e
-        digest = sha256_file(tmp)
-        if sha256 and digest != sha256.lower():
-            raise FetchError(f"sha256 mismatch for {url}: expected {sha256.lower()}, got {digest}; file discarded")
-    return digest
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors starts with an 8-byte header length and a JSON header: a URL's file name need
+    not say which format it serves."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _load_failure(e: Exception) -> str:
+    """The part of a loader's error that says why: torch's weights-only refusal is a page of
+    advice to load with weights_only=False, which npuflow never does."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    code = next((line for line in lines if "GLOBAL" in line), None)
+    if code:
+        return f"it would import and run code ({code}); npuflow never runs code from a checkpoint"
+    if lines and lines[0].startswith("Weights only load failed"):
+        why = next((line for line in lines if line.startswith("Unsupported")), lines[-1])
+        return f"truncated, corrupt, not a weights file, or holding more than tensors (the weights-only unpickler says: {why})"
+    return f"truncated, corrupt or not a weights file ({type(e).__name__}: {lines[0][:200] if lines else 'file ended early'})"
 
 
 def load_state_dict_file(path: Path, key: str | None, where: str) -> dict:
     """Load a checkpoint without executing code from it (safetensors or weights-only pickle)."""
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    safetensors = path.suffix == ".safetensors" or _looks_like_safetensors(path)
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
 
-        obj = load_file(str(path))
-    else:
-        try:
+            obj = load_file(str(path))
+        else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise FetchError(f"{where}: {path.name} is not a loadable weights-only checkpoint: {e}") from e
+    except Exception as e:  # each loader has its own error types for a bad file
+        kind = "safetensors file" if safetensors else "weights-only checkpoint"
+        raise FetchError(f"{where}.source: {path} is not a loadable {kind}: {_load_failure(e)}") from e
     if key:
         if not isinstance(obj, dict) or key not in obj:
             keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
             raise FetchError(f"{where}.state_dict_key: no key {key!r} in the checkpoint (top-level keys: {keys})")
         obj = obj[key]
     if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise FetchError(f"{where}: checkpoint is not a state dict of tensors (set state_dict_key?)")
+        raise FetchError(f"{where}: {path} is not a state dict of tensors (set state_dict_key?)")
     return obj
 
 
@@ -293,9 +267,18 @@ class _CheckpointSource(TimmSource):
 class URLSource(_CheckpointSource):
     def _checkpoint(self, spec, cache_dir):
         url = _ref(spec)
-        name = Path(urllib.parse.urlsplit(url).path).name or "checkpoint"
+        name = Path(urllib.parse.urlsplit(url).path).name
+        name = name if name not in ("", ".", "..") else "checkpoint"  # `https://host/a/..` names no file
         dest = Path(cache_dir) / "downloads" / spec["name"] / name
-        return dest, download(url, dest, spec.get("sha256"), spec.get("allow_http", False))
+        where = f"models.{spec['name']}"
+        try:
+            return dest, download(url, dest, spec.get("sha256"), spec.get("allow_http", False))
+        except DownloadUnavailable as e:  # `weights: auto` falls back to random weights on this
+            raise WeightsUnavailable(str(e)) from e
+        except ChecksumMismatch as e:
+            raise FetchError(f"{where}.sha256: {e}") from e
+        except DownloadError as e:
+            raise FetchError(f"{where}.source: {e}") from e
 
 
 @SOURCES.register("file")

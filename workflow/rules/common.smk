@@ -3,7 +3,7 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from npuflow.config import ConfigError, model_spec, stage_spec, validate_config
+from npuflow.config import ConfigError, load_yaml, model_spec, stage_spec, validate_config
 from npuflow.data import DATASETS
 from npuflow.precision import merge_recipe, recipe_id
 from npuflow.targets import load_targets
@@ -11,7 +11,11 @@ from npuflow.track import tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
+# Snakemake's YAML loader keeps the last of two equal keys (two models of one name would silently
+# be one): each config file is read again by npuflow's loader, which refuses them.
 try:
+    for path in workflow.configfiles:
+        load_yaml(path)
     validate_config(config)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
