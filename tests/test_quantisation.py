@@ -236,3 +236,21 @@ def test_one_user_dataset_for_calibration_and_evaluation_is_refused():
     config["evaluation"]["dataset"] = "other"
     with pytest.raises(ConfigError, match=r"evaluation\.dataset: unknown dataset 'other'"):
         validate_config(config)
+
+
+def test_archive_dataset_is_extracted_once_and_indexed_with_labels(tmp_path):
+    import tarfile
+
+    from npuflow.data import prepare_dataset
+
+    rng = np.random.default_rng(2)
+    for cls in ("cat", "dog"):
+        _write_png(tmp_path / "src" / cls / "a.png", rng)
+    with tarfile.open(tmp_path / "set.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname=".")
+    entry = {"archive": str(tmp_path / "set.tar.gz"), "classes": ["dog", "cat"]}
+    index = prepare_dataset("pets", entry, tmp_path / "ds" / "pets")
+    assert [(i["path"], i["label"]) for i in index["images"]] == [("cat/a.png", 1), ("dog/a.png", 0)]
+    assert (tmp_path / "ds" / "pets" / "files" / "cat" / "a.png").exists() and len(index["archive_sha256"]) == 64
+    with pytest.raises(Exception, match="sha256"):
+        prepare_dataset("pets", {**entry, "sha256": "0" * 64}, tmp_path / "ds" / "pets2")
