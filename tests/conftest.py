@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,32 @@ import pytest
 from npuflow.config import model_spec, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+
+
+def snakemake(workdir: Path, *args, configfile: Path = REPO / "tests" / "config.tiny.yaml"):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `npuflow`
+    return subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(configfile), *args],
+                          capture_output=True, text=True, env=env, cwd=workdir)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """The tiny config through the whole workflow, once per session (test_report reuses its front stages)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    proc = snakemake(workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def mlflow_runs(workdir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    exp = client.get_experiment_by_name("npuflow-tiny")
+    return client, client.search_runs([exp.experiment_id])
+
 
 # A tiny SegFormer (same architecture family as the default one, a fraction of the width) so the
 # segmentation path runs in seconds.

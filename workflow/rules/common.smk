@@ -41,8 +41,16 @@ def quantized(wildcards):
     return f"results/{wildcards.model}/quant/{recipe_id(TARGET_PROFILES.get(wildcards.target))}.onnx"
 
 
+def layers_table(model, target, recipe):
+    """The per-layer precision table of a target's quantised model, when the quantize rule writes
+    one (an output named `layers`): runs and the report use it when it is listed, and do without."""
+    out = rules.quantize.output
+    return out.layers.format(model=model, target=target, recipe=recipe) if "layers" in out.keys() else None
+
+
 def run_files(model):
-    """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model."""
+    """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model
+    (names as in npuflow.track.ARTIFACTS)."""
     d = f"results/{model}"
     runs = {}
     for target in SPECS[model]["targets"]:
@@ -50,8 +58,14 @@ def run_files(model):
         runs[target] = {
             "manifest": f"{d}/fetch/manifest.json", "export": f"{d}/export.json", "simplify": f"{d}/simplify.json",
             "surgery": f"{d}/surgery.json", "calibration": f"{d}/calibration.json", "quantize": f"{d}/quant/{recipe}.json",
-            "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json", "evaluate": f"{d}/eval/{recipe}.json",
+            "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json",
+            "build_summary": f"{d}/build/{target}/summary.txt", "evaluate": f"{d}/eval/{recipe}.json",
+            "onnx_float": f"{d}/model.onnx", "onnx_sim": f"{d}/model.sim.onnx", "onnx_surgery": f"{d}/model.surgery.onnx",
+            "onnx_quant": f"{d}/quant/{recipe}.onnx", "plot": f"{d}/plots/latency.png",
         }
+        layers = layers_table(model, target, recipe)
+        if layers:
+            runs[target]["layers"] = layers
     return runs
 
 
