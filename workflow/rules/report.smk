@@ -1,4 +1,6 @@
 import shlex
+from pathlib import Path
+import subprocess
 
 
 # One model's simulated latency breakdown over its targets: logged with each run, shown in the report.
@@ -53,3 +55,11 @@ rule report:
     shell:
         "npuflow report {params.args} > {log} 2>&1"
 
+
+onerror:
+    # Under --keep-going Snakemake skips the report when one model failed: write it over what
+    # exists, marking the failed (model, target) pairs with the stage that failed and its log.
+    Path("results/logs").mkdir(parents=True, exist_ok=True)
+    with open("results/logs/report.onerror.log", "w") as report_log:
+        done = subprocess.run(["npuflow", "report", *REPORT_ARGS], stdout=report_log, stderr=subprocess.STDOUT)
+    print(f"npuflow: report of what exists written to results/report.html (exit {done.returncode}, log results/logs/report.onerror.log)")
