@@ -234,6 +234,7 @@ def latency_png(model: str, builds: dict[str, tuple[dict, dict]]) -> bytes:
         ax.set_title(f"{model}: {title}")
         # Below the x label, at a fixed distance whatever the number of targets.
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.6 * len(targets) + 0.4)), ncol=5, frameon=False)
+    axes[0].invert_yaxis()  # targets top to bottom in config order (the y axis is shared)
     fig.suptitle("SIMULATED by npuflow's NPU model, not measured", fontsize=8, y=1.02)
     return _png(fig)
 
