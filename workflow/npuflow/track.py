@@ -213,8 +213,7 @@ def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str
 
 
 def _run_note(spec: dict, target: str, build: dict, manifest: dict) -> str:
-    note = (f"{spec['name']} on {target}. SIMULATION: latency/FPS come from npuflow's NPU model of {build['chip']}"
-            " , not from a device.")
+    note = f"{spec['name']} on {target}. SIMULATION: latency/FPS come from npuflow's NPU model of {build['chip']}, not from a device."
     if manifest["weights"] == "random":
         note += f" Weights are RANDOM ({manifest['weights_detail']}): fidelity is real for these weights, accuracy is meaningless."
     return note
