@@ -5,6 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# `snakemake --report report.html`: this description, and the outputs marked with report().
+report: "workflow/report/workflow.rst"
+
+
 # `--configfile` replaces the default config instead of merging into it (Snakemake would merge
 # the default models into a user's config otherwise).
 if not config:

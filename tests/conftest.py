@@ -32,6 +32,24 @@ def snakemake(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int =
     return subprocess.run(snakemake_command(workdir, *args, configfile=configfile, cores=cores),
                           capture_output=True, text=True, env=snakemake_env(), cwd=workdir)
 
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """The tiny config through the whole workflow, once per session (test_report reuses its front stages)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    proc = snakemake(workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def mlflow_runs(workdir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    exp = client.get_experiment_by_name("npuflow-tiny")
+    return client, client.search_runs([exp.experiment_id])
+
+
 # A tiny SegFormer (same architecture family as the default one, a fraction of the width) so the
 # segmentation path runs in seconds.
 TINY_SEGFORMER = {

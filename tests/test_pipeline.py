@@ -9,25 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, snakemake
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
-    proc = snakemake(workdir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
-
-
-def mlflow_runs(workdir):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
-    exp = client.get_experiment_by_name("npuflow-tiny")
-    return client, client.search_runs([exp.experiment_id])
+from conftest import REPO, mlflow_runs, snakemake, snakemake_command
 
 
 def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
@@ -35,13 +17,29 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
     assert sorted(r.data.tags["target"] for r in runs) == ["ax650n-npu3", "rdk-x5"]
     for r in runs:
         assert r.info.status == "FINISHED"
-        tags, metrics = r.data.tags, r.data.metrics
+        tags, metrics, params = r.data.tags, r.data.metrics, r.data.params
         assert (tags["model"], tags["task"], tags["weights"], tags["family"]) == ("efficientvit_m0", "classification", "random", "efficientvit_msra")
-        assert "RANDOM" in tags["mlflow.note.content"] and tags["npuflow.latency"] == "simulated"
+        assert "RANDOM" in tags["mlflow.note.content"] and "SIMULATION" in tags["mlflow.note.content"] and tags["npuflow.latency"] == "simulated"
         assert metrics["latency_ms"] > 0 and metrics["fps"] > 0 and 0.5 < metrics["cosine"] <= 1.0
         assert metrics["host_fp32_ms"] > 0 and metrics["host_int8_ms"] > 0 and metrics["params"] == 2_349_436
-        artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "reports")}
-        assert {"reports/build.json", "reports/evaluate.json", "reports/manifest.json"} <= artifacts
+        assert metrics["onnx_bytes"] > metrics["int8_bytes"] > 0 and metrics["macs"] > 0 and metrics["subgraphs"] >= 1
+        # Not applicable is absent, never 0: no segmentation figure, no accuracy without labels.
+        assert not {"pixel_agreement", "top1", "miou"} & set(metrics)
+        assert (params["opset"], params["input_shape"], params["calibration_method"], params["calibration_images"]) == ("17", "1x3x224x224", "minmax", "4")
+        assert params["precision_recipe"] == "int8" and all(params[f"{t}_version"] for t in ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow"))
+        artifacts = {a.path for d in ("reports", "onnx", "plots") for a in client.list_artifacts(r.info.run_id, d)}
+        assert {"reports/build.json", "reports/trace.json", "reports/evaluate.json", "reports/manifest.json", "onnx/model.onnx",
+                "onnx/model.sim.onnx", "onnx/model.surgery.onnx", "plots/latency.png"} <= artifacts
+        # The quantised model: a logged model of the run, registered as <model>-<target>@current.
+        version = client.get_model_version_by_alias(f"efficientvit_m0-{tags['target']}", "current")
+        assert version.run_id == r.info.run_id and version.source == f"models:/{tags['npuflow.model_id']}"
+        assert client.get_logged_model(tags["npuflow.model_id"]).source_run_id == r.info.run_id
+
+
+def test_filter_for_one_target_as_in_the_readme(pipeline):
+    client, runs = mlflow_runs(pipeline)
+    found = client.search_runs([runs[0].info.experiment_id], "tags.target = 'rdk-x5' and tags.`npuflow.current` = 'true'")
+    assert [(r.data.tags["model"], r.data.tags["target"]) for r in found] == [("efficientvit_m0", "rdk-x5")]
 
 
 def test_summary_and_report_cover_every_pair(pipeline):
@@ -49,12 +47,25 @@ def test_summary_and_report_cover_every_pair(pipeline):
         rows = list(csv.DictReader(f))
     assert [(r["model"], r["target"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3"), ("efficientvit_m0", "rdk-x5")]
     for r in rows:
-        assert r["weights"] == "random" and float(r["latency_ms"]) > 0 and float(r["host_int8_ms"]) > 0
-        assert 0 < float(r["cosine"]) <= 1 and r["run_id"]
+        assert r["status"] == "ok" and r["weights"] == "random" and float(r["latency_ms"]) > 0 and float(r["host_int8_ms"]) > 0
+        assert 0 < float(r["cosine"]) <= 1 and r["run_id"] and r["pareto"] == "true"  # alone on its target: on the front
+        assert r["pixel_agreement"] == "" and r["registered_model"] == f"efficientvit_m0-{r['target']}"
     x5 = next(r for r in rows if r["target"] == "rdk-x5")
     assert int(x5["subgraphs"]) > 1  # Softmax on the RDK X5's CPU splits the graph
     page = (pipeline / "results" / "report.html").read_text()
-    assert "Random weights" in page and "ax650n-npu3" in page and "simulated" in page
+    assert "RANDOM WEIGHTS" in page and "ax650n-npu3" in page and "SIMULATED" in page and "SIMULATION" in page
+    assert page.count("data:image/png;base64,") == 3  # two Pareto plots, one latency breakdown
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+    assert "Simulated latency by op type" in page and "No per-layer precision table" in page
+    assert sorted(p.name for p in (pipeline / "results" / "plots").iterdir()) == ["pareto.ax650n-npu3.png", "pareto.rdk-x5.png"]
+
+
+def test_snakemake_report(pipeline, tmp_path):
+    proc = snakemake(pipeline, "--report", str(tmp_path / "report.html"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text()
+    for name in ("summary.csv", "report.html", "pareto.rdk-x5.png", "latency.png", "Pareto plots"):
+        assert name in page
 
 
 def test_targets_with_one_recipe_share_the_quantised_model_and_its_evaluation(pipeline):
@@ -71,10 +82,66 @@ def test_second_run_does_nothing(pipeline):
 def test_forced_logging_reuses_runs(pipeline):
     proc = snakemake(pipeline, "--forcerun", "track")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _, runs = mlflow_runs(pipeline)
+    client, runs = mlflow_runs(pipeline)
     assert len(runs) == 2
     runs = yaml.safe_load((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]
-    assert sorted(runs) == ["ax650n-npu3", "rdk-x5"] and all(r["reused"] for r in runs.values())
+    assert sorted(runs) == ["ax650n-npu3", "rdk-x5"] and all(r["reused"] and not r["registered"] for r in runs.values())
+    for target in runs:  # registration is idempotent: still one version
+        assert [v.version for v in client.search_model_versions(f"name = 'efficientvit_m0-{target}'")] == [1]
+
+
+def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path):
+    """In a store of its own: unchanged inputs reuse the run and its model version; changed ones
+    (here a different evaluation, and a per-layer table) log a new run, register a new version and
+    move the alias."""
+    from npuflow.track import CURRENT_TAG, init_store, log_run, _client
+
+    import json
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    init_store(uri, "t", tmp_path / "init.json")
+    client = _client(uri)
+    exp_id = client.get_experiment_by_name("t").experiment_id
+    track = json.loads((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]["rdk-x5"]
+    files = {k: str(pipeline / v) for k, v in track["files"].items()}
+    spec = {"name": "efficientvit_m0", "task": "classification", "source": "timm:efficientvit_m0", "input": {"shape": [1, 3, 224, 224]}}
+
+    first = log_run(client, exp_id, spec, "rdk-x5", files)
+    again = log_run(client, exp_id, spec, "rdk-x5", files)
+    assert (first["version"], first["registered"]) == ("1", True)
+    assert again["run_id"] == first["run_id"] and again["reused"] and (again["version"], again["registered"]) == ("1", False)
+
+    ev = json.loads(Path(files["evaluate"]).read_text())
+    (tmp_path / "eval.json").write_text(json.dumps({**ev, "cosine": 0.5}))
+    (tmp_path / "layers.csv").write_text("tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
+                                         "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
+                                         "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n")
+    changed = log_run(client, exp_id, spec, "rdk-x5", {**files, "evaluate": str(tmp_path / "eval.json"), "layers": str(tmp_path / "layers.csv")})
+    assert changed["run_id"] != first["run_id"] and (changed["version"], changed["registered"]) == ("2", True)
+    assert client.get_model_version_by_alias("efficientvit_m0-rdk-x5", "current").run_id == changed["run_id"]
+    old, new = client.get_run(first["run_id"]), client.get_run(changed["run_id"])
+    assert old.data.tags[CURRENT_TAG] == "false" and old.data.tags["npuflow.superseded_by"] == changed["run_id"]
+    assert new.data.metrics["cosine"] == 0.5 and new.data.metrics["layers_min_sqnr_db"] == 9.25 and new.data.metrics["layers_analysed"] == 2
+    assert "precision/layers.csv" in {a.path for a in client.list_artifacts(changed["run_id"], "precision")}
+
+
+def test_report_shows_the_worst_layers_when_the_table_is_listed(pipeline, tmp_path):
+    import json
+
+    from npuflow.report import report
+
+    track = json.loads((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())
+    (tmp_path / "layers.csv").write_text("tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
+                                         "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
+                                         "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n")
+    for run in track["runs"].values():
+        run["files"] = {**{k: str(pipeline / v) for k, v in run["files"].items()}, "layers": str(tmp_path / "layers.csv")}
+    (tmp_path / "results" / "efficientvit_m0").mkdir(parents=True)
+    (tmp_path / "results" / "efficientvit_m0" / "track.json").write_text(json.dumps(track))
+    rows = report([("efficientvit_m0", "rdk-x5")], tmp_path / "s.csv", tmp_path / "r.html", tmp_path / "results")
+    assert rows[0]["worst_layer"] == "/attn/Softmax" and rows[0]["worst_layer_sqnr_db"] == 9.25
+    page = (tmp_path / "r.html").read_text()
+    assert "Worst layers" in page and page.index("/attn/Softmax") < page.index("/conv1/Conv")
 
 
 def planned_jobs(workdir, configfile) -> set[tuple[str, str]]:
@@ -101,7 +168,7 @@ def test_changed_entry_reruns_only_what_reads_the_change(pipeline, tmp_path):
     config["models"]["efficientvit_m0"]["calibration"] = {"images": 5}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     rules = {rule for rule, _ in planned_jobs(pipeline, tmp_path / "c.yaml")}
-    assert rules == {"calibrate", "quantize", "build", "evaluate", "track"}
+    assert rules == {"calibrate", "quantize", "build", "evaluate", "plot", "track"}
 
 
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path):
@@ -202,8 +269,8 @@ def test_logs_to_a_remote_tracking_server_when_asked(pipeline, mlflow_server, mo
     import urllib.request
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    env_run = subprocess.run([*SNAKEMAKE, "-d", str(pipeline), "--configfile", str(REPO / "tests" / "config.tiny.yaml")],
-                             capture_output=True, text=True, cwd=pipeline,
+    # snakemake_env() drops MLFLOW_TRACKING_URI; here it is the point, so the environment is passed whole.
+    env_run = subprocess.run(snakemake_command(pipeline), capture_output=True, text=True, cwd=pipeline,
                              env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert env_run.returncode == 0, env_run.stderr[-2000:]
     assert "init_mlflow" in env_run.stdout + env_run.stderr and "rule track" in env_run.stdout + env_run.stderr

@@ -174,9 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default="results/sim-cache")
     p.add_argument("--profile-dir", help="where the fitted profiles are written (default: the built-in profiles)")
 
+    p = sub.add_parser("plot", help="a model's simulated latency breakdown (by unit and op type) over its targets, as PNG")
+    p.add_argument("--model", required=True)
+    p.add_argument("--files", required=True, help="JSON {target: {name: path}} with each target's build and trace")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("report", help="summary.csv and report.html over all (model, target) pairs")
-    p.add_argument("--pair", action="append", default=[], metavar="MODEL:TARGET")
-    p.add_argument("--results", default="results")
+    p.add_argument("--pair", action="append", default=[], metavar="MODEL:TARGET[:RECIPE]")
+    p.add_argument("--results", default="results", help="where MODEL/track.json is (without --stages)")
+    p.add_argument("--stages", help="JSON [[stage, [output patterns], log pattern], ...] in pipeline order: a pair with a "
+                                    "missing output is reported failed at the first such stage")
+    p.add_argument("--plots-dir", help="also write pareto.<target>.png here")
     p.add_argument("--csv", required=True)
     p.add_argument("--html", required=True)
 
@@ -275,12 +283,19 @@ def _dispatch(args):
         from .simfit import fit
 
         return {t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]} for t, r in fit(args.csv, args.cache_dir, args.profile_dir).items()}
+    if cmd == "plot":
+        from .report import plot_model
+
+        plot_model(args.model, json.loads(args.files), args.out)
+        return {"plot": args.out}
     if cmd == "report":
         from .report import report
 
-        pairs = [tuple(p.split(":", 1)) for p in args.pair]
-        rows = report(pairs, args.csv, args.html, args.results)
-        return {"rows": len(rows), "csv": args.csv, "html": args.html}
+        pairs = [tuple(p.split(":")) for p in args.pair]
+        stages = json.loads(args.stages) if args.stages else None
+        rows = report(pairs, args.csv, args.html, args.results, stages, args.plots_dir)
+        return {"rows": len(rows), "failed": [f"{r['model']}:{r['target']} at {r['failed_stage']}" for r in rows if r["status"] != "ok"],
+                "csv": args.csv, "html": args.html}
     raise AssertionError(cmd)
 
 

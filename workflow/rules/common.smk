@@ -81,7 +81,8 @@ def target_layers(wildcards):
 
 
 def run_files(model):
-    """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model."""
+    """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model
+    (names as in npuflow.track.ARTIFACTS)."""
     d = f"results/{model}"
     runs = {}
     for target in SPECS[model]["targets"]:
@@ -89,8 +90,10 @@ def run_files(model):
         runs[target] = {
             "manifest": f"{d}/fetch/manifest.json", "export": f"{d}/export.json", "simplify": f"{d}/simplify.json",
             "surgery": f"{d}/surgery.json", "calibration": f"{d}/calibration.json", "quantize": f"{d}/quant/{recipe}.json",
-            "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json", "evaluate": f"{d}/eval/{recipe}.json",
-            "layers": f"{d}/quant/{target}.layers.csv",
+            "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json",
+            "build_summary": f"{d}/build/{target}/summary.txt", "evaluate": f"{d}/eval/{recipe}.json",
+            "onnx_float": f"{d}/model.onnx", "onnx_sim": f"{d}/model.sim.onnx", "onnx_surgery": f"{d}/model.surgery.onnx",
+            "onnx_quant": f"{d}/quant/{recipe}.onnx", "plot": f"{d}/plots/latency.png", "layers": f"{d}/quant/{target}.layers.csv",
         }
         if searched(model, target):
             runs[target]["mixed"] = f"{d}/mixed/{target}.json"
