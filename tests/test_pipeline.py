@@ -26,7 +26,9 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
         # Not applicable is absent, never 0: no segmentation figure, no accuracy without labels.
         assert not {"pixel_agreement", "top1", "miou"} & set(metrics)
         assert (params["opset"], params["input_shape"], params["calibration_method"], params["calibration_images"]) == ("17", "1x3x224x224", "minmax", "4")
-        assert params["precision_recipe"] == "int8" and all(params[f"{t}_version"] for t in ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow"))
+        assert params["precision_recipe"] == {"ax650n-npu3": "int8", "rdk-x5": "int8_Softmax-int16"}[tags["target"]]
+        assert "precision/layers.csv" in {a.path for a in client.list_artifacts(r.info.run_id, "precision")}
+        assert all(params[f"{t}_version"] for t in ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow"))
         artifacts = {a.path for d in ("reports", "onnx", "plots") for a in client.list_artifacts(r.info.run_id, d)}
         assert {"reports/build.json", "reports/trace.json", "reports/evaluate.json", "reports/manifest.json", "onnx/model.onnx",
                 "onnx/model.sim.onnx", "onnx/model.surgery.onnx", "plots/latency.png"} <= artifacts
@@ -51,12 +53,12 @@ def test_summary_and_report_cover_every_pair(pipeline):
         assert 0 < float(r["cosine"]) <= 1 and r["run_id"] and r["pareto"] == "true"  # alone on its target: on the front
         assert r["pixel_agreement"] == "" and r["registered_model"] == f"efficientvit_m0-{r['target']}"
     x5 = next(r for r in rows if r["target"] == "rdk-x5")
-    assert int(x5["subgraphs"]) > 1  # Softmax on the RDK X5's CPU splits the graph
+    assert int(x5["subgraphs"]) == 1 and x5["precision_recipe"] == "int8_Softmax-int16"  # the model's recipe keeps Softmax on the BPU
     page = (pipeline / "results" / "report.html").read_text()
     assert "RANDOM WEIGHTS" in page and "ax650n-npu3" in page and "SIMULATED" in page and "SIMULATION" in page
     assert page.count("data:image/png;base64,") == 3  # two Pareto plots, one latency breakdown
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
-    assert "Simulated latency by op type" in page and "No per-layer precision table" in page
+    assert "Simulated latency by op type" in page and "Worst layers, quantised vs float (rdk-x5)" in page
     assert sorted(p.name for p in (pipeline / "results" / "plots").iterdir()) == ["pareto.ax650n-npu3.png", "pareto.rdk-x5.png"]
 
 
@@ -68,10 +70,17 @@ def test_snakemake_report(pipeline, tmp_path):
         assert name in page
 
 
-def test_targets_with_one_recipe_share_the_quantised_model_and_its_evaluation(pipeline):
+def test_each_recipe_is_quantised_and_evaluated_once_with_a_layer_table_per_target(pipeline):
     model = pipeline / "results" / "efficientvit_m0"
-    assert sorted(p.name for p in (model / "quant").iterdir()) == ["int8.json", "int8.onnx"]
-    assert sorted(p.name for p in (model / "eval").iterdir()) == ["int8.json", "reference.json", "reference.npz"]
+    recipes = ("int8", "int8_Softmax-int16")  # ax650n-npu3's; rdk-x5's with the model's int16 Softmax
+    assert sorted(p.name for p in (model / "quant").iterdir()) == sorted(
+        [f"{r}.{ext}" for r in recipes for ext in ("json", "onnx")] + ["ax650n-npu3.layers.csv", "rdk-x5.layers.csv"])
+    assert sorted(p.name for p in (model / "eval").iterdir()) == sorted(
+        [f"{r}{ext}" for r in recipes for ext in (".json", ".layers.json")] + ["reference.json", "reference.npz"])
+    with open(model / "quant" / "rdk-x5.layers.csv") as f:
+        rows = list(csv.DictReader(f))
+    softmax = [r for r in rows if r["op_type"] == "Softmax"]
+    assert softmax and {r["quantized_dtype"] for r in softmax} == {"int16"} and {r["unit"] for r in softmax} == {"vector"}
 
 
 def test_second_run_does_nothing(pipeline):

@@ -32,7 +32,7 @@ TABLE = [("model", "model"), ("status", "status"), ("weights", "weights"), ("lat
          ("miou", "mIoU"), ("host_fp32_ms", "host fp32 ms"),
          ("host_int8_ms", "host int8 ms"), ("params", "params"), ("macs", "MACs"), ("onnx_bytes", "ONNX MB"), ("int8_bytes", "int8 MB"),
          ("pareto", "Pareto"), ("run_id", "MLflow run")]
-LAYER_COLUMNS = ("node", "op_type", "tensor", "dtype", "quantized_dtype", "cosine", "sqnr_db", "mse")
+LAYER_COLUMNS = ("node", "op_type", "tensor", "quantized_dtype", "unit", "cosine", "sqnr_db", "local_sqnr_db", "mse")
 UNITS = ("tensor", "vector", "dma", "cpu", "overhead")
 TOP_OP_TYPES = 7
 
@@ -371,8 +371,18 @@ def _model_section(model: str, rows: list[dict], latency_plot: bytes | None) -> 
     for path, targets in tables.items():
         worst = worst_layers(read_layers(path), 10)
         body = [[html.escape(_fmt(w.get(c, ""))) for c in LAYER_COLUMNS] for w in worst]
-        out += (f"<h3>Worst layers, int8 vs float ({html.escape(', '.join(targets))})</h3><p>Lowest SQNR first, from "
+        out += (f"<h3>Worst layers, quantised vs float ({html.escape(', '.join(targets))})</h3><p>Lowest SQNR first, from "
                 f"<code>{html.escape(path)}</code>.</p>" + _table(list(LAYER_COLUMNS), body, "num"))
+    # Automatic mixed precision: the accuracy/latency trade-off it walked, per searched target.
+    for r in ok:
+        if r["files"].get("mixed") and Path(r["files"]["mixed"]).exists():
+            mixed = read_json(r["files"]["mixed"])
+            metric = mixed["goal"]["metric"]
+            body = [[str(p["step"]), str(p["nodes_int16"]), str(p["nodes_float"]), f"{p[metric]:.5f}", f"{p['latency_ms']:.4g}",
+                     "chosen" if p["step"] == mixed["chosen"]["step"] else ""] for p in mixed["curve"]]
+            out += (f"<h3>Mixed precision on {html.escape(r['target'])}: goal {html.escape(metric)} ≥ {mixed['goal']['value']} "
+                    f"({'met' if mixed['goal_met'] else 'NOT met'}; simulated latency +{mixed['chosen']['latency_increase_pct']:.1f} %)</h3>"
+                    + _table(["step", "int16 nodes", "float nodes", metric, "latency ms (sim)", ""], body, "num"))
     return out
 
 
