@@ -66,36 +66,57 @@ def _qdq_of(quant_model) -> dict[str, tuple[str, str]]:
     return out
 
 
-def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 2) -> list[dict]:
+# Activations a session returns per image are held at once; tensors are analysed in groups of at
+# most this many float bytes (the quantised side holds up to twice that: before and after Q/DQ), so
+# SegFormer at 640×1280 (~5 GB of activations per image) fits beside other jobs.
+GROUP_BYTES = 2 * 1024**3
+
+
+def _groups(tensors: list[tuple], budget: int) -> list[list[tuple]]:
+    groups, current, size = [], [], 0
+    for t in tensors:
+        nbytes = 4 * int(np.prod([d if d > 0 else 1 for d in t[3]] or [1]))
+        if current and size + nbytes > budget:
+            groups.append(current)
+            current, size = [], 0
+        current.append(t)
+        size += nbytes
+    return groups + ([current] if current else [])
+
+
+def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 2, group_bytes: int = GROUP_BYTES) -> list[dict]:
     """One row per float tensor produced by a node, in graph order."""
     tensors = _float_tensors(float_model)
     quant_names = {o for n in quant_model.graph.node for o in n.output}
     tensors = [t for t in tensors if t[0] in quant_names]
     qdq = _qdq_of(quant_model)
-    names = [t[0] for t in tensors]
-    post_names = [qdq[t][0] if t in qdq else t for t in names]
-    fsess = session(_with_outputs(float_model, names), threads)
-    qsess = session(_with_outputs(quant_model, sorted(set(names) | set(post_names))), threads)
     fin, qin = input_name(float_model), input_name(quant_model)
-    fidx = {o.name: i for i, o in enumerate(fsess.get_outputs())}
-    qidx = {o.name: i for i, o in enumerate(qsess.get_outputs())}
-    acc = {t: np.zeros(6) for t in names}  # f·q, f², q², (f-q)², count, (pre-post)²
-    for img in images:
-        fout = fsess.run(None, {fin: img[None]})
-        qout = qsess.run(None, {qin: img[None]})
-        for t, post in zip(names, post_names):
-            f = fout[fidx[t]].astype(np.float64).ravel()
-            q = qout[qidx[post]].astype(np.float64).ravel()
-            pre = qout[qidx[t]].astype(np.float64).ravel()
-            a = acc[t]
-            a[0] += f @ q
-            a[1] += f @ f
-            a[2] += q @ q
-            a[3] += np.sum((f - q) ** 2)
-            a[4] += f.size
-            a[5] += np.sum((pre - q) ** 2)
+    acc = {t[0]: np.zeros(6) for t in tensors}  # f·q, f², q², (f-q)², count, (pre-post)²
+    for group in _groups(tensors, group_bytes):
+        names = [t[0] for t in group]
+        post_names = [qdq[t][0] if t in qdq else t for t in names]
+        fsess = session(_with_outputs(float_model, names), threads)
+        qsess = session(_with_outputs(quant_model, sorted(set(names) | set(post_names))), threads)
+        fidx = {o.name: i for i, o in enumerate(fsess.get_outputs())}
+        qidx = {o.name: i for i, o in enumerate(qsess.get_outputs())}
+        for img in images:
+            fout = fsess.run(None, {fin: img[None]})
+            qout = qsess.run(None, {qin: img[None]})
+            for t, post in zip(names, post_names):
+                f = fout[fidx[t]].astype(np.float64).ravel()
+                q = qout[qidx[post]].astype(np.float64).ravel()
+                pre = qout[qidx[t]].astype(np.float64).ravel()
+                a = acc[t]
+                a[0] += f @ q
+                a[1] += f @ f
+                a[2] += q @ q
+                a[3] += np.sum((f - q) ** 2)
+                a[4] += f.size
+                a[5] += np.sum((pre - q) ** 2)
+            del fout, qout
+        del fsess, qsess
     rows = []
-    for (t, node, op_type, shape), post in zip(tensors, post_names):
+    for t, node, op_type, shape in tensors:
         fq, ff, qq, err, count, local = acc[t]
         rows.append({
             "tensor": t, "node": node, "op_type": op_type, "shape": "x".join(map(str, shape)), "dtype": "float32",
