@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .fetch import load_model
-from .sources import source_for
 from .errors import NpuflowError
+from .fetch import load_model
 from .io import atomic_path, write_json
 from .onnxutil import magnitude, max_abs_diff, op_counts, run_onnx
+from .sources import source_for
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
