@@ -1,5 +1,7 @@
 # npuflow: checkpoint → ONNX → onnxsim → surgery → INT8 → simulated NPU build → evaluation → MLflow.
 # Thin by design: the logic lives in the npuflow package (workflow/npuflow); rules wire files to it.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,6 +16,11 @@ report: "workflow/report/workflow.rst"
 if not config:
 
     configfile: "config.yaml"
+
+
+# With `--sdm conda`, each environment's post-deploy script (envs/*.post-deploy.sh) installs
+# npuflow from this checkout.
+os.environ.update(NPUFLOW_ROOT=workflow.basedir)
 
 
 include: "workflow/rules/common.smk"
