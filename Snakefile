@@ -40,3 +40,13 @@ rule all:
     input:
         rules.report.output,
     default_target: True
+
+
+# Jobs on other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite
+# file: refuse before the first job is submitted.
+onstart:
+    if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
+        raise WorkflowError(
+            f"MLflow tracking URI {MLFLOW_URI}: jobs on other machines cannot share a SQLite file; start an `mlflow server` "
+            "and set MLFLOW_TRACKING_URI=http://<host>:<port> (README, Scaling out)"
+        )
