@@ -1,5 +1,7 @@
 # npuflow: checkpoint → ONNX → onnxsim → surgery → INT8 → simulated NPU build → evaluation → MLflow.
 # Thin by design: the logic lives in the npuflow package (workflow/npuflow); rules wire files to it.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,6 +16,11 @@ report: "workflow/report/workflow.rst"
 if not config:
 
     configfile: "config.yaml"
+
+
+# With `--sdm conda`, each environment's post-deploy script (envs/*.post-deploy.sh) installs
+# npuflow from this checkout.
+os.environ.update(NPUFLOW_ROOT=workflow.basedir)
 
 
 include: "workflow/rules/common.smk"
@@ -33,3 +40,13 @@ rule all:
     input:
         rules.report.output,
     default_target: True
+
+
+# Jobs on other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite
+# file: refuse before the first job is submitted.
+onstart:
+    if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
+        raise WorkflowError(
+            f"MLflow tracking URI {MLFLOW_URI}: jobs on other machines cannot share a SQLite file; start an `mlflow server` "
+            "and set MLFLOW_TRACKING_URI=http://<host>:<port> (README, Scaling out)"
+        )

@@ -8,6 +8,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -46,7 +47,7 @@ def main() -> int:
         profile = targets.get(target)
         lat = [simulate(None, profile, 1, analyse(onnx.load(str(model_onnx(f"efficientvit_m{i}", (224, 224), args.cache_dir))), profile))["total_s"]
                for i in range(6)]
-        order = all(a < b for a, b in zip(lat, lat[1:]))
+        order = all(a < b for a, b in itertools.pairwise(lat))
         print(f"  EfficientViT M0…M5 latency on {target}: {' < '.join(f'{1e3 * v:.3f}' for v in lat)} ms — {'in order' if order else 'OUT OF ORDER'}")
 
     print("\nsimulated build of efficientvit_m5 (analyse + batch 1 and batch N), per target:")

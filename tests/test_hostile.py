@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import http.server
 import io
+import itertools
 import os
 import pickle
+import re
 import stat
 import tarfile
 import threading
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -27,7 +30,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder; /redirect-* answers 302 to the URL after the prefix, /short/* announces
     more bytes than it sends (a connection dropped mid-transfer). Requests are recorded."""
 
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
     def do_GET(self):
         type(self).requests.append(self.path)
@@ -513,7 +516,7 @@ def test_https_to_http_redirect_is_refused():
     from npuflow.download import DownloadError, _SchemeCheckingRedirect
 
     req = urllib.request.Request("https://example.org/set.tar.gz")
-    with pytest.raises(DownloadError, match="refusing to follow the redirect from https://example.org/set.tar.gz to http://evil.example/x"):
+    with pytest.raises(DownloadError, match=re.escape("refusing to follow the redirect from https://example.org/set.tar.gz to http://evil.example/x")):
         _SchemeCheckingRedirect(allow_http=False).redirect_request(req, None, 302, "Found", {}, "http://evil.example/x")
     assert _SchemeCheckingRedirect(allow_http=False).redirect_request(req, None, 302, "Found", {}, "https://mirror.example/x") is not None
 
@@ -790,4 +793,4 @@ def test_parallel_logging_at_8_cores_is_serialised_without_database_errors(kille
         start, end = spans.get(r.data.tags["model"], (r.info.start_time, r.info.end_time))
         spans[r.data.tags["model"]] = (min(start, r.info.start_time), max(end, r.info.end_time))
     ordered = sorted(spans.values())
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:])), ordered
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(ordered)), ordered

@@ -1,6 +1,7 @@
 """Simulator fit and validation: CSV handling, summary figures, and that a fit recovers a profile."""
 
 import copy
+import re
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_read_published_rows_and_errors(tmp_path):
     assert row == Row("rdk-x5", "resnet18", "resnet18", (224, 224), 1, "latency_ms", 2.95, "zoo, single thread")
     bad = tmp_path / "bad.csv"
     bad.write_text(PUBLISHED + "rdk-x5,r,resnet18,224x224,1,throughput,2.95,x\n")
-    with pytest.raises(SimFitError, match="bad.csv:2: metric 'throughput'"):
+    with pytest.raises(SimFitError, match=re.escape("bad.csv:2: metric 'throughput'")):
         read_published(bad)
     (tmp_path / "cols.csv").write_text("target,model\n")
     with pytest.raises(SimFitError, match="missing columns"):
@@ -90,10 +91,10 @@ def test_prior_keeps_a_parameter_the_data_cannot_see():
 def test_stored_fit_matches_the_simulator_today(tmp_path):
     """The residuals stored by `npuflow sim-fit` are what the simulator predicts now (a changed
     simulator without a re-fit fails here)."""
+    import onnx
+
     from conftest import REPO
     from npuflow.simfit import model_onnx
-
-    import onnx
 
     targets = load_targets()
     rows = [r for r in read_published(REPO / "data" / "published" / "npu_latency_calibration.csv") if r.model == "mobilenetv1"]

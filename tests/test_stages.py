@@ -8,9 +8,9 @@ import pytest
 
 from conftest import make_config
 from npuflow.io import read_json
+from npuflow.onnxutil import op_counts, run_onnx
 
 INT8 = {"default": "int8"}
-from npuflow.onnxutil import op_counts, run_onnx
 
 
 def test_fetch_random_weights_are_labelled_and_reproducible(classifier, tmp_path):
@@ -182,14 +182,13 @@ def test_fidelity_metrics_values():
 
 
 def test_unknown_timm_name_lists_close_matches():
+    from conftest import classifier_entry
+    from npuflow.config import model_spec
     from npuflow.fetch import fetch
     from npuflow.sources import FetchError
 
-    from conftest import classifier_entry
-    from npuflow.config import model_spec
-
     spec = model_spec(make_config(m=classifier_entry(source="timm:efficientvit_m9")), "m")
-    with pytest.raises(FetchError, match="efficientvit_m0|efficientvit_m5") as e:
+    with pytest.raises(FetchError, match=r"efficientvit_m0|efficientvit_m5") as e:
         fetch(spec, "/nonexistent-never-written", "/tmp")
     assert "models.m.source" in str(e.value)
 

@@ -152,7 +152,7 @@ def _write_file(root: Path, rel: PurePosixPath, src, budget: _Budget, name: str)
     try:
         # O_EXCL: a second member of the same name (or one differing only in case, on such file
         # systems) is refused rather than silently replacing the first.
-        dst = open(target, "xb")
+        dst = open(target, "xb")  # noqa: SIM115 (closed by the `with dst:` below, once the open is known to have worked)
     except FileExistsError:
         raise _Refused(name, "duplicate member (a file or folder of that name was already extracted)") from None
     except (NotADirectoryError, IsADirectoryError):

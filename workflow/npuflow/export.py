@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .fetch import load_model
-from .sources import source_for
 from .errors import NpuflowError
+from .fetch import load_model
 from .io import atomic_path, write_json
 from .onnxutil import magnitude, max_abs_diff, op_counts, run_onnx
+from .sources import source_for
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -54,6 +54,20 @@ def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, t
     return max_abs, list(expected.shape)
 
 
+def package_versions(*names: str) -> dict[str, str]:
+    """{"<name>_version": version} of the installed packages among `names`: a stage records the
+    versions it ran with, as the logging job may run in another environment (`--sdm conda`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[f"{name}_version"] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
     import torch
 
@@ -74,6 +88,7 @@ def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: st
         "ops": op_counts(out_onnx),
         "onnx_bytes": Path(out_onnx).stat().st_size,
         "torch_version": torch.__version__,
+        **package_versions("timm", "transformers"),
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_json, report)

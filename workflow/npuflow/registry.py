@@ -4,7 +4,8 @@ methods, NPU targets) are entries looked up by name, never branches in someone e
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .errors import NpuflowError
 

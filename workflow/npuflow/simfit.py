@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import NpuflowError
 from .io import atomic_path, write_json
+from .progress import progress, timed
 
 CSV_COLUMNS = ("target", "model", "timm_name", "input_hw", "batch", "metric", "value", "source")
 METRICS = ("latency_ms", "fps")
@@ -127,14 +128,14 @@ def predict(graph, profile: dict, batch: int, metric: str) -> float:
     return total_s * 1e3 if metric == "latency_ms" else batch / total_s
 
 
-def _analysed(rows: list[Row], targets, cache_dir) -> tuple[dict, dict]:
+def _analysed(rows: list[Row], targets, cache_dir, desc: str) -> tuple[dict, dict]:
     """Graphs per (row index) and errors per row index; each model exported once."""
     import onnx
 
     from .simulator import analyse
 
     graphs, errors, models = {}, {}, {}
-    for i, row in enumerate(rows):
+    for i, row in enumerate(progress(rows, desc, unit="row")):
         try:
             key = (row.name, row.hw)
             if key not in models:
@@ -185,7 +186,7 @@ def validate(csv_path: str | Path, out_json: str | Path, cache_dir: str | Path, 
     start = time.perf_counter()
     targets = load_targets(user_profiles)
     rows = read_published(csv_path)
-    graphs, errors = _analysed(rows, targets, cache_dir)
+    graphs, errors = _analysed(rows, targets, cache_dir, "sim-validate")
     results = []
     for i, row in enumerate(rows):
         rec = {"target": row.target, "model": row.model, "timm_name": row.name, "input_hw": f"{row.hw[0]}x{row.hw[1]}",
@@ -260,10 +261,11 @@ def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | N
             raise SimFitError(f"{csv_path}: {targets.unknown_message(target)}")
         trows = [r for r in rows if r.target == target]
         unfitted = targets.get(target)
-        graphs, errors = _analysed(trows, targets, cache_dir)
+        graphs, errors = _analysed(trows, targets, cache_dir, f"sim-fit {target}")
         if errors:
             raise SimFitError(f"{target}: cannot build {[trows[i].model for i in errors]}: {next(iter(errors.values()))}")
-        result = fit_target(unfitted, trows, [graphs[i] for i in range(len(trows))])
+        with timed(f"sim-fit {target}: least squares over {len(trows)} rows"):
+            result = fit_target(unfitted, trows, [graphs[i] for i in range(len(trows))])
         result["data"] = {"csv": Path(csv_path).name, "sha256": digest, "rows": len(trows)}
         path = profile_dir / f"{target}.yaml"
         text = path.read_text()

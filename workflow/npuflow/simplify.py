@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
-from .export import fixed_input
 from .errors import NpuflowError
+from .export import fixed_input
 from .io import atomic_path, write_json
 from .onnxutil import input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
 

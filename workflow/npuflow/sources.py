@@ -15,7 +15,7 @@ from .errors import NpuflowError
 from .io import sha256_file
 from .registry import Registry, unknown_name_message
 
-SOURCES: Registry["ModelSource"] = Registry("model source")
+SOURCES: Registry[ModelSource] = Registry("model source")
 HF_CONFIG_DIR = Path(__file__).resolve().parent / "hf_configs"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import fixed_input
 from .errors import NpuflowError
+from .export import fixed_input
 from .io import atomic_path, write_json
 from .onnxutil import input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
 from .registry import Registry
 
-SURGERY_PASSES: Registry[type["SurgeryPass"]] = Registry("surgery pass")
+SURGERY_PASSES: Registry[type[SurgeryPass]] = Registry("surgery pass")
 
 
 class SurgeryError(NpuflowError):

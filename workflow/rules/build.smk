@@ -16,6 +16,8 @@ rule build:
         "results/logs/build/{model}.{target}.log",
     benchmark:
         "results/benchmarks/build/{model}.{target}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow build {input.onnx} --target {wildcards.target} --profile {params.profile:q}"
         " --model-name {wildcards.model} --manifest {input.manifest} --layers {input.layers} --layers-csv {output.layers}"

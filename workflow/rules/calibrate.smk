@@ -6,6 +6,8 @@ rule dataset:
         entry=lambda wc: json.dumps(config["datasets"][wc.dataset], sort_keys=True),
     log:
         "results/logs/dataset/{dataset}.log",
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow dataset {wildcards.dataset} --entry {params.entry:q} --out-dir results/datasets/{wildcards.dataset} > {log} 2>&1"
 
@@ -26,6 +28,8 @@ rule calibrate:
         "results/logs/calibrate/{model}.log",
     benchmark:
         "results/benchmarks/calibrate/{model}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow calibrate {input.onnx} --spec {params.spec:q} --manifest {input.manifest} --cache-dir {params.cache}"
         " --out {output.ranges} --report {output.report} > {log} 2>&1"

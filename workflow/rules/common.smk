@@ -57,8 +57,8 @@ wildcard_constraints:
 
 
 def spec_json(stage):
-    """The part of the model spec a stage reads, as a rule param: a changed field re-runs the
-    jobs of that model that read it (Snakemake's params trigger), and nothing else."""
+    """The part of the model spec a stage reads, as a param of the rules: a changed field re-runs
+    the jobs of that model that read it (Snakemake's params trigger), and nothing else."""
     return lambda wildcards: json.dumps(stage_spec(SPECS[wildcards.model], stage), sort_keys=True)
 
 

@@ -16,6 +16,8 @@ rule reference:
         "results/logs/reference/{model}.log",
     benchmark:
         "results/benchmarks/reference/{model}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow reference {input.onnx} --spec {params.spec:q} --manifest {input.manifest} --cache-dir {params.cache}"
         " --out {output.npz} --report {output.report} --threads {threads} > {log} 2>&1"
@@ -39,6 +41,8 @@ rule evaluate:
         "results/logs/evaluate/{model}.{recipe}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}.{recipe}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow evaluate {input.onnx} --spec {params.spec:q} --recipe {wildcards.recipe} --float-model {input.float_onnx}"
         " --reference {input.npz} --reference-report {input.reference} --manifest {input.manifest}"

@@ -12,6 +12,8 @@ rule export:
         "results/logs/export/{model}.log",
     benchmark:
         "results/benchmarks/export/{model}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     shell:
         "npuflow export --spec {params.spec:q} --fetch-dir results/{wildcards.model}/fetch"
         " --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"

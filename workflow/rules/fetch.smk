@@ -8,5 +8,7 @@ rule fetch:
         "results/logs/fetch/{model}.log",
     benchmark:
         "results/benchmarks/fetch/{model}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     shell:
         "npuflow fetch --spec {params.spec:q} --out-dir results/{wildcards.model}/fetch > {log} 2>&1"

@@ -15,6 +15,8 @@ rule quantize:
         "results/logs/quantize/{model}.{recipe}.log",
     benchmark:
         "results/benchmarks/quantize/{model}.{recipe}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow quantize {input.onnx} --ranges {input.ranges} --calibration {input.calibration}"
         " --recipe {params.recipe:q} --out {output.onnx} --report {output.report} > {log} 2>&1"
@@ -43,6 +45,8 @@ rule mixed_precision:
         "results/logs/mixed_precision/{model}.{target}.log",
     benchmark:
         "results/benchmarks/mixed_precision/{model}.{target}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow mixed --spec {params.spec:q} --target {wildcards.target} --profile {params.profile:q} --input {input.onnx}"
         " --manifest {input.manifest} --ranges {input.ranges} --calibration {input.calibration} --layers {input.layers}"

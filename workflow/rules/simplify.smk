@@ -9,5 +9,7 @@ rule simplify:
         "results/logs/simplify/{model}.log",
     benchmark:
         "results/benchmarks/simplify/{model}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow simplify {input.onnx} --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"

@@ -10,5 +10,7 @@ rule surgery:
         "results/logs/surgery/{model}.log",
     benchmark:
         "results/benchmarks/surgery/{model}.tsv"
+    conda:
+        "../../envs/onnx.yaml"
     shell:
         "npuflow surgery {input.onnx} --spec {params.spec:q} --out {output.onnx} --report {output.report} > {log} 2>&1"
