@@ -59,7 +59,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="npuflow-install-"))
     venv = work / "venv"
     free_gb = shutil.disk_usage(work).free / 1e9
-    print(f"venv: {venv} ({free_gb:.1f} GB free); mode: {'this machine pip config and cache' if args.machine_config else 'fresh machine (no cache, no pip config)'}")
+    print(
+        f"venv: {venv} ({free_gb:.1f} GB free); mode: {'this machine pip config and cache' if args.machine_config else 'fresh machine (no cache, no pip config)'}"
+    )
     try:
         t0 = time.perf_counter()
         subprocess.run([args.python, "-m", "venv", str(venv)], check=True, env=env)
@@ -77,7 +79,9 @@ def main() -> int:
         print(f"python -m venv:        {t1 - t0:7.1f} s")
         print(f"pip install -e .:      {t2 - t1:7.1f} s  ({installed} distributions)")
         print(f"total:                 {t2 - t0:7.1f} s")
-        print(f"installed size:        {size / 1e9:7.2f} GB  ({files} files; on disk {du_kib * 1024 / 1e9:.2f} GB = {du_kib / 2**20:.2f} GiB, as du -sh shows it)")
+        print(
+            f"installed size:        {size / 1e9:7.2f} GB  ({files} files; on disk {du_kib * 1024 / 1e9:.2f} GB = {du_kib / 2**20:.2f} GiB, as du -sh shows it)"
+        )
         print("largest packages:      " + ", ".join(f"{name} {b / 1e9:.2f} GB" for name, b in largest(site)))
     finally:
         if args.keep:

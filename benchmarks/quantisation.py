@@ -41,8 +41,25 @@ def run(cmd: list[str], cwd: Path) -> float:
 
 def snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(configfile),
-                           "--cores", "2", *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(workdir),
+            "--configfile",
+            str(configfile),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def main() -> int:
@@ -67,14 +84,44 @@ def main() -> int:
         d = workdir / "bench" / m
         d.mkdir(parents=True, exist_ok=True)
         r = f"results/{m}"
-        calib_s = run(["npuflow", "calibrate", f"{r}/model.surgery.onnx", "--spec", json.dumps(spec), "--manifest", f"{r}/fetch/manifest.json",
-                       "--out", str(d / "ranges.json"), "--report", str(d / "calibration.json")], workdir)
-        quant_s = run(["npuflow", "quantize", f"{r}/model.surgery.onnx", "--ranges", str(d / "ranges.json"), "--calibration",
-                       str(d / "calibration.json"), "--out", str(d / "int8.onnx"), "--report", str(d / "int8.json")], workdir)
+        calib_s = run(
+            [
+                "npuflow",
+                "calibrate",
+                f"{r}/model.surgery.onnx",
+                "--spec",
+                json.dumps(spec),
+                "--manifest",
+                f"{r}/fetch/manifest.json",
+                "--out",
+                str(d / "ranges.json"),
+                "--report",
+                str(d / "calibration.json"),
+            ],
+            workdir,
+        )
+        quant_s = run(
+            [
+                "npuflow",
+                "quantize",
+                f"{r}/model.surgery.onnx",
+                "--ranges",
+                str(d / "ranges.json"),
+                "--calibration",
+                str(d / "calibration.json"),
+                "--out",
+                str(d / "int8.onnx"),
+                "--report",
+                str(d / "int8.json"),
+            ],
+            workdir,
+        )
         inner = json.loads((d / "calibration.json").read_text())
-        print(f"{m}: {spec['calibration']['images']} images, method {spec['calibration']['method']}: calibrate {calib_s:.1f} s "
-              f"(images {inner['seconds_preprocess']:.1f} s, collect {inner['seconds_collect']:.1f} s) + quantize {quant_s:.1f} s "
-              f"= {calib_s + quant_s:.1f} s")
+        print(
+            f"{m}: {spec['calibration']['images']} images, method {spec['calibration']['method']}: calibrate {calib_s:.1f} s "
+            f"(images {inner['seconds_preprocess']:.1f} s, collect {inner['seconds_collect']:.1f} s) + quantize {quant_s:.1f} s "
+            f"= {calib_s + quant_s:.1f} s"
+        )
     # A fifth target on models already calibrated: which jobs would run?
     proc = snakemake(workdir, configfile)  # finish the run so the plan below is against complete results
     if proc.returncode != 0:
@@ -84,7 +131,9 @@ def main() -> int:
     fifth = workdir / "fifth.yaml"
     fifth.write_text(yaml.safe_dump(config))
     plan = snakemake(workdir, fifth, "-n", "--quiet", "rules")
-    jobs = {line.split()[0]: int(line.split()[1]) for line in plan.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    jobs = {
+        line.split()[0]: int(line.split()[1]) for line in plan.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     print(f"fifth target planned jobs by rule: {jobs}; calibrate jobs: {jobs.get('calibrate', 0)}")
     return 0
 

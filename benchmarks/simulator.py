@@ -35,20 +35,30 @@ def main() -> int:
     seconds = time.perf_counter() - start
     s = report["summary"]
     print(f"sim-validate {args.csv.name}: {s['rows']} rows, {s['failures']} failures, {seconds:.0f} s (report {out})")
-    print(f"  all:          MAPE {s['mape_pct']:5.1f} %   within ±20 %: {100 * s['within_20pct_share']:5.1f} %   Spearman: {s['spearman']:.3f}")
+    print(
+        f"  all:          MAPE {s['mape_pct']:5.1f} %   within ±20 %: {100 * s['within_20pct_share']:5.1f} %   Spearman: {s['spearman']:.3f}"
+    )
     for target, f in s["per_target"].items():
         rho = ", ".join(f"{m} {v:.3f}" for m, v in f["spearman_by_metric"].items())
-        print(f"  {target:<13} MAPE {f['mape_pct']:5.1f} %   within ±20 %: {100 * f['within_20pct_share']:5.1f} %   "
-              f"Spearman: {f['spearman']:.3f} (time per frame; by metric: {rho})")
+        print(
+            f"  {target:<13} MAPE {f['mape_pct']:5.1f} %   within ±20 %: {100 * f['within_20pct_share']:5.1f} %   "
+            f"Spearman: {f['spearman']:.3f} (time per frame; by metric: {rho})"
+        )
 
     targets = load_targets()
     model = onnx.load(str(model_onnx("efficientvit_m5", (224, 224), args.cache_dir)))
     for target in ("ax650n-npu1", "ax650n-npu3"):
         profile = targets.get(target)
-        lat = [simulate(None, profile, 1, analyse(onnx.load(str(model_onnx(f"efficientvit_m{i}", (224, 224), args.cache_dir))), profile))["total_s"]
-               for i in range(6)]
+        lat = [
+            simulate(None, profile, 1, analyse(onnx.load(str(model_onnx(f"efficientvit_m{i}", (224, 224), args.cache_dir))), profile))[
+                "total_s"
+            ]
+            for i in range(6)
+        ]
         order = all(a < b for a, b in itertools.pairwise(lat))
-        print(f"  EfficientViT M0…M5 latency on {target}: {' < '.join(f'{1e3 * v:.3f}' for v in lat)} ms — {'in order' if order else 'OUT OF ORDER'}")
+        print(
+            f"  EfficientViT M0…M5 latency on {target}: {' < '.join(f'{1e3 * v:.3f}' for v in lat)} ms — {'in order' if order else 'OUT OF ORDER'}"
+        )
 
     print("\nsimulated build of efficientvit_m5 (analyse + batch 1 and batch N), per target:")
     for target in targets.names():

@@ -32,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    import mlflow  # noqa: F401  (the import is excluded from the figures)
+    import mlflow
     import mlflow.onnx  # noqa: F401
     import onnx  # noqa: F401
 
@@ -55,8 +55,13 @@ def main() -> int:
     files = {t: {k: str(base / v) for k, v in r["files"].items()} for t, r in runs.items()}
     manifest = read_json(files[targets[0]]["manifest"])
     export = read_json(files[targets[0]]["export"])
-    spec = {"name": track.parent.name, "task": manifest["task"], "source": manifest["source"],
-            "input": {"shape": export["input_shape"]}, "surgery": []}
+    spec = {
+        "name": track.parent.name,
+        "task": manifest["task"],
+        "source": manifest["source"],
+        "input": {"shape": export["input_shape"]},
+        "surgery": [],
+    }
     artifact_mb = sum(Path(p).stat().st_size for k, p in files[targets[0]].items() if k != "onnx_quant") / 1e6
     quant_mb = Path(files[targets[0]]["onnx_quant"]).stat().st_size / 1e6
 
@@ -74,14 +79,18 @@ def main() -> int:
             times.append(time.perf_counter() - start)
         start = time.perf_counter()
         last = args.runs - 1  # the current run of its target: logging it again must reuse it
-        reused = log_run(client, exp_id, {**spec, "benchmark_nonce": last}, targets[last % len(targets)], files[targets[last % len(targets)]])
+        reused = log_run(
+            client, exp_id, {**spec, "benchmark_nonce": last}, targets[last % len(targets)], files[targets[last % len(targets)]]
+        )
         reuse_s = time.perf_counter() - start
         assert reused["reused"] and not reused["registered"]
     finally:
         shutil.rmtree(store, ignore_errors=True)
     steady = times[1:] or times
     per_job = (times[0] + statistics.mean(steady) * (len(targets) - 1)) / len(targets)
-    print(f"{spec['name']}: {len(times)} runs logged to a fresh SQLite store; artifacts {artifact_mb:.1f} MB + quantised model {quant_mb:.1f} MB per run")
+    print(
+        f"{spec['name']}: {len(times)} runs logged to a fresh SQLite store; artifacts {artifact_mb:.1f} MB + quantised model {quant_mb:.1f} MB per run"
+    )
     print(f"  import of mlflow, mlflow.onnx, onnx (excluded): {import_s:.2f} s")
     print(f"  first run in the process (with MLflow's one-time package scan): {times[0]:.2f} s")
     print(f"  each further run: mean {statistics.mean(steady):.2f} s, median {statistics.median(steady):.2f} s, max {max(steady):.2f} s")

@@ -17,8 +17,20 @@ TINY_CONFIG = REPO / "tests" / "config.tiny.yaml"
 
 
 def snakemake_command(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(cores), "-d", str(workdir),
-            "--configfile", str(configfile), *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--cores",
+        str(cores),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
 
 
 def snakemake_env() -> dict:
@@ -29,8 +41,13 @@ def snakemake_env() -> dict:
 
 def snakemake(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> subprocess.CompletedProcess:
     """Snakemake on this repository's workflow, in `workdir`, as a user runs it (profile included)."""
-    return subprocess.run(snakemake_command(workdir, *args, configfile=configfile, cores=cores),
-                          capture_output=True, text=True, env=snakemake_env(), cwd=workdir)
+    return subprocess.run(
+        snakemake_command(workdir, *args, configfile=configfile, cores=cores),
+        capture_output=True,
+        text=True,
+        env=snakemake_env(),
+        cwd=workdir,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +92,26 @@ def make_config(**models) -> dict:
 
 
 def classifier_entry(**extra) -> dict:
-    return {"source": "timm:efficientvit_m0", "task": "classification", "input": {"shape": [1, 3, 224, 224]}, "surgery": ["fold_head_bn"], "reparameterize": False, **extra}
+    return {
+        "source": "timm:efficientvit_m0",
+        "task": "classification",
+        "input": {"shape": [1, 3, 224, 224]},
+        "surgery": ["fold_head_bn"],
+        "reparameterize": False,
+        **extra,
+    }
 
 
 def segformer_entry(**extra) -> dict:
-    return {"source": "hf:tiny/segformer-test", "hf_config": TINY_SEGFORMER, "task": "segmentation",
-            "input": {"shape": [1, 3, 64, 128]}, "opset": 11, "surgery": ["append_argmax"], **extra}
+    return {
+        "source": "hf:tiny/segformer-test",
+        "hf_config": TINY_SEGFORMER,
+        "task": "segmentation",
+        "input": {"shape": [1, 3, 64, 128]},
+        "opset": 11,
+        "surgery": ["append_argmax"],
+        **extra,
+    }
 
 
 def run_front(spec: dict, root: Path) -> dict:
@@ -93,9 +124,16 @@ def run_front(spec: dict, root: Path) -> dict:
 
     d = root / spec["name"]
     p = {
-        "fetch": d / "fetch", "manifest": d / "fetch" / "manifest.json", "onnx": d / "model.onnx", "export": d / "export.json",
-        "sim": d / "model.sim.onnx", "simplify": d / "simplify.json", "surgery_onnx": d / "model.surgery.onnx",
-        "surgery": d / "surgery.json", "ranges": d / "calibration.ranges.json", "calibration": d / "calibration.json",
+        "fetch": d / "fetch",
+        "manifest": d / "fetch" / "manifest.json",
+        "onnx": d / "model.onnx",
+        "export": d / "export.json",
+        "sim": d / "model.sim.onnx",
+        "simplify": d / "simplify.json",
+        "surgery_onnx": d / "model.surgery.onnx",
+        "surgery": d / "surgery.json",
+        "ranges": d / "calibration.ranges.json",
+        "calibration": d / "calibration.json",
     }
     fetch(spec, p["fetch"], root)
     export(spec, p["fetch"], p["onnx"], p["export"], threads=2)

@@ -19,7 +19,11 @@ def error_of(config) -> str:
 
 def test_default_config_has_every_model_and_target():
     config = load_config(REPO / "config.yaml")
-    assert set(config["models"]) == {f"efficientvit_m{i}" for i in range(6)} | {"swin_tiny", "mobilenetv3_large_100", "segformer_b0_cityscapes"}
+    assert set(config["models"]) == {f"efficientvit_m{i}" for i in range(6)} | {
+        "swin_tiny",
+        "mobilenetv3_large_100",
+        "segformer_b0_cityscapes",
+    }
     assert config["targets"] == ["ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5"]
     seg = model_spec(config, "segformer_b0_cityscapes")
     assert seg["opset"] == 11 and seg["input"]["shape"] == [1, 3, 640, 1280] and seg["surgery"] == ["append_argmax"]
@@ -56,7 +60,11 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c["models"].update({"bad/name": classifier_entry()}), "models", "does not match"),
         (lambda c: c["models"].update({"..": classifier_entry()}), "models", "does not match"),
         (lambda c: c["models"]["m"].update(source="url:https://example.org/w.pth"), "models.m.arch", "needs `arch`"),
-        (lambda c: c["models"]["m"].update(source="url:http://example.org/w.pth", arch="efficientvit_m0"), "models.m.source", "plain http is refused"),
+        (
+            lambda c: c["models"]["m"].update(source="url:http://example.org/w.pth", arch="efficientvit_m0"),
+            "models.m.source",
+            "plain http is refused",
+        ),
         (lambda c: c["models"]["m"].update(calibration={"method": "kl"}), "models.m.calibration.method", "unknown calibration method"),
         # Hostile or mistaken entries (issue #6): each refused before any job, naming the field.
         (lambda c: c["models"]["m"].update(targets=["rdk-x6"]), "models.m.targets.0", "unknown target 'rdk-x6'; close matches: rdk-x5"),
@@ -81,7 +89,11 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c.update(evaluation={"latency_repeats": 0}), "evaluation.latency_repeats", "less than the minimum of 1"),
         (lambda c: c.update(seed=-1), "seed", "less than the minimum of 0"),
         (lambda c: c["models"]["m"].update(opset=21), "models.m.opset", "greater than the maximum of 20"),
-        (lambda c: c["models"]["m"].update(source="url:ftp://example.org/w.pth", arch="efficientvit_m0"), "models.m.source", "expected url:https://"),
+        (
+            lambda c: c["models"]["m"].update(source="url:ftp://example.org/w.pth", arch="efficientvit_m0"),
+            "models.m.source",
+            "expected url:https://",
+        ),
         (lambda c: c["models"]["m"].update(sha256="abc"), "models.m.sha256", "does not match"),
     ],
 )
@@ -131,9 +143,11 @@ models:
     task: classification
     input: {shape: [1, 3, 224, 224], shape: [1, 3, 256, 256]}
 """)
-    with pytest.raises(ConfigError, match=rf"^models\.m0: given twice in {path} \(lines 3 and 7\); YAML would silently keep only the last one"):
+    with pytest.raises(
+        ConfigError, match=rf"^models\.m0: given twice in {path} \(lines 3 and 7\); YAML would silently keep only the last one"
+    ):
         load_config(path)
-    path.write_text(path.read_text().replace("  m0:\n    source: \"timm:efficientvit_m1\"", "  m1:\n    source: \"timm:efficientvit_m1\""))
+    path.write_text(path.read_text().replace('  m0:\n    source: "timm:efficientvit_m1"', '  m1:\n    source: "timm:efficientvit_m1"'))
     with pytest.raises(ConfigError, match=r"^models\.m1\.input\.shape: given twice .*\(lines 10 and 10\)"):
         load_config(path)
 
@@ -153,7 +167,10 @@ models:
 
 def test_alias_bomb_is_refused_before_validation(tmp_path):
     lines = ["weights: random", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    lines += [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+        for i in range(1, 9)
+    ]
     (tmp_path / "c.yaml").write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="more than 1000000 values once its YAML aliases are expanded"):
         load_config(tmp_path / "c.yaml")

@@ -115,8 +115,24 @@ def run_fetch_cli(tmp_path, weights):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_ENDPOINT": "https://127.0.0.1:9"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "npuflow.cli", "fetch", "--config", str(tmp_path / "c.yaml"), "--model", "m",
-                           "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npuflow.cli",
+            "fetch",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--model",
+            "m",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     return proc, time.perf_counter() - start
 
 

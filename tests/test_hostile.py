@@ -36,7 +36,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         type(self).requests.append(self.path)
         if self.path.startswith("/redirect-"):
             self.send_response(302)
-            self.send_header("Location", self.path[len("/redirect-"):].replace("|", "://", 1))
+            self.send_header("Location", self.path[len("/redirect-") :].replace("|", "://", 1))
             self.end_headers()
         elif self.path.startswith("/short/"):
             self.send_response(200)
@@ -329,24 +329,47 @@ HOSTILE_MEMBERS = {
     "absolute": ([(OUTSIDE, b"x", {})], [(OUTSIDE, b"x", 0)], ["absolute path"]),
     "drive-letter": ([("C:/evil.txt", b"x", {})], [("C:/evil.txt", b"x", 0)], ["'C:/evil.txt'", "absolute path"]),
     "backslash": ([("..\\outside\\evil.txt", b"x", {})], [("..\\outside\\evil.txt", b"x", 0)], ["backslash"]),
-    "symlink": ([("imgs", None, {"type": tarfile.SYMTYPE, "linkname": "../outside"})],
-                [("imgs", b"../outside", stat.S_IFLNK | 0o777)], ["'imgs'", "symbolic link"]),
-    "symlink-then-write-through": ([("l", None, {"type": tarfile.SYMTYPE, "linkname": "/"}), ("l/outside/evil.txt", b"x", {})],
-                                   [("l", b"/", stat.S_IFLNK | 0o777), ("l/outside/evil.txt", b"x", 0)], ["'l'", "symbolic link"]),
+    "symlink": (
+        [("imgs", None, {"type": tarfile.SYMTYPE, "linkname": "../outside"})],
+        [("imgs", b"../outside", stat.S_IFLNK | 0o777)],
+        ["'imgs'", "symbolic link"],
+    ),
+    "symlink-then-write-through": (
+        [("l", None, {"type": tarfile.SYMTYPE, "linkname": "/"}), ("l/outside/evil.txt", b"x", {})],
+        [("l", b"/", stat.S_IFLNK | 0o777), ("l/outside/evil.txt", b"x", 0)],
+        ["'l'", "symbolic link"],
+    ),
     "hardlink": ([("a.txt", b"a", {}), ("h", None, {"type": tarfile.LNKTYPE, "linkname": "/etc/passwd"})], None, ["'h'", "hard link"]),
-    "char-device": ([("a.txt", b"a", {}), ("tty", None, {"type": tarfile.CHRTYPE, "devmajor": 5, "devminor": 0})],
-                    [("a.txt", b"a", 0), ("tty", b"", stat.S_IFCHR | 0o600)], ["'tty'", "device file"]),
-    "block-device": ([("sda", None, {"type": tarfile.BLKTYPE, "devmajor": 8, "devminor": 0})],
-                     [("sda", b"", stat.S_IFBLK | 0o600)], ["'sda'", "device file"]),
+    "char-device": (
+        [("a.txt", b"a", {}), ("tty", None, {"type": tarfile.CHRTYPE, "devmajor": 5, "devminor": 0})],
+        [("a.txt", b"a", 0), ("tty", b"", stat.S_IFCHR | 0o600)],
+        ["'tty'", "device file"],
+    ),
+    "block-device": (
+        [("sda", None, {"type": tarfile.BLKTYPE, "devmajor": 8, "devminor": 0})],
+        [("sda", b"", stat.S_IFBLK | 0o600)],
+        ["'sda'", "device file"],
+    ),
     "fifo": ([("pipe", None, {"type": tarfile.FIFOTYPE})], [("pipe", b"", stat.S_IFIFO | 0o600)], ["'pipe'", "FIFO"]),
-    "duplicate": ([("a.txt", b"first", {}), ("a.txt", b"second", {})], [("a.txt", b"first", 0), ("a.txt", b"second", 0)], ["'a.txt'", "duplicate member"]),
+    "duplicate": (
+        [("a.txt", b"first", {}), ("a.txt", b"second", {})],
+        [("a.txt", b"first", 0), ("a.txt", b"second", 0)],
+        ["'a.txt'", "duplicate member"],
+    ),
     "file-then-folder": ([("a", b"file", {}), ("a/b.txt", b"x", {})], [("a", b"file", 0), ("a/b.txt", b"x", 0)], ["'a/b.txt'", "collides"]),
 }
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
-@pytest.mark.parametrize("case, fmt", [(case, fmt) for case, (_, zip_members, _) in HOSTILE_MEMBERS.items()
-                                       for fmt in ("tar.gz", "zip") if fmt != "zip" or zip_members is not None])
+@pytest.mark.parametrize(
+    "case, fmt",
+    [
+        (case, fmt)
+        for case, (_, zip_members, _) in HOSTILE_MEMBERS.items()
+        for fmt in ("tar.gz", "zip")
+        if fmt != "zip" or zip_members is not None
+    ],
+)
 def test_hostile_member_refuses_the_whole_archive(sandbox, case, fmt):
     tar_members, zip_members, expected = HOSTILE_MEMBERS[case]
     members = tar_members if fmt != "zip" else zip_members
@@ -385,7 +408,9 @@ def test_zip_header_claiming_a_small_size_does_not_get_past_the_limit(sandbox):
 def test_tar_pax_header_bomb_is_stopped_before_tarfile_reads_it(sandbox):
     """tarfile reads a pax header into memory before returning its member: the decompressed
     stream itself is bounded, not only the members' data."""
-    archive = make_tar(sandbox / "src" / "pax.tar.gz", [("a.txt", b"a", {}), ("b.txt", b"b", {"pax_headers": {"comment": "x" * (8 << 20)}})])
+    archive = make_tar(
+        sandbox / "src" / "pax.tar.gz", [("a.txt", b"a", {}), ("b.txt", b"b", {"pax_headers": {"comment": "x" * (8 << 20)}})]
+    )
     assert_refused(archive, sandbox, "the header after member 'a.txt'", "decompression bomb", max_bytes=1 << 16)
 
 
@@ -411,7 +436,9 @@ def test_encrypted_zip_member_is_refused(sandbox):
     assert_refused(archive, sandbox, "'a.txt'", "encrypted")
 
 
-@pytest.mark.parametrize("case", ["truncated-tar.gz", "truncated-tar", "truncated-zip", "text-as-tar.xz", "text-as-zip", "text-no-suffix", "empty-zip"])
+@pytest.mark.parametrize(
+    "case", ["truncated-tar.gz", "truncated-tar", "truncated-zip", "text-as-tar.xz", "text-as-zip", "text-no-suffix", "empty-zip"]
+)
 def test_broken_archive_is_refused_clearly(sandbox, case):
     src = sandbox / "src"
     if case.startswith("truncated"):
@@ -486,7 +513,9 @@ def test_fetch_archive_sha256_mismatch_removes_the_file(server, tmp_path):
     dest_file = tmp_path / "cache" / "set.tar.gz"
     dest_file.parent.mkdir()
     dest_file.write_bytes(b"stale file from an earlier download")
-    with pytest.raises(ArchiveError, match=f"sha256 mismatch for {url}/set.tar.gz: expected {'0' * 64}, got [0-9a-f]{{64}}; file discarded"):
+    with pytest.raises(
+        ArchiveError, match=f"sha256 mismatch for {url}/set.tar.gz: expected {'0' * 64}, got [0-9a-f]{{64}}; file discarded"
+    ):
         fetch_archive(f"{url}/set.tar.gz", "0" * 64, dest_file, allow_http=True)
     assert list(dest_file.parent.iterdir()) == []
 
@@ -516,7 +545,9 @@ def test_https_to_http_redirect_is_refused():
     from npuflow.download import DownloadError, _SchemeCheckingRedirect
 
     req = urllib.request.Request("https://example.org/set.tar.gz")
-    with pytest.raises(DownloadError, match=re.escape("refusing to follow the redirect from https://example.org/set.tar.gz to http://evil.example/x")):
+    with pytest.raises(
+        DownloadError, match=re.escape("refusing to follow the redirect from https://example.org/set.tar.gz to http://evil.example/x")
+    ):
         _SchemeCheckingRedirect(allow_http=False).redirect_request(req, None, 302, "Found", {}, "http://evil.example/x")
     assert _SchemeCheckingRedirect(allow_http=False).redirect_request(req, None, 302, "Found", {}, "https://mirror.example/x") is not None
 
@@ -605,8 +636,12 @@ def test_outputs_get_the_umask_permissions_not_mkstemp_0600(tmp_path, umask, mod
     import sys
 
     code = "import sys; from npuflow.io import write_json; write_json(sys.argv[1], {})"
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.json")], check=True, preexec_fn=lambda: os.umask(umask),
-                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "r.json")],
+        check=True,
+        preexec_fn=lambda: os.umask(umask),
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == mode
 
 
@@ -624,7 +659,9 @@ a._move_into_place = die
 a.extract_archive(sys.argv[1], sys.argv[2])
 """
     dest = tmp_path / "out" / "data"
-    proc = subprocess.run([sys.executable, "-c", killer, str(archive), str(dest)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", killer, str(archive), str(dest)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
     assert proc.returncode == -9
     (left,) = (tmp_path / "out").iterdir()
     assert left.name.startswith(".data.") and left.name.endswith(".part") and (left / "a.txt").exists()
@@ -644,8 +681,10 @@ FAULT_CONFIG = {
     "mlflow": {"tracking_uri": "sqlite:///results/mlflow.db", "experiment": "npuflow-faults"},
     "calibration": {"method": "minmax", "images": 2},
     "evaluation": {"images": 2, "latency_repeats": 1},
-    "models": {name: {"source": f"timm:{arch}", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
-               for name, arch in (("resnet", "test_resnet"), ("effnet", "test_efficientnet"), ("convnext", "test_convnext"))},
+    "models": {
+        name: {"source": f"timm:{arch}", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
+        for name, arch in (("resnet", "test_resnet"), ("effnet", "test_efficientnet"), ("convnext", "test_convnext"))
+    },
 }
 PAIRS = sorted((m, t) for m in FAULT_CONFIG["models"] for t in FAULT_CONFIG["targets"])
 
@@ -676,8 +715,14 @@ def _run_then_kill(workdir: Path, config: Path, conditions: dict, log_name: str)
 
     results = workdir / "results"
     with open(workdir / log_name, "w") as log:
-        proc = subprocess.Popen(snakemake_command(workdir, configfile=config, cores=8), stdout=log, stderr=subprocess.STDOUT,
-                                env=snakemake_env(), cwd=workdir, start_new_session=True)
+        proc = subprocess.Popen(
+            snakemake_command(workdir, configfile=config, cores=8),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=snakemake_env(),
+            cwd=workdir,
+            start_new_session=True,
+        )
         deadline, killed_at = time.monotonic() + 900, None
         while proc.poll() is None and time.monotonic() < deadline and not killed_at:
             killed_at = next((label for label, holds in conditions.items() if holds()), None)
@@ -711,8 +756,17 @@ def killed_then_rerun(tmp_path_factory):
     results = workdir / "results"
     kills = [_run_then_kill(workdir, config, {"an export finished": lambda: any(results.glob("*/model.onnx"))}, "run1.log")]
     assert snakemake(workdir, "--unlock", configfile=config).returncode == 0
-    kills.append(_run_then_kill(workdir, config, {"an MLflow run open": lambda: "RUNNING" in _run_statuses(results / "mlflow.db"),
-                                                  "a logging job finished": lambda: any(results.glob("*/track.json"))}, "run2.log"))
+    kills.append(
+        _run_then_kill(
+            workdir,
+            config,
+            {
+                "an MLflow run open": lambda: "RUNNING" in _run_statuses(results / "mlflow.db"),
+                "a logging job finished": lambda: any(results.glob("*/track.json")),
+            },
+            "run2.log",
+        )
+    )
     assert snakemake(workdir, "--unlock", configfile=config).returncode == 0
     rerun = snakemake(workdir, configfile=config, cores=8)
     print(f"kills: {kills}")
@@ -786,8 +840,9 @@ def test_parallel_logging_at_8_cores_is_serialised_without_database_errors(kille
     for bad in ("database is locked", "OperationalError", "IntegrityError", "Traceback"):
         assert bad not in logs and bad not in out
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("npuflow-faults").experiment_id],
-                              filter_string=f"tags.`{CURRENT_TAG}` = 'true'", max_results=1000)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("npuflow-faults").experiment_id], filter_string=f"tags.`{CURRENT_TAG}` = 'true'", max_results=1000
+    )
     spans = {}  # one logging job per model: its runs' first start to last end
     for r in runs:
         start, end = spans.get(r.data.tags["model"], (r.info.start_time, r.info.end_time))

@@ -18,20 +18,42 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
     for r in runs:
         assert r.info.status == "FINISHED"
         tags, metrics, params = r.data.tags, r.data.metrics, r.data.params
-        assert (tags["model"], tags["task"], tags["weights"], tags["family"]) == ("efficientvit_m0", "classification", "random", "efficientvit_msra")
-        assert "RANDOM" in tags["mlflow.note.content"] and "SIMULATION" in tags["mlflow.note.content"] and tags["npuflow.latency"] == "simulated"
+        assert (tags["model"], tags["task"], tags["weights"], tags["family"]) == (
+            "efficientvit_m0",
+            "classification",
+            "random",
+            "efficientvit_msra",
+        )
+        assert (
+            "RANDOM" in tags["mlflow.note.content"]
+            and "SIMULATION" in tags["mlflow.note.content"]
+            and tags["npuflow.latency"] == "simulated"
+        )
         assert metrics["latency_ms"] > 0 and metrics["fps"] > 0 and 0.5 < metrics["cosine"] <= 1.0
         assert metrics["host_fp32_ms"] > 0 and metrics["host_int8_ms"] > 0 and metrics["params"] == 2_349_436
         assert metrics["onnx_bytes"] > metrics["int8_bytes"] > 0 and metrics["macs"] > 0 and metrics["subgraphs"] >= 1
         # Not applicable is absent, never 0: no segmentation figure, no accuracy without labels.
         assert not {"pixel_agreement", "top1", "miou"} & set(metrics)
-        assert (params["opset"], params["input_shape"], params["calibration_method"], params["calibration_images"]) == ("17", "1x3x224x224", "minmax", "4")
+        assert (params["opset"], params["input_shape"], params["calibration_method"], params["calibration_images"]) == (
+            "17",
+            "1x3x224x224",
+            "minmax",
+            "4",
+        )
         assert params["precision_recipe"] == {"ax650n-npu3": "int8", "rdk-x5": "int8_Softmax-int16"}[tags["target"]]
         assert "precision/layers.csv" in {a.path for a in client.list_artifacts(r.info.run_id, "precision")}
         assert all(params[f"{t}_version"] for t in ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow"))
         artifacts = {a.path for d in ("reports", "onnx", "plots") for a in client.list_artifacts(r.info.run_id, d)}
-        assert {"reports/build.json", "reports/trace.json", "reports/evaluate.json", "reports/manifest.json", "onnx/model.onnx",
-                "onnx/model.sim.onnx", "onnx/model.surgery.onnx", "plots/latency.png"} <= artifacts
+        assert {
+            "reports/build.json",
+            "reports/trace.json",
+            "reports/evaluate.json",
+            "reports/manifest.json",
+            "onnx/model.onnx",
+            "onnx/model.sim.onnx",
+            "onnx/model.surgery.onnx",
+            "plots/latency.png",
+        } <= artifacts
         # The quantised model: a logged model of the run, registered as <model>-<target>@current.
         version = client.get_model_version_by_alias(f"efficientvit_m0-{tags['target']}", "current")
         assert version.run_id == r.info.run_id and version.source == f"models:/{tags['npuflow.model_id']}"
@@ -74,9 +96,11 @@ def test_each_recipe_is_quantised_and_evaluated_once_with_a_layer_table_per_targ
     model = pipeline / "results" / "efficientvit_m0"
     recipes = ("int8", "int8_Softmax-int16")  # ax650n-npu3's; rdk-x5's with the model's int16 Softmax
     assert sorted(p.name for p in (model / "quant").iterdir()) == sorted(
-        [f"{r}.{ext}" for r in recipes for ext in ("json", "onnx")] + ["ax650n-npu3.layers.csv", "rdk-x5.layers.csv"])
+        [f"{r}.{ext}" for r in recipes for ext in ("json", "onnx")] + ["ax650n-npu3.layers.csv", "rdk-x5.layers.csv"]
+    )
     assert sorted(p.name for p in (model / "eval").iterdir()) == sorted(
-        [f"{r}{ext}" for r in recipes for ext in (".json", ".layers.json")] + ["reference.json", "reference.npz"])
+        [f"{r}{ext}" for r in recipes for ext in (".json", ".layers.json")] + ["reference.json", "reference.npz"]
+    )
     with open(model / "quant" / "rdk-x5.layers.csv") as f:
         rows = list(csv.DictReader(f))
     softmax = [r for r in rows if r["op_type"] == "Softmax"]
@@ -103,9 +127,9 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
     """In a store of its own: unchanged inputs reuse the run and its model version; changed ones
     (here a different evaluation, and a per-layer table) log a new run, register a new version and
     move the alias."""
-    from npuflow.track import CURRENT_TAG, init_store, log_run, _client
-
     import json
+
+    from npuflow.track import CURRENT_TAG, _client, init_store, log_run
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     init_store(uri, "t", tmp_path / "init.json")
@@ -122,10 +146,14 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
 
     ev = json.loads(Path(files["evaluate"]).read_text())
     (tmp_path / "eval.json").write_text(json.dumps({**ev, "cosine": 0.5}))
-    (tmp_path / "layers.csv").write_text("tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
-                                         "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
-                                         "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n")
-    changed = log_run(client, exp_id, spec, "rdk-x5", {**files, "evaluate": str(tmp_path / "eval.json"), "layers": str(tmp_path / "layers.csv")})
+    (tmp_path / "layers.csv").write_text(
+        "tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
+        "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
+        "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n"
+    )
+    changed = log_run(
+        client, exp_id, spec, "rdk-x5", {**files, "evaluate": str(tmp_path / "eval.json"), "layers": str(tmp_path / "layers.csv")}
+    )
     assert changed["run_id"] != first["run_id"] and (changed["version"], changed["registered"]) == ("2", True)
     assert client.get_model_version_by_alias("efficientvit_m0-rdk-x5", "current").run_id == changed["run_id"]
     old, new = client.get_run(first["run_id"]), client.get_run(changed["run_id"])
@@ -140,9 +168,11 @@ def test_report_shows_the_worst_layers_when_the_table_is_listed(pipeline, tmp_pa
     from npuflow.report import report
 
     track = json.loads((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())
-    (tmp_path / "layers.csv").write_text("tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
-                                         "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
-                                         "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n")
+    (tmp_path / "layers.csv").write_text(
+        "tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
+        "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
+        "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n"
+    )
     for run in track["runs"].values():
         run["files"] = {**{k: str(pipeline / v) for k, v in run["files"].items()}, "layers": str(tmp_path / "layers.csv")}
     (tmp_path / "results" / "efficientvit_m0").mkdir(parents=True)
@@ -205,7 +235,11 @@ TINY_MODEL_TEXT = """  efficientvit_m0:
         # The same model name twice: Snakemake's YAML loader would keep the second silently.
         (lambda t: t + TINY_MODEL_TEXT.replace("fold_head_bn", "append_argmax"), "models.efficientvit_m0", "given twice"),
         (lambda t: t.replace("[fold_head_bn]", "[append_argmax]"), "models.efficientvit_m0.surgery", "task: segmentation"),
-        (lambda t: t.replace("reparameterize: false", "reparameterize: false\n    opset: 21"), "models.efficientvit_m0.opset", "maximum of 20"),
+        (
+            lambda t: t.replace("reparameterize: false", "reparameterize: false\n    opset: 21"),
+            "models.efficientvit_m0.opset",
+            "maximum of 20",
+        ),
         (lambda t: t.replace("targets: [ax650n-npu3, rdk-x5]", "targets: [ax650n-npu3, rdk-x50]"), "targets.1", "unknown target 'rdk-x50'"),
     ],
     ids=["duplicate-model", "append_argmax-on-classifier", "opset-21", "unknown-target"],
@@ -249,9 +283,25 @@ def mlflow_server(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mlflow = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -259,9 +309,9 @@ def mlflow_server(tmp_path):
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=2)
                 break
-            except OSError:
+            except OSError as e:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start")
+                    raise RuntimeError("mlflow server did not start") from e
                 time.sleep(0.5)
         yield url
     finally:
@@ -279,15 +329,23 @@ def test_logs_to_a_remote_tracking_server_when_asked(pipeline, mlflow_server, mo
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     # snakemake_env() drops MLFLOW_TRACKING_URI; here it is the point, so the environment is passed whole.
-    env_run = subprocess.run(snakemake_command(pipeline), capture_output=True, text=True, cwd=pipeline,
-                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    env_run = subprocess.run(
+        snakemake_command(pipeline),
+        capture_output=True,
+        text=True,
+        cwd=pipeline,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert env_run.returncode == 0, env_run.stderr[-2000:]
     assert "init_mlflow" in env_run.stdout + env_run.stderr and "rule track" in env_run.stdout + env_run.stderr
     req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=npuflow-tiny")
     exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
     body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
-    runs = json.load(urllib.request.urlopen(urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body,
-                                                                   headers={"Content-Type": "application/json"})))["runs"]
+    runs = json.load(
+        urllib.request.urlopen(
+            urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
+        )
+    )["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
     assert sorted(t["target"] for t in tags) == ["ax650n-npu3", "rdk-x5"]
     assert all(r["info"]["status"] == "FINISHED" for r in runs)

@@ -1,15 +1,13 @@
 """Precision recipes, calibration methods, per-layer analysis, mixed precision, datasets and task accuracy."""
 
 import csv
-import json
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import make_config, segformer_entry
-from npuflow.config import ConfigError, model_spec, validate_config
+from npuflow.config import ConfigError, validate_config
 from npuflow.io import read_json
 
 
@@ -27,8 +25,13 @@ def _attention_like():
         helper.make_node("Mul", ["v", "e1"], ["m"], name="gelu_mul"),
         helper.make_node("Mul", ["m", "half"], ["y"], name="gelu_half"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], [w, *c.values()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])],
+        [w, *c.values()],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -36,8 +39,12 @@ def test_recipe_priority_is_layer_then_op_type_then_subgraph():
     from npuflow.precision import resolve_precision
 
     model = _attention_like()
-    recipe = {"default": "int8", "op_types": {"Softmax": "float", "Gelu": "int16"}, "layers": {"gelu_erf": "float"},
-              "subgraphs": [{"start": ["x"], "end": ["v"], "dtype": "int16"}]}
+    recipe = {
+        "default": "int8",
+        "op_types": {"Softmax": "float", "Gelu": "int16"},
+        "layers": {"gelu_erf": "float"},
+        "subgraphs": [{"start": ["x"], "end": ["v"], "dtype": "int16"}],
+    }
     p = resolve_precision(model, recipe)
     assert p["qk"] == "int16" and p["pv"] == "int16"  # subgraph x → v
     assert p["softmax"] == "float"  # op type beats subgraph
@@ -55,7 +62,11 @@ def test_recipe_naming_a_missing_layer_is_refused_with_the_field():
 def test_bad_recipe_in_config_names_the_entry_and_field():
     from conftest import classifier_entry
 
-    config = {"weights": "random", "targets": ["rdk-x5"], "models": {"m": classifier_entry(precision={"rdk-x5": {"op_types": {"Softmax": "int4"}}})}}
+    config = {
+        "weights": "random",
+        "targets": ["rdk-x5"],
+        "models": {"m": classifier_entry(precision={"rdk-x5": {"op_types": {"Softmax": "int4"}}})},
+    }
     with pytest.raises(ConfigError, match=r"models\.m\.precision\.rdk-x5\.op_types\.Softmax"):
         validate_config(config)
     config["models"]["m"]["precision"] = {"j5": {"op_types": {"Softmax": "int16"}}}
@@ -120,7 +131,14 @@ def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_p
     from npuflow.targets import load_targets
 
     spec, p = segmenter
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], {"default": "int8", "op_types": {"Softmax": "float"}}, tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(
+        p["surgery_onnx"],
+        p["ranges"],
+        p["calibration"],
+        {"default": "int8", "op_types": {"Softmax": "float"}},
+        tmp_path / "q.onnx",
+        tmp_path / "q.json",
+    )
     model = onnx.load(str(tmp_path / "q.onnx"))
     softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
     assert softmax and all(n.input[0].endswith("DequantizeLinear_Output") for n in softmax)  # float op reads dequantised data
@@ -139,7 +157,18 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
     with open(tmp_path / "t.layers.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) > 50
-    assert list(table[0])[:10] == ["tensor", "node", "op_type", "shape", "dtype", "quantized_dtype", "cosine", "sqnr_db", "mse", "local_sqnr_db"]
+    assert list(table[0])[:10] == [
+        "tensor",
+        "node",
+        "op_type",
+        "shape",
+        "dtype",
+        "quantized_dtype",
+        "cosine",
+        "sqnr_db",
+        "mse",
+        "local_sqnr_db",
+    ]
     cosines = [float(r["cosine"]) for r in table]
     assert cosines == sorted(cosines) and all(-1.0 <= c <= 1.0 + 1e-9 for c in cosines)
     assert {r["unit"] for r in table} >= {"tensor", "vector"}
@@ -166,10 +195,24 @@ def test_mixed_precision_walks_the_trade_off_curve(seg_quant, tmp_path):
     from npuflow.targets import load_targets
 
     spec, p, d, q, e = seg_quant
-    spec = {**spec, "mixed_precision": {"goal": {"metric": "cosine", "value": 0.999999}, "max_steps": 2, "max_latency_increase_pct": 1000, "images": 2}}
+    spec = {
+        **spec,
+        "mixed_precision": {"goal": {"metric": "cosine", "value": 0.999999}, "max_steps": 2, "max_latency_increase_pct": 1000, "images": 2},
+    }
     base = {"default": "int8"}
-    report = mixed_precision(p["surgery_onnx"], p["manifest"], p["ranges"], p["calibration"], d / "l.json", spec,
-                             load_targets().get("ax650n-npu3"), base, tmp_path / "m.onnx", tmp_path / "m.q.json", tmp_path / "m.json")
+    report = mixed_precision(
+        p["surgery_onnx"],
+        p["manifest"],
+        p["ranges"],
+        p["calibration"],
+        d / "l.json",
+        spec,
+        load_targets().get("ax650n-npu3"),
+        base,
+        tmp_path / "m.onnx",
+        tmp_path / "m.q.json",
+        tmp_path / "m.json",
+    )
     curve = report["curve"]
     assert 2 <= len(curve) <= 3 and curve[0]["nodes_int16"] == 0
     assert [c["nodes_int16"] for c in curve] == sorted(c["nodes_int16"] for c in curve)
@@ -229,8 +272,13 @@ def test_masks_give_miou(tmp_path):
 def test_one_user_dataset_for_calibration_and_evaluation_is_refused():
     from conftest import classifier_entry
 
-    config = {"weights": "random", "datasets": {"mine": {"folder": "x"}}, "calibration": {"dataset": "mine"},
-              "evaluation": {"dataset": "mine"}, "models": {"m": classifier_entry()}}
+    config = {
+        "weights": "random",
+        "datasets": {"mine": {"folder": "x"}},
+        "calibration": {"dataset": "mine"},
+        "evaluation": {"dataset": "mine"},
+        "models": {"m": classifier_entry()},
+    }
     with pytest.raises(ConfigError, match=r"models\.m\.calibration\.dataset: 'mine' is also the evaluation dataset"):
         validate_config(config)
     config["evaluation"]["dataset"] = "other"

@@ -12,9 +12,15 @@ from conftest import REPO, mlflow_runs, snakemake
 def test_pareto_front_uses_accuracy_only_when_every_model_has_it():
     from npuflow.report import mark_pareto, quality_metric
 
-    rows = [{"model": m, "target": "t", "status": "ok", "fps": fps, "cosine": cos, **extra}
-            for m, fps, cos, extra in [("fast", 100.0, 0.90, {"top1": 0.70}), ("good", 10.0, 0.99, {"top1": 0.80}),
-                                       ("dominated", 50.0, 0.95, {"top1": 0.60}), ("both", 10.0, 0.90, {"top1": 0.80})]]
+    rows = [
+        {"model": m, "target": "t", "status": "ok", "fps": fps, "cosine": cos, **extra}
+        for m, fps, cos, extra in [
+            ("fast", 100.0, 0.90, {"top1": 0.70}),
+            ("good", 10.0, 0.99, {"top1": 0.80}),
+            ("dominated", 50.0, 0.95, {"top1": 0.60}),
+            ("both", 10.0, 0.90, {"top1": 0.80}),
+        ]
+    ]
     rows.append({"model": "broken", "target": "t", "status": "failed"})
     assert quality_metric([r for r in rows if r["status"] == "ok"]) == "top1"
     mark_pareto(rows)
@@ -22,7 +28,12 @@ def test_pareto_front_uses_accuracy_only_when_every_model_has_it():
     del rows[0]["top1"]  # one model without labelled results: fall back to fidelity for the whole target
     assert quality_metric([r for r in rows if r["status"] == "ok"]) == "cosine"
     mark_pareto(rows)
-    assert {r["model"]: r.get("pareto") for r in rows if r["status"] == "ok"} == {"fast": True, "good": True, "dominated": True, "both": False}
+    assert {r["model"]: r.get("pareto") for r in rows if r["status"] == "ok"} == {
+        "fast": True,
+        "good": True,
+        "dominated": True,
+        "both": False,
+    }
 
 
 def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):
@@ -30,9 +41,11 @@ def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):
     from npuflow.track import layer_metrics
 
     path = tmp_path / "layers.csv"
-    path.write_text("tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
-                    "a,n1,Conv,1x8,float32,int8,0.99,30,1e-4\nb,n2,Softmax,1x8,float32,int8,0.9,8,1e-2\n"
-                    "c,n3,Add,1x8,float32,int8,0.95,,1e-3\nd,n4,Mul,1x8,float32,int8,1.0,inf,0\n")
+    path.write_text(
+        "tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
+        "a,n1,Conv,1x8,float32,int8,0.99,30,1e-4\nb,n2,Softmax,1x8,float32,int8,0.9,8,1e-2\n"
+        "c,n3,Add,1x8,float32,int8,0.95,,1e-3\nd,n4,Mul,1x8,float32,int8,1.0,inf,0\n"
+    )
     assert [r["node"] for r in worst_layers(read_layers(path), 3)] == ["n2", "n1", "n4"]
     assert layer_metrics(path) == {"layers_analysed": 4.0, "layers_min_cosine": 0.9, "layers_min_sqnr_db": 8.0}
     assert layer_metrics(None) == {}

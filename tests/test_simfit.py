@@ -50,13 +50,28 @@ def test_fit_recovers_a_known_profile(monkeypatch):
     monkeypatch.setattr("npuflow.simfit.PRIOR_FACTOR", 1e6)
     base = load_targets(apply_fit=False).get("ax650n-npu3")
     truth = copy.deepcopy(base)
-    truth_values = {"units.tensor.efficiency": 0.4, "units.vector.peak_ops_per_s.int8": 3e11, "memory.efficiency": 0.6,
-                    "overheads.op_s": 4e-6, "overheads.subgraph_s": 2e-4}
+    truth_values = {
+        "units.tensor.efficiency": 0.4,
+        "units.vector.peak_ops_per_s.int8": 3e11,
+        "memory.efficiency": 0.6,
+        "overheads.op_s": 4e-6,
+        "overheads.subgraph_s": 2e-4,
+    }
     assert set(truth_values) == set(FREE_PARAMETERS)
     for path, value in truth_values.items():
         set_path(truth, path, value)
-    models = [conv_model(cin=c, cout=c, hw=hw, softmax=sm) for c, hw, sm in
-              [(16, 112, False), (64, 56, True), (128, 28, False), (256, 14, True), (512, 7, False), (32, 224, True), (8, 56, False)]]
+    models = [
+        conv_model(cin=c, cout=c, hw=hw, softmax=sm)
+        for c, hw, sm in [
+            (16, 112, False),
+            (64, 56, True),
+            (128, 28, False),
+            (256, 14, True),
+            (512, 7, False),
+            (32, 224, True),
+            (8, 56, False),
+        ]
+    ]
     rows, graphs = [], []
     for i, m in enumerate(models):
         for batch, metric in ((1, "latency_ms"), (8, "fps")):
@@ -70,8 +85,9 @@ def test_fit_recovers_a_known_profile(monkeypatch):
 
 
 def test_fitted_parameters_are_applied_and_not_inherited():
-    targets = load_targets({"fitted": {"base": "ax650n-npu3", "fit": {"parameters": {"units.tensor.efficiency": 0.5}}},
-                            "derived": {"base": "fitted"}})
+    targets = load_targets(
+        {"fitted": {"base": "ax650n-npu3", "fit": {"parameters": {"units.tensor.efficiency": 0.5}}}, "derived": {"base": "fitted"}}
+    )
     assert targets.get("fitted")["units"]["tensor"]["efficiency"] == 0.5
     assert get_path(targets.get("derived"), "units.tensor.efficiency") is None and "fit" not in targets.get("derived")
 
@@ -80,8 +96,10 @@ def test_prior_keeps_a_parameter_the_data_cannot_see():
     """Conv-only measurements say nothing about the vector unit: its rate stays at the profile's."""
     base = load_targets(apply_fit=False).get("rdk-x5")
     models = [conv_model(cin=c, cout=c, hw=hw) for c, hw in [(16, 112), (64, 56), (128, 28), (256, 14), (512, 7)]]
-    rows = [Row("rdk-x5", f"m{i}", f"m{i}", (0, 0), 1, "latency_ms", 1.5 * predict(analyse(m, base), base, 1, "latency_ms"), "")
-            for i, m in enumerate(models)]
+    rows = [
+        Row("rdk-x5", f"m{i}", f"m{i}", (0, 0), 1, "latency_ms", 1.5 * predict(analyse(m, base), base, 1, "latency_ms"), "")
+        for i, m in enumerate(models)
+    ]
     result = fit_target(base, rows, [analyse(m, base) for m in models])
     vector = result["parameters"]["units.vector.peak_ops_per_s.int8"]
     assert vector == pytest.approx(base["units"]["vector"]["peak_ops_per_s"]["int8"], rel=0.05)

@@ -16,15 +16,23 @@ INT8 = {"default": "int8"}
 def conv_model(cin=16, cout=32, hw=56, k=3, softmax=False):
     """input → Conv(+Relu) [→ Softmax]: a graph whose work is known by hand."""
     w = numpy_helper.from_array(np.zeros((cout, cin, k, k), np.float32), "w")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[k // 2] * 4, name="conv"), helper.make_node("Relu", ["c"], ["r"], name="relu")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[k // 2] * 4, name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+    ]
     out = "r"
     if softmax:
         nodes.append(helper.make_node("Softmax", ["r"], ["s"], axis=1, name="softmax"))
         nodes.append(helper.make_node("Conv", ["s", "w2"], ["y"], name="conv2"))
         out = "y"
     inits = [w] + ([numpy_helper.from_array(np.zeros((cout, cout, 1, 1), np.float32), "w2")] if softmax else [])
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -114,9 +122,17 @@ def test_transpose_chain_is_one_data_move_and_unit_switches_cost_a_reorder():
         helper.make_node("Softmax", ["c1"], ["s"], axis=1, name="softmax"),
         helper.make_node("Conv", ["s", "w"], ["y"], name="conv2"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, shape])
-    ops = {op.name: op for op in simulate(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), TARGETS.get("ax650n-npu3"))["graph"].ops}
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, shape],
+    )
+    ops = {
+        op.name: op
+        for op in simulate(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), TARGETS.get("ax650n-npu3"))["graph"].ops
+    }
     assert ops["t2"].fused_into == "t1" and ops["t1"].fused == ["Transpose"] and ops["reshape"].unit == "free"
     assert ops["softmax"].reorder_bytes == 8 * 32 * 32 and ops["conv2"].reorder_bytes == 8 * 32 * 32  # int8 tensors
     assert ops["conv1"].reorder_bytes == 0  # fed by a data move, not by the vector unit
@@ -134,27 +150,48 @@ def _unknown_op_model(op: str, quantised: bool):
         inits.append(numpy_helper.from_array(np.array([8], np.int64), "k"))
         middle = [helper.make_node("TopK", ["c", "k"], ["m", "idx"], axis=1, name="op")]
     elif op == "NonMaxSuppression":  # boxes/scores from the conv; its output count is data-dependent
-        inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-                  (("bs", [1, 256, 4]), ("ss", [1, 8, 256]), ("st", [0]), ("en", [4]), ("ax", [1]), ("ms", [1, 8, 16, 16]))]
-        middle = [helper.make_node("Reshape", ["c", "ss"], ["scores"], name="r1"),
-                  helper.make_node("Slice", ["c", "st", "en", "ax"], ["c4"], name="slice"),
-                  helper.make_node("Reshape", ["c4", "bs"], ["boxes"], name="r2"),
-                  helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="op"),
-                  helper.make_node("Cast", ["sel"], ["self"], to=TensorProto.FLOAT, name="cast"),
-                  helper.make_node("ReduceSum", ["self"], ["sum"], keepdims=0, name="sum"),
-                  helper.make_node("Add", ["c", "sum"], ["m"], name="add")]
+        inits += [
+            numpy_helper.from_array(np.array(v, np.int64), n)
+            for n, v in (("bs", [1, 256, 4]), ("ss", [1, 8, 256]), ("st", [0]), ("en", [4]), ("ax", [1]), ("ms", [1, 8, 16, 16]))
+        ]
+        middle = [
+            helper.make_node("Reshape", ["c", "ss"], ["scores"], name="r1"),
+            helper.make_node("Slice", ["c", "st", "en", "ax"], ["c4"], name="slice"),
+            helper.make_node("Reshape", ["c4", "bs"], ["boxes"], name="r2"),
+            helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="op"),
+            helper.make_node("Cast", ["sel"], ["self"], to=TensorProto.FLOAT, name="cast"),
+            helper.make_node("ReduceSum", ["self"], ["sum"], keepdims=0, name="sum"),
+            helper.make_node("Add", ["c", "sum"], ["m"], name="add"),
+        ]
     else:  # an op of a domain onnx's shape inference knows nothing of
         middle = [helper.make_node(op, ["c"], ["m"], domain="com.example", name="op")]
         extra_opsets = [helper.make_opsetid("com.example", 1)]
 
     def qdq(t):
-        return [helper.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"]), helper.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_dq"])] if quantised else []
+        return (
+            [
+                helper.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"]),
+                helper.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_dq"]),
+            ]
+            if quantised
+            else []
+        )
 
     src = (lambda t: f"{t}_dq") if quantised else (lambda t: t)
-    nodes = [*qdq("x"), helper.make_node("Conv", [src("x"), "w"], ["c"], name="conv1"), *middle, *qdq("m"),
-             helper.make_node("Conv", [src("m"), "w"], ["y"], name="conv2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    nodes = [
+        *qdq("x"),
+        helper.make_node("Conv", [src("x"), "w"], ["c"], name="conv1"),
+        *middle,
+        *qdq("m"),
+        helper.make_node("Conv", [src("m"), "w"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *extra_opsets])
 
 

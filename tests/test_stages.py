@@ -120,7 +120,9 @@ def test_quantize_writes_int8_qdq_with_per_channel_weights(quantized, classifier
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert report["quantize_nodes"] > 100 and dq
     inits = {i.name: i for i in model.graph.initializer}
-    conv_w_scales = [inits[n.input[1]] for n in dq if n.input[1] in inits and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+    conv_w_scales = [
+        inits[n.input[1]] for n in dq if n.input[1] in inits and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1
+    ]
     assert conv_w_scales, "per-channel weight scales expected"
     zp_types = {inits[n.input[2]].data_type for n in dq if len(n.input) > 2 and n.input[2] in inits}
     assert zp_types == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}  # int8 tensors, int32 biases
@@ -149,8 +151,17 @@ def test_evaluate_compares_int8_to_float_on_held_out_images(quantized, classifie
     spec, p = classifier
     ref = reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
     assert set(ref["image_sources"]).isdisjoint(read_json(p["calibration"])["image_sources"])
-    report = evaluate(quantized[0], p["surgery_onnx"], tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8", tmp_path / "e.json",
-                      tmp_path / "l.json")
+    report = evaluate(
+        quantized[0],
+        p["surgery_onnx"],
+        tmp_path / "r.npz",
+        tmp_path / "r.json",
+        p["manifest"],
+        spec,
+        "int8",
+        tmp_path / "e.json",
+        tmp_path / "l.json",
+    )
     assert 0.9 < report["cosine"] <= 1.0 and report["sqnr_db"] > 5
     assert 0 <= report["top1_agreement"] <= report["top5_agreement"] <= 1
     assert report["host_fp32_ms"] > 0 and report["host_int8_ms"] > 0 and report["weights"] == "random"
@@ -163,8 +174,17 @@ def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
     spec, p = segmenter
     quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
     reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
-    report = evaluate(tmp_path / "q.onnx", p["surgery_onnx"], tmp_path / "r.npz", tmp_path / "r.json", p["manifest"], spec, "int8",
-                      tmp_path / "e.json", tmp_path / "l.json")
+    report = evaluate(
+        tmp_path / "q.onnx",
+        p["surgery_onnx"],
+        tmp_path / "r.npz",
+        tmp_path / "r.json",
+        p["manifest"],
+        spec,
+        "int8",
+        tmp_path / "e.json",
+        tmp_path / "l.json",
+    )
     assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
     assert read_json(p["manifest"])["family"] == "segformer"
     assert -1 <= report["cosine"] <= 1
@@ -210,8 +230,13 @@ def test_targets_with_one_recipe_share_one_quantised_model():
 
     targets = load_targets({"my-npu": {"base": "ax650n-npu3", "precision": {"default": "int16"}}})
     ids = {t: recipe_id(targets.get(t)["precision"]) for t in ("ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5", "my-npu")}
-    assert ids == {"ax650n-npu1": "int8", "ax650n-npu3": "int8", "rdk-x5": "int8_Softmax-float",
-                   "j5": "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16", "my-npu": "int16"}
+    assert ids == {
+        "ax650n-npu1": "int8",
+        "ax650n-npu3": "int8",
+        "rdk-x5": "int8_Softmax-float",
+        "j5": "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16",
+        "my-npu": "int16",
+    }
 
 
 def test_reparameterisation_exports_the_single_branch_deploy_form(tmp_path):

@@ -39,7 +39,17 @@ TAR_OVERHEAD_PER_MEMBER = 16 * 1024
 TAR_OVERHEAD = 4 * 1024**2
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What a broken or truncated archive raises from the stdlib readers.
-_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, lzma.LZMAError, OSError, NotImplementedError, ValueError)
+_CORRUPT = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    NotImplementedError,
+    ValueError,
+)
 
 
 class ArchiveError(NpuflowError):
@@ -222,8 +232,11 @@ class _CountingReader:
         limit = self.budget.max_bytes + (self.budget.members + 1) * TAR_OVERHEAD_PER_MEMBER + TAR_OVERHEAD
         if self.count > limit:
             last = self.budget.last_name
-            raise _Refused("", f"tar stream expands beyond {limit} bytes (headers and pax records included): refused as a decompression bomb (max_bytes)",
-                           f"the header after member {last!r}" if last else "the first member's header")
+            raise _Refused(
+                "",
+                f"tar stream expands beyond {limit} bytes (headers and pax records included): refused as a decompression bomb (max_bytes)",
+                f"the header after member {last!r}" if last else "the first member's header",
+            )
         return data
 
 

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .data import image_batches
 from .io import atomic_path, read_json, write_json
 from .onnxutil import input_name, load, session
+from .progress import progress
 from .registry import Registry
 
 HISTOGRAM_BINS = 2048
@@ -60,7 +61,7 @@ def _entropy(h, calib):
     hist = np.pad(hist, (pad // 2, pad - pad // 2))
     step = (edges[1] - edges[0]) * ENTROPY_COARSEN
     hist = hist.reshape(-1, ENTROPY_COARSEN).sum(axis=1)
-    n, zero, half = len(hist), len(hist) // 2, ENTROPY_QUANTIZED_BINS // 2
+    zero, half = len(hist) // 2, ENTROPY_QUANTIZED_BINS // 2
     if hist.sum() == 0 or zero < half:
         return float(h[2]), float(h[3])
     best_kl, best_i = np.inf, zero
@@ -107,15 +108,19 @@ def collect(model_onnx: str | Path, images: np.ndarray, histogram: bool) -> dict
     name = input_name(load(model_onnx))
     with tempfile.TemporaryDirectory(prefix="npuflow-calib-") as tmp:
         # onnxruntime's calibrator picks the tensors to calibrate and builds the model that outputs them.
-        calibrator = create_calibrator(Path(model_onnx), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=OrtMethod.Entropy, providers=["CPUExecutionProvider"])
+        calibrator = create_calibrator(
+            Path(model_onnx),
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=OrtMethod.Entropy,
+            providers=["CPUExecutionProvider"],
+        )
     sess = calibrator.infer_session
     names = [o.name for o in sess.get_outputs()]
     wanted = [i for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
     collector = HistogramCollector("entropy", False, HISTOGRAM_BINS, ENTROPY_QUANTIZED_BINS, 99.999, "same")
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
-    for img in images:
+    for img in progress(images, "calibration images", unit="img"):
         outs = sess.run(None, {name: img[None]})
         if histogram:
             collector.collect({names[i]: [outs[i]] for i in wanted})
@@ -174,6 +179,7 @@ def auto_calibrate(model_onnx, stats: dict, calib: dict, selection: np.ndarray, 
     tried = []
     best = None
     with tempfile.TemporaryDirectory(prefix="npuflow-auto-") as tmp:
+
         def trial(method, percentile, options):
             ranges = compute_ranges(stats, method, {**calib, "percentile": percentile or calib["percentile"]})
             save_ranges(ranges, Path(tmp) / "ranges.json")
@@ -195,8 +201,15 @@ def auto_calibrate(model_onnx, stats: dict, calib: dict, selection: np.ndarray, 
     return best[1], {k: chosen[k] for k in DEFAULT_OPTIONS}, tried
 
 
-def calibrate(model_onnx: str | Path, manifest_json: str | Path, spec: dict, out_ranges: str | Path, out_json: str | Path,
-              datasets_dir: str | Path = "results/datasets", cache_dir: str | Path | None = None) -> dict:
+def calibrate(
+    model_onnx: str | Path,
+    manifest_json: str | Path,
+    spec: dict,
+    out_ranges: str | Path,
+    out_json: str | Path,
+    datasets_dir: str | Path = "results/datasets",
+    cache_dir: str | Path | None = None,
+) -> dict:
     start = time.perf_counter()
     calib = spec["calibration"]
     method = calib["method"]
@@ -205,8 +218,16 @@ def calibrate(model_onnx: str | Path, manifest_json: str | Path, spec: dict, out
     # auto judges candidates on images after the calibration ones (fresh augmentations of the
     # calibration split): never the evaluation images, which stay held out.
     extra = calib["selection_images"] if auto else 0
-    batch = image_batches(calib["dataset"], "calibration", calib["images"] + extra, spec["input"]["shape"], manifest["preprocessing"],
-                          spec["seed"], datasets_dir, cache_dir)
+    batch = image_batches(
+        calib["dataset"],
+        "calibration",
+        calib["images"] + extra,
+        spec["input"]["shape"],
+        manifest["preprocessing"],
+        spec["seed"],
+        datasets_dir,
+        cache_dir,
+    )
     images, selection = batch.images[: calib["images"]], batch.images[calib["images"] :]
     prepared = time.perf_counter()
     stats = collect(model_onnx, images, CALIBRATION_METHODS.get(method).needs_histogram)

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_model(p)
     p.add_argument("--tracking-uri", required=True)
     p.add_argument("--experiment", required=True)
-    p.add_argument("--files", required=True, help='JSON {target: {name: path}}: the stage reports and artifacts of each run')
+    p.add_argument("--files", required=True, help="JSON {target: {name: path}}: the stage reports and artifacts of each run")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("sim-validate", help="predict published device measurements with the simulator")
@@ -182,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="summary.csv and report.html over all (model, target) pairs")
     p.add_argument("--pair", action="append", default=[], metavar="MODEL:TARGET[:RECIPE]")
     p.add_argument("--results", default="results", help="where MODEL/track.json is (without --stages)")
-    p.add_argument("--stages", help="JSON [[stage, [output patterns], log pattern], ...] in pipeline order: a pair with a "
-                                    "missing output is reported failed at the first such stage")
+    p.add_argument(
+        "--stages",
+        help="JSON [[stage, [output patterns], log pattern], ...] in pipeline order: a pair with a "
+        "missing output is reported failed at the first such stage",
+    )
     p.add_argument("--plots-dir", help="also write pareto.<target>.png here")
     p.add_argument("--csv", required=True)
     p.add_argument("--html", required=True)
@@ -246,8 +249,18 @@ def _dispatch(args):
     if cmd == "evaluate":
         from .evaluate import evaluate
 
-        return evaluate(args.input, args.float_model, args.reference, args.reference_report, args.manifest, _spec(args), args.recipe,
-                        args.out, args.layers_out, args.threads)
+        return evaluate(
+            args.input,
+            args.float_model,
+            args.reference,
+            args.reference_report,
+            args.manifest,
+            _spec(args),
+            args.recipe,
+            args.out,
+            args.layers_out,
+            args.threads,
+        )
     if cmd == "dataset":
         from .config import load_config
         from .data import prepare_dataset
@@ -262,8 +275,21 @@ def _dispatch(args):
     if cmd == "mixed":
         from .mixed import mixed_precision
 
-        report = mixed_precision(args.input, args.manifest, args.ranges, args.calibration, args.layers, _spec(args), _profile(args),
-                                 json.loads(args.recipe), args.out, args.quant_report, args.report, args.datasets_dir, args.cache_dir)
+        report = mixed_precision(
+            args.input,
+            args.manifest,
+            args.ranges,
+            args.calibration,
+            args.layers,
+            _spec(args),
+            _profile(args),
+            json.loads(args.recipe),
+            args.out,
+            args.quant_report,
+            args.report,
+            args.datasets_dir,
+            args.cache_dir,
+        )
         return {k: report[k] for k in ("target", "goal", "goal_met", "chosen")}
     if cmd == "init-mlflow":
         from .track import init_store, tracking_uri
@@ -282,7 +308,10 @@ def _dispatch(args):
     if cmd == "sim-fit":
         from .simfit import fit
 
-        return {t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]} for t, r in fit(args.csv, args.cache_dir, args.profile_dir).items()}
+        return {
+            t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]}
+            for t, r in fit(args.csv, args.cache_dir, args.profile_dir).items()
+        }
     if cmd == "plot":
         from .report import plot_model
 
@@ -294,8 +323,12 @@ def _dispatch(args):
         pairs = [tuple(p.split(":")) for p in args.pair]
         stages = json.loads(args.stages) if args.stages else None
         rows = report(pairs, args.csv, args.html, args.results, stages, args.plots_dir)
-        return {"rows": len(rows), "failed": [f"{r['model']}:{r['target']} at {r['failed_stage']}" for r in rows if r["status"] != "ok"],
-                "csv": args.csv, "html": args.html}
+        return {
+            "rows": len(rows),
+            "failed": [f"{r['model']}:{r['target']} at {r['failed_stage']}" for r in rows if r["status"] != "ok"],
+            "csv": args.csv,
+            "html": args.html,
+        }
     raise AssertionError(cmd)
 
 

@@ -18,8 +18,20 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schem
 SOURCES_NEEDING_ARCH = ("url", "file")
 # Entries of results/ that are not model folders: a model of one of these names would write into
 # them (results/mlflow.db/… would break the tracking store). Add here what a stage adds there.
-RESERVED_MODEL_NAMES = ("logs", "benchmarks", "mlartifacts", "mlflow.db", "mlflow.init.json", "summary.csv", "report.html",
-                        "downloads", "sim-cache", "sim-validate.json", "datasets", "cache")
+RESERVED_MODEL_NAMES = (
+    "logs",
+    "benchmarks",
+    "mlartifacts",
+    "mlflow.db",
+    "mlflow.init.json",
+    "summary.csv",
+    "report.html",
+    "downloads",
+    "sim-cache",
+    "sim-validate.json",
+    "datasets",
+    "cache",
+)
 # A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
 # A config larger than this once expanded is refused (a "billion laughs" file would hang them).
 MAX_CONFIG_NODES = 1_000_000
@@ -92,7 +104,9 @@ def _check_semantics(config: dict) -> None:
     folded = {}
     for name in config["models"]:
         if name in RESERVED_MODEL_NAMES:
-            problems.append(f"models.{name}: the name is taken by results/{name} (reserved: {', '.join(RESERVED_MODEL_NAMES)}); rename the entry")
+            problems.append(
+                f"models.{name}: the name is taken by results/{name} (reserved: {', '.join(RESERVED_MODEL_NAMES)}); rename the entry"
+            )
         if name.lower() in folded:  # one folder on case-insensitive file systems (macOS, Windows)
             problems.append(f"models.{name}: differs from models.{folded[name.lower()]} only in case; their results folders would be one")
         folded.setdefault(name.lower(), name)
@@ -135,8 +149,10 @@ def _check_semantics(config: dict) -> None:
                 problems.append(f"{where}.mixed_precision.targets: {t!r} is not one of this model's targets ({', '.join(model_targets)})")
         calib_set = entry.get("calibration", {}).get("dataset", config["calibration"]["dataset"])
         if calib_set in config["datasets"] and calib_set == config["evaluation"]["dataset"]:
-            problems.append(f"{where}.calibration.dataset: {calib_set!r} is also the evaluation dataset; evaluation images must be "
-                            "held out from calibration — declare two datasets (e.g. two folders)")
+            problems.append(
+                f"{where}.calibration.dataset: {calib_set!r} is also the evaluation dataset; evaluation images must be "
+                "held out from calibration — declare two datasets (e.g. two folders)"
+            )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -184,7 +200,9 @@ def _check_nodes(loader, node, path: Path, where: list[str], sizes: dict) -> int
     """Refuse duplicate keys (naming the field and both lines); return the node's expanded size."""
     if id(node) in sizes:  # an alias: its size is known (None while it is being walked: a cycle)
         if sizes[id(node)] is None:
-            raise ConfigError(f"{path}:{node.start_mark.line + 1}: {'.'.join(where) or '(top level)'}: a YAML alias that contains itself; refused")
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: {'.'.join(where) or '(top level)'}: a YAML alias that contains itself; refused"
+            )
         return sizes[id(node)]
     sizes[id(node)] = None
     size = 1
@@ -197,8 +215,10 @@ def _check_nodes(loader, node, path: Path, where: list[str], sizes: dict) -> int
             key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
             field = ".".join([*where, str(key)])
             if key in seen:
-                raise ConfigError(f"{field}: given twice in {path} (lines {seen[key]} and {key_node.start_mark.line + 1}); "
-                                  "YAML would silently keep only the last one. Rename or remove one")
+                raise ConfigError(
+                    f"{field}: given twice in {path} (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                    "YAML would silently keep only the last one. Rename or remove one"
+                )
             seen[key] = key_node.start_mark.line + 1
             size += _check_nodes(loader, value_node, path, [*where, str(key)], sizes)
     elif isinstance(node, yaml.SequenceNode):

@@ -21,7 +21,7 @@ from .errors import NpuflowError
 from .io import atomic_path, read_json, sha256_file, write_json
 from .registry import Registry
 
-DATASETS: Registry["ImageSet"] = Registry("built-in dataset")
+DATASETS: Registry[ImageSet] = Registry("built-in dataset")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 IGNORE_LABEL = 255  # mask pixels that count for no class (Cityscapes convention)
 INDEX_FILE = "index.json"
@@ -38,7 +38,7 @@ class DatasetError(NpuflowError):
 class Sample:
     """One image (uint8 HWC RGB), its class label (or None) and its mask (uint8 HW, or None)."""
 
-    __slots__ = ("name", "image", "label", "mask")
+    __slots__ = ("image", "label", "mask", "name")
 
     def __init__(self, name: str, image: np.ndarray, label: int | None = None, mask: np.ndarray | None = None):
         self.name, self.image, self.label, self.mask = name, image, label, mask
@@ -113,9 +113,13 @@ def open_dataset(name: str, datasets_dir: str | Path = "results/datasets") -> Im
 
 # ---------------------------------------------------------------- preparing a user dataset
 
+
 def _images_under(root: Path, skip: Path | None) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith(".") and (skip is None or skip not in p.parents))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and (skip is None or skip not in p.parents)
+    )
 
 
 def index_images(name: str, root: Path, entry: dict) -> dict:
@@ -157,8 +161,14 @@ def index_images(name: str, root: Path, entry: dict) -> dict:
                 raise DatasetError(f"{where}.masks: no mask for {rel} under {masks_dir}")
             item["mask"] = candidates[0].relative_to(root).as_posix()
         images.append(item)
-    return {"name": name, "root": str(root.resolve()), "labels": labelled, "classes": classes,
-            "masks": masks_dir is not None, "images": images}
+    return {
+        "name": name,
+        "root": str(root.resolve()),
+        "labels": labelled,
+        "classes": classes,
+        "masks": masks_dir is not None,
+        "images": images,
+    }
 
 
 def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
@@ -194,6 +204,7 @@ def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
 
 # ---------------------------------------------------------------- preprocessing
 
+
 def preprocess(img: np.ndarray, hw: tuple[int, int], prep: dict, rng: np.random.Generator | None, mask: np.ndarray | None = None):
     """uint8 HWC RGB -> normalised float32 CHW of size hw (and the mask cropped and resized alike,
     nearest-neighbour). Without `rng`: timm's eval transform — a centre crop of `crop_pct` of the
@@ -205,8 +216,8 @@ def preprocess(img: np.ndarray, hw: tuple[int, int], prep: dict, rng: np.random.
     target_aspect = hw[1] / hw[0]
     fit_h = min(h, w / target_aspect)
     scale = np.sqrt(rng.uniform(0.6, 1.0)) if rng is not None else (prep.get("crop_pct") or 1.0)
-    crop_h = max(1, min(h, int(round(fit_h * scale))))
-    crop_w = max(1, min(w, int(round(crop_h * target_aspect))))
+    crop_h = max(1, min(h, round(float(fit_h * scale))))
+    crop_w = max(1, min(w, round(crop_h * target_aspect)))
     if rng is not None:
         top, left = int(rng.integers(0, h - crop_h + 1)), int(rng.integers(0, w - crop_w + 1))
     else:
@@ -233,8 +244,16 @@ class Batch:
         self.images, self.names, self.labels, self.masks = images, names, labels, masks
 
 
-def image_batches(dataset: str, split: str, count: int, shape, preprocessing: dict, seed: int,
-                  datasets_dir: str | Path = "results/datasets", cache_dir: str | Path | None = None) -> Batch:
+def image_batches(
+    dataset: str,
+    split: str,
+    count: int,
+    shape,
+    preprocessing: dict,
+    seed: int,
+    datasets_dir: str | Path = "results/datasets",
+    cache_dir: str | Path | None = None,
+) -> Batch:
     """`count` preprocessed images. Images cycle through the split's samples; the first pass is
     un-augmented (timm's eval transform), later passes are seeded augmentations. Cached under
     `cache_dir` by everything that determines them."""
@@ -258,11 +277,14 @@ def image_batches(dataset: str, split: str, count: int, shape, preprocessing: di
         names.append(s.name if i < len(samples) else f"{s.name}#aug{i // len(samples)}")
         labels.append(-1 if s.label is None else s.label)
         masks.append(mask)
-    batch = Batch(np.stack(arrays), names, np.asarray(labels) if any(lb >= 0 for lb in labels) else None,
-                  np.stack(masks) if all(m is not None for m in masks) else None)
+    batch = Batch(
+        np.stack(arrays),
+        names,
+        np.asarray(labels) if any(lb >= 0 for lb in labels) else None,
+        np.stack(masks) if all(m is not None for m in masks) else None,
+    )
     if cached is not None:
-        with atomic_path(cached) as tmp:
-            with open(tmp, "wb") as f:
-                extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
-                np.savez(f, images=batch.images, names=np.asarray(names), **extra)
+        with atomic_path(cached) as tmp, open(tmp, "wb") as f:
+            extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
+            np.savez(f, images=batch.images, names=np.asarray(names), **extra)
     return batch

@@ -92,7 +92,9 @@ def download(url: str, dest: str | Path, sha256: str | None, allow_http: bool = 
                 # http.client returns a short body without complaint when the connection drops
                 # before Content-Length bytes arrived; `length` is what is still owed.
                 if resp.length:
-                    raise DownloadUnavailable(f"download of {url} broke off: {out.tell()} bytes received, {out.tell() + resp.length} announced")
+                    raise DownloadUnavailable(
+                        f"download of {url} broke off: {out.tell()} bytes received, {out.tell() + resp.length} announced"
+                    )
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise DownloadUnavailable(f"download of {url} failed: {type(e).__name__}: {e}") from e
         digest = sha256_file(tmp)

@@ -15,6 +15,7 @@ import numpy as np
 from .data import IGNORE_LABEL, image_batches
 from .io import atomic_path, read_json, write_json
 from .onnxutil import input_name, load, session
+from .progress import progress
 
 # Host latency is a median of timed runs; long models get fewer runs, never fewer than this.
 MIN_REPEATS = 3
@@ -56,7 +57,7 @@ def host_latency_ms(sess, feeds: dict, repeats: int) -> tuple[float, int]:
 def _run_all(model, images: np.ndarray, threads: int):
     sess = session(model, threads)
     name = input_name(model)
-    runs = [sess.run(None, {name: img[None]}) for img in images]
+    runs = [sess.run(None, {name: img[None]}) for img in progress(images, "held-out images", unit="img")]
     outs = [np.concatenate([r[i] for r in runs]) for i in range(len(runs[0]))]
     return sess, name, outs
 
@@ -75,8 +76,11 @@ def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | N
     if task == "classification" and labels is not None:
         known = labels >= 0
         top5 = np.argsort(-scores[known], axis=1)[:, :5]
-        return {"top1": float(np.mean(classes[known] == labels[known])),
-                "top5": float(np.mean([lb in t for lb, t in zip(labels[known], top5)])), "labelled_images": int(known.sum())}
+        return {
+            "top1": float(np.mean(classes[known] == labels[known])),
+            "top5": float(np.mean([lb in t for lb, t in zip(labels[known], top5)])),
+            "labelled_images": int(known.sum()),
+        }
     if task == "segmentation" and masks is not None:
         truth = _resize_masks(masks, classes.shape[1:])
         valid = truth != IGNORE_LABEL
@@ -86,31 +90,56 @@ def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | N
             union = np.sum(pred | true)
             if union:
                 ious.append(np.sum(pred & true) / union)
-        return {"miou": float(np.mean(ious)) if ious else 0.0, "pixel_accuracy": float(np.mean(classes[valid] == truth[valid])),
-                "labelled_images": int(len(masks))}
+        return {
+            "miou": float(np.mean(ious)) if ious else 0.0,
+            "pixel_accuracy": float(np.mean(classes[valid] == truth[valid])),
+            "labelled_images": len(masks),
+        }
     return {}
 
 
-def reference(float_onnx: str | Path, manifest_json: str | Path, spec: dict, out_npz: str | Path, out_json: str | Path, threads: int = 1,
-              datasets_dir: str | Path = "results/datasets", cache_dir: str | Path | None = None) -> dict:
+def reference(
+    float_onnx: str | Path,
+    manifest_json: str | Path,
+    spec: dict,
+    out_npz: str | Path,
+    out_json: str | Path,
+    threads: int = 1,
+    datasets_dir: str | Path = "results/datasets",
+    cache_dir: str | Path | None = None,
+) -> dict:
     start = time.perf_counter()
     manifest = read_json(manifest_json)
     ev = spec["evaluation"]
     # Seeded apart from calibration, from images calibration never sees.
-    batch = image_batches(ev["dataset"], "evaluation", ev["images"], spec["input"]["shape"], manifest["preprocessing"], spec["seed"] + 1,
-                          datasets_dir, cache_dir)
+    batch = image_batches(
+        ev["dataset"],
+        "evaluation",
+        ev["images"],
+        spec["input"]["shape"],
+        manifest["preprocessing"],
+        spec["seed"] + 1,
+        datasets_dir,
+        cache_dir,
+    )
     model = expose_logits(load(float_onnx))
     sess, name, outs = _run_all(model, batch.images, threads)
     scores, classes = _scores_and_classes(outs)
     fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"])
     extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
-    with atomic_path(out_npz) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=batch.images, scores=scores, classes=classes, **extra)
+    with atomic_path(out_npz) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=batch.images, scores=scores, classes=classes, **extra)
     accuracy = task_metrics(scores, classes, batch.labels, batch.masks, spec["task"])
-    report = {"images": len(batch.images), "dataset": ev["dataset"], "image_sources": batch.names,
-              **{f"float_{k}" if k != "labelled_images" else k: v for k, v in accuracy.items()},
-              "host_fp32_ms": fp32_ms, "host_fp32_repeats": repeats, "host_threads": threads, "seconds": round(time.perf_counter() - start, 3)}
+    report = {
+        "images": len(batch.images),
+        "dataset": ev["dataset"],
+        "image_sources": batch.names,
+        **{f"float_{k}" if k != "labelled_images" else k: v for k, v in accuracy.items()},
+        "host_fp32_ms": fp32_ms,
+        "host_fp32_repeats": repeats,
+        "host_threads": threads,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
     write_json(out_json, report)
     return report
 
@@ -135,8 +164,18 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
     return metrics
 
 
-def evaluate(quant_onnx: str | Path, float_onnx: str | Path, reference_npz: str | Path, reference_json: str | Path, manifest_json: str | Path,
-             spec: dict, recipe: str, out_json: str | Path, out_layers: str | Path, threads: int = 1) -> dict:
+def evaluate(
+    quant_onnx: str | Path,
+    float_onnx: str | Path,
+    reference_npz: str | Path,
+    reference_json: str | Path,
+    manifest_json: str | Path,
+    spec: dict,
+    recipe: str,
+    out_json: str | Path,
+    out_layers: str | Path,
+    threads: int = 1,
+) -> dict:
     """Fidelity and task accuracy of a quantised model against the float reference, its host
     latency, and the per-layer precision analysis (`out_layers`, JSON rows)."""
     from .layers import analyse_layers
@@ -161,7 +200,7 @@ def evaluate(quant_onnx: str | Path, float_onnx: str | Path, reference_npz: str 
         "recipe": recipe,
         "task": spec["task"],
         "weights": manifest["weights"],
-        "images": int(len(ref["images"])),
+        "images": len(ref["images"]),
         "dataset": ref_report.get("dataset"),
         **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),
         **accuracy,
@@ -170,8 +209,10 @@ def evaluate(quant_onnx: str | Path, float_onnx: str | Path, reference_npz: str 
         "host_int8_ms": int8_ms,
         "host_int8_repeats": repeats,
         "host_threads": threads,
-        "worst_layers": [{k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
-                         for r in sorted(rows, key=lambda r: r["cosine"])[:5]],
+        "worst_layers": [
+            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
+            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
+        ],
         "seconds_layer_analysis": round(time.perf_counter() - analysed, 3),
         "seconds": round(time.perf_counter() - start, 3),
     }

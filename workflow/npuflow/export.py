@@ -3,6 +3,7 @@ torch on a fixed input."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -42,8 +43,14 @@ def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, t
         try:
             # The TorchScript exporter reaches opset 11, which edge toolchains still ask for.
             torch.onnx.export(
-                module, (torch.from_numpy(x),), str(tmp), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                module,
+                (torch.from_numpy(x),),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
             )
         except Exception as e:
             raise ExportError(f"{where}: ONNX export at opset {opset} failed: {type(e).__name__}: {e}") from e
@@ -61,10 +68,8 @@ def package_versions(*names: str) -> dict[str, str]:
 
     found = {}
     for name in names:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[f"{name}_version"] = version(name)
-        except PackageNotFoundError:
-            pass
     return found
 
 

@@ -69,9 +69,15 @@ def fetch(spec: dict, out_dir: str | Path, cache_dir: str | Path = "results") ->
 def _preprocessing(spec, source, module) -> dict:
     default = source.preprocessing(spec, module)
     given = spec["input"]
-    return {"mean": given.get("mean", default["mean"]), "std": given.get("std", default["std"]),
-            "crop_pct": default.get("crop_pct", 1.0), "interpolation": default.get("interpolation", "bilinear"),
-            "layout": "NCHW", "color": "RGB", "scale": "0..1"}
+    return {
+        "mean": given.get("mean", default["mean"]),
+        "std": given.get("std", default["std"]),
+        "crop_pct": default.get("crop_pct", 1.0),
+        "interpolation": default.get("interpolation", "bilinear"),
+        "layout": "NCHW",
+        "color": "RGB",
+        "scale": "0..1",
+    }
 
 
 def load_model(spec: dict, fetch_dir: str | Path):

@@ -13,6 +13,7 @@ import numpy as np
 
 from .io import atomic_path
 from .onnxutil import input_name, session
+from .progress import progress
 
 COLUMNS = ["tensor", "node", "op_type", "shape", "dtype", "quantized_dtype", "cosine", "sqnr_db", "mse", "local_sqnr_db"]
 _SKIP = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape"}
@@ -92,7 +93,7 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
     qdq = _qdq_of(quant_model)
     fin, qin = input_name(float_model), input_name(quant_model)
     acc = {t[0]: np.zeros(6) for t in tensors}  # f·q, f², q², (f-q)², count, (pre-post)²
-    for group in _groups(tensors, group_bytes):
+    for group in progress(_groups(tensors, group_bytes), "layer analysis (tensor groups)", unit="group"):
         names = [t[0] for t in group]
         post_names = [qdq[t][0] if t in qdq else t for t in names]
         fsess = session(_with_outputs(float_model, names), threads)
@@ -118,12 +119,20 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
     rows = []
     for t, node, op_type, shape in tensors:
         fq, ff, qq, err, count, local = acc[t]
-        rows.append({
-            "tensor": t, "node": node, "op_type": op_type, "shape": "x".join(map(str, shape)), "dtype": "float32",
-            "quantized_dtype": qdq[t][1] if t in qdq else "float",
-            "cosine": float(fq / np.sqrt(ff * qq)) if ff > 0 and qq > 0 else (1.0 if ff == qq else 0.0),
-            "sqnr_db": _db(ff, err), "mse": float(err / max(count, 1)), "local_sqnr_db": _db(qq, local),
-        })
+        rows.append(
+            {
+                "tensor": t,
+                "node": node,
+                "op_type": op_type,
+                "shape": "x".join(map(str, shape)),
+                "dtype": "float32",
+                "quantized_dtype": qdq[t][1] if t in qdq else "float",
+                "cosine": float(fq / np.sqrt(ff * qq)) if ff > 0 and qq > 0 else (1.0 if ff == qq else 0.0),
+                "sqnr_db": _db(ff, err),
+                "mse": float(err / max(count, 1)),
+                "local_sqnr_db": _db(qq, local),
+            }
+        )
     return rows
 
 
@@ -139,9 +148,8 @@ def write_layers_csv(rows: list[dict], path: str | Path, extra_columns: list[str
     """Worst layers first (lowest cosine), as the report shows them."""
     columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
     ordered = sorted(rows, key=lambda r: (r["cosine"], r["sqnr_db"]))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            w.writeheader()
-            for r in ordered:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in ordered:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

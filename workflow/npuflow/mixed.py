@@ -17,6 +17,7 @@ from .data import image_batches
 from .io import read_json, write_json
 from .onnxutil import load
 from .precision import recipe_id
+from .progress import log
 
 
 def _score(model, images, ref_scores, ref_classes, task: str) -> dict:
@@ -31,9 +32,11 @@ def promotion_order(rows: list[dict], groups: dict[str, list[str]]) -> tuple[lis
     """(int8 layers, int16 layers), each most sensitive first: lowest local SQNR, i.e. the most
     noise its own quantisation adds relative to the signal. A layer is a fused group on the target
     (conv + BN + activation run as one op), promoted together: `groups` maps a node to its group."""
+
     def order(dtype):
-        ranked = sorted((r for r in rows if r["quantized_dtype"] == dtype and r["local_sqnr_db"] != float("inf")),
-                        key=lambda r: r["local_sqnr_db"])
+        ranked = sorted(
+            (r for r in rows if r["quantized_dtype"] == dtype and r["local_sqnr_db"] != float("inf")), key=lambda r: r["local_sqnr_db"]
+        )
         layers = {}
         for r in ranked:
             group = tuple(groups.get(r["node"], [r["node"]]))
@@ -54,8 +57,21 @@ def fused_groups(model, profile: dict) -> dict[str, list[str]]:
     return {op.name: members[_root(graph, op).name] for op in graph.ops}
 
 
-def mixed_precision(float_onnx, manifest_json, ranges_json, calibration_json, layers_json, spec: dict, profile: dict, base_recipe: dict,
-                    out_onnx, out_quant_json, out_json, datasets_dir="results/datasets", cache_dir=None) -> dict:
+def mixed_precision(
+    float_onnx,
+    manifest_json,
+    ranges_json,
+    calibration_json,
+    layers_json,
+    spec: dict,
+    profile: dict,
+    base_recipe: dict,
+    out_onnx,
+    out_quant_json,
+    out_json,
+    datasets_dir="results/datasets",
+    cache_dir=None,
+) -> dict:
     from .evaluate import _run_all, _scores_and_classes, expose_logits
     from .quantize import quantize, quantize_model
     from .simulator import simulate
@@ -68,8 +84,16 @@ def mixed_precision(float_onnx, manifest_json, ranges_json, calibration_json, la
     options = read_json(calibration_json).get("quantization", {})
     # Images after the calibration ones (and after auto-calibration's), never the evaluation images.
     skip = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
-    batch = image_batches(calib["dataset"], "calibration", skip + mp["images"], spec["input"]["shape"], manifest["preprocessing"],
-                          spec["seed"], datasets_dir, cache_dir)
+    batch = image_batches(
+        calib["dataset"],
+        "calibration",
+        skip + mp["images"],
+        spec["input"]["shape"],
+        manifest["preprocessing"],
+        spec["seed"],
+        datasets_dir,
+        cache_dir,
+    )
     images = batch.images[skip:]
     float_model = load(float_onnx)
     _, _, ref_outs = _run_all(expose_logits(load(float_onnx)), images, 2)
@@ -78,16 +102,29 @@ def mixed_precision(float_onnx, manifest_json, ranges_json, calibration_json, la
 
     curve = []
     with tempfile.TemporaryDirectory(prefix="npuflow-mixed-") as tmp:
+
         def point(recipe: dict, promoted: dict) -> dict:
             path = Path(tmp) / f"step{len(curve)}.onnx"
             quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path)
             quantized = load(path)
             fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
             latency_ms = simulate(quantized, profile, 1)["total_s"] * 1e3
-            p = {"step": len(curve), "promoted": dict(promoted), "nodes_int16": sum(1 for d in promoted.values() if d == "int16"),
-                 "nodes_float": sum(1 for d in promoted.values() if d == "float"), metric: fid[metric], "cosine": fid["cosine"],
-                 "latency_ms": latency_ms, "recipe": recipe, "path": str(path)}
+            p = {
+                "step": len(curve),
+                "promoted": dict(promoted),
+                "nodes_int16": sum(1 for d in promoted.values() if d == "int16"),
+                "nodes_float": sum(1 for d in promoted.values() if d == "float"),
+                metric: fid[metric],
+                "cosine": fid["cosine"],
+                "latency_ms": latency_ms,
+                "recipe": recipe,
+                "path": str(path),
+            }
             curve.append(p)
+            log(
+                f"mixed precision step {p['step']}: {p['nodes_int16']} int16 / {p['nodes_float']} float nodes, "
+                f"{metric} {p[metric]:.5f}, simulated {latency_ms:.4g} ms"
+            )
             return p
 
         base = point(base_recipe, {})
@@ -114,12 +151,22 @@ def mixed_precision(float_onnx, manifest_json, ranges_json, calibration_json, la
     for p in curve:
         p.pop("path")
     report = {
-        "model": spec["name"], "target": profile["name"], "simulated_latency": True,
-        "goal": {"metric": metric, "value": goal}, "goal_met": chosen[metric] >= goal,
+        "model": spec["name"],
+        "target": profile["name"],
+        "simulated_latency": True,
+        "goal": {"metric": metric, "value": goal},
+        "goal_met": chosen[metric] >= goal,
         "base": {"recipe_id": recipe_id(base_recipe), metric: base[metric], "latency_ms": base["latency_ms"]},
-        "chosen": {"step": chosen["step"], "recipe": chosen["recipe"], metric: chosen[metric], "latency_ms": chosen["latency_ms"],
-                   "latency_increase_pct": 100 * (chosen["latency_ms"] / base["latency_ms"] - 1)},
-        "latency_budget_ms": budget_ms, "images": len(images), "curve": curve,
+        "chosen": {
+            "step": chosen["step"],
+            "recipe": chosen["recipe"],
+            metric: chosen[metric],
+            "latency_ms": chosen["latency_ms"],
+            "latency_increase_pct": 100 * (chosen["latency_ms"] / base["latency_ms"] - 1),
+        },
+        "latency_budget_ms": budget_ms,
+        "images": len(images),
+        "curve": curve,
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_json, report)

@@ -57,7 +57,9 @@ def check_recipe(recipe: dict, where: str) -> list[str]:
     """Problems with a recipe's shape and types (names are checked against the model later)."""
     problems = []
     if recipe.get("default", "int8") not in ("int8", "int16"):
-        problems.append(f"{where}.default: expected int8 or int16 (float-by-default is not a quantised model), got {recipe.get('default')!r}")
+        problems.append(
+            f"{where}.default: expected int8 or int16 (float-by-default is not a quantised model), got {recipe.get('default')!r}"
+        )
     for key in ("op_types", "layers"):
         for name, dtype in (recipe.get(key) or {}).items():
             if dtype not in DTYPES:

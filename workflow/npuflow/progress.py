@@ -53,9 +53,17 @@ def progress(iterable: Iterable | None = None, desc: str = "", total: int | None
     stream = sys.stderr
     if _to_terminal(stream):
         return tqdm(iterable, desc=desc, total=total, unit=unit, file=stream)
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=_Lines(stream), ascii=True,
-                mininterval=float(os.environ.get("TQDM_MININTERVAL", LOG_INTERVAL)),
-                dynamic_ncols=False, ncols=100)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        file=_Lines(stream),
+        ascii=True,
+        mininterval=float(os.environ.get("TQDM_MININTERVAL", LOG_INTERVAL)),
+        dynamic_ncols=False,
+        ncols=100,
+    )
 
 
 def log(message: str) -> None:

@@ -97,8 +97,11 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
             activation_type=qtype[recipe["default"]],
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(n for n, d in precision.items() if d == "float"),
-            extra_options={"ActivationSymmetric": options.get("activation_symmetric", False), "WeightSymmetric": True,
-                           "TensorQuantOverrides": overrides},
+            extra_options={
+                "ActivationSymmetric": options.get("activation_symmetric", False),
+                "WeightSymmetric": True,
+                "TensorQuantOverrides": overrides,
+            },
         )
         quantized = load(tmp)
         embed_precision(quantized, precision, recipe)
@@ -108,7 +111,9 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
     return precision
 
 
-def quantize(model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, recipe: dict, out_onnx: str | Path, out_json: str | Path) -> dict:
+def quantize(
+    model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, recipe: dict, out_onnx: str | Path, out_json: str | Path
+) -> dict:
     from collections import Counter
 
     start = time.perf_counter()

@@ -21,17 +21,72 @@ from .io import atomic_path, read_json
 # Accuracy needs labelled evaluation images; the Pareto plot uses it when every model on the target
 # has it, else the int8-vs-float cosine.
 ACCURACY = ("top1", "miou")
-COLUMNS = ["model", "target", "status", "failed_stage", "log", "task", "weights", "precision_recipe", "latency_ms", "fps", "batch",
-           "fps_batch1", "subgraphs", "cpu_ops", "ddr_bytes_per_frame", "cosine", "sqnr_db", "top1_agreement", "top5_agreement",
-           "pixel_agreement", "top1", "float_top1", "top5", "float_top5", "miou", "float_miou", "host_fp32_ms", "host_int8_ms", "params", "macs", "onnx_bytes", "int8_bytes",
-           "worst_layer", "worst_layer_sqnr_db", "worst_layer_cosine", "pareto", "run_id", "registered_model", "model_version"]
+COLUMNS = [
+    "model",
+    "target",
+    "status",
+    "failed_stage",
+    "log",
+    "task",
+    "weights",
+    "precision_recipe",
+    "latency_ms",
+    "fps",
+    "batch",
+    "fps_batch1",
+    "subgraphs",
+    "cpu_ops",
+    "ddr_bytes_per_frame",
+    "cosine",
+    "sqnr_db",
+    "top1_agreement",
+    "top5_agreement",
+    "pixel_agreement",
+    "top1",
+    "float_top1",
+    "top5",
+    "float_top5",
+    "miou",
+    "float_miou",
+    "host_fp32_ms",
+    "host_int8_ms",
+    "params",
+    "macs",
+    "onnx_bytes",
+    "int8_bytes",
+    "worst_layer",
+    "worst_layer_sqnr_db",
+    "worst_layer_cosine",
+    "pareto",
+    "run_id",
+    "registered_model",
+    "model_version",
+]
 # What the per-target table shows, with headings (the CSV has every column).
-TABLE = [("model", "model"), ("status", "status"), ("weights", "weights"), ("latency_ms", "latency ms (sim)"), ("fps", "FPS (sim)"),
-         ("subgraphs", "subgraphs"), ("cosine", "cosine"), ("sqnr_db", "SQNR dB"), ("top1_agreement", "top-1 agr."),
-         ("pixel_agreement", "pixel agr."), ("float_top1", "float top-1"), ("top1", "top-1 acc."), ("float_miou", "float mIoU"),
-         ("miou", "mIoU"), ("host_fp32_ms", "host fp32 ms"),
-         ("host_int8_ms", "host int8 ms"), ("params", "params"), ("macs", "MACs"), ("onnx_bytes", "ONNX MB"), ("int8_bytes", "int8 MB"),
-         ("pareto", "Pareto"), ("run_id", "MLflow run")]
+TABLE = [
+    ("model", "model"),
+    ("status", "status"),
+    ("weights", "weights"),
+    ("latency_ms", "latency ms (sim)"),
+    ("fps", "FPS (sim)"),
+    ("subgraphs", "subgraphs"),
+    ("cosine", "cosine"),
+    ("sqnr_db", "SQNR dB"),
+    ("top1_agreement", "top-1 agr."),
+    ("pixel_agreement", "pixel agr."),
+    ("float_top1", "float top-1"),
+    ("top1", "top-1 acc."),
+    ("float_miou", "float mIoU"),
+    ("miou", "mIoU"),
+    ("host_fp32_ms", "host fp32 ms"),
+    ("host_int8_ms", "host int8 ms"),
+    ("params", "params"),
+    ("macs", "MACs"),
+    ("onnx_bytes", "ONNX MB"),
+    ("int8_bytes", "int8 MB"),
+    ("pareto", "Pareto"),
+    ("run_id", "MLflow run"),
+]
 LAYER_COLUMNS = ("node", "op_type", "tensor", "quantized_dtype", "unit", "cosine", "sqnr_db", "local_sqnr_db", "mse")
 UNITS = ("tensor", "vector", "dma", "cpu", "overhead")
 TOP_OP_TYPES = 7
@@ -59,6 +114,7 @@ def read_layers(path: str | Path) -> list[dict]:
 
 def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
     """The n layers furthest from float: lowest SQNR (cosine where a row has no SQNR)."""
+
     def badness(r):
         s, c = r.get("sqnr_db"), r.get("cosine")
         if isinstance(s, float) and not math.isnan(s):
@@ -127,20 +183,52 @@ def _row(model: str, target: str, run: dict) -> dict:
     files = run["files"]
     build, ev, manifest = read_json(files["build"]), read_json(files["evaluate"]), read_json(files["manifest"])
     export, quant = read_json(files["export"]), read_json(files["quantize"])
-    row = {"model": model, "target": target, "status": "ok", "task": ev["task"], "weights": manifest["weights"],
-           "params": manifest["params"], "onnx_bytes": export["onnx_bytes"], "int8_bytes": quant["int8_bytes"],
-           "run_id": run["run_id"], "registered_model": run.get("registered_model", ""), "model_version": run.get("version", ""),
-           "chip": build["chip"], "files": files,
-           **{k: build[k] for k in ("precision_recipe", "latency_ms", "fps", "batch", "fps_batch1", "subgraphs", "cpu_ops",
-                                    "ddr_bytes_per_frame", "macs")},
-           **{k: ev[k] for k in ("cosine", "sqnr_db", "top1_agreement", "top5_agreement", "pixel_agreement", "top1", "top5", "miou",
-                                 "float_top1", "float_top5", "float_miou",
-                                 "host_fp32_ms", "host_int8_ms") if k in ev}}
+    row = {
+        "model": model,
+        "target": target,
+        "status": "ok",
+        "task": ev["task"],
+        "weights": manifest["weights"],
+        "params": manifest["params"],
+        "onnx_bytes": export["onnx_bytes"],
+        "int8_bytes": quant["int8_bytes"],
+        "run_id": run["run_id"],
+        "registered_model": run.get("registered_model", ""),
+        "model_version": run.get("version", ""),
+        "chip": build["chip"],
+        "files": files,
+        **{
+            k: build[k]
+            for k in ("precision_recipe", "latency_ms", "fps", "batch", "fps_batch1", "subgraphs", "cpu_ops", "ddr_bytes_per_frame", "macs")
+        },
+        **{
+            k: ev[k]
+            for k in (
+                "cosine",
+                "sqnr_db",
+                "top1_agreement",
+                "top5_agreement",
+                "pixel_agreement",
+                "top1",
+                "top5",
+                "miou",
+                "float_top1",
+                "float_top5",
+                "float_miou",
+                "host_fp32_ms",
+                "host_int8_ms",
+            )
+            if k in ev
+        },
+    }
     if files.get("layers") and Path(files["layers"]).exists():
         worst = worst_layers(read_layers(files["layers"]), 1)
         if worst:
-            row.update(worst_layer=worst[0].get("node") or worst[0].get("tensor", ""),
-                       worst_layer_sqnr_db=worst[0].get("sqnr_db", ""), worst_layer_cosine=worst[0].get("cosine", ""))
+            row.update(
+                worst_layer=worst[0].get("node") or worst[0].get("tensor", ""),
+                worst_layer_sqnr_db=worst[0].get("sqnr_db", ""),
+                worst_layer_cosine=worst[0].get("cosine", ""),
+            )
     return row
 
 
@@ -159,8 +247,9 @@ def mark_pareto(rows: list[dict]) -> None:
         ok = [r for r in rows if r["target"] == target and r["status"] == "ok"]
         key = quality_metric(ok)
         for r in ok:
-            r["pareto"] = not any(o is not r and o["fps"] >= r["fps"] and o[key] >= r[key] and (o["fps"] > r["fps"] or o[key] > r[key])
-                                  for o in ok)
+            r["pareto"] = not any(
+                o is not r and o["fps"] >= r["fps"] and o[key] >= r[key] and (o["fps"] > r["fps"] or o[key] > r[key]) for o in ok
+            )
 
 
 # --------------------------------------------------------------------------------------- plots
@@ -290,19 +379,34 @@ def simulator_accuracy_html(targets: list[str]) -> str:
     from .targets import load_targets
 
     profiles = load_targets()
-    parts = ["<h2 id='simulator'>Simulator accuracy</h2><p>Predicted (simulated) against published device measurements, as stored by the last "
-             "<code>npuflow sim-fit</code>; <code>npuflow sim-validate</code> re-checks any CSV of measurements.</p>"]
+    parts = [
+        "<h2 id='simulator'>Simulator accuracy</h2><p>Predicted (simulated) against published device measurements, as stored by the last "
+        "<code>npuflow sim-fit</code>; <code>npuflow sim-validate</code> re-checks any CSV of measurements.</p>"
+    ]
     for target in targets:
         fit = profiles.get(target).get("fit") if target in profiles else None
         if not fit:
-            parts.append(f"<h3>{html.escape(target)}</h3><p>No published measurements fitted: the profile comes from the chip's specs only.</p>")
+            parts.append(
+                f"<h3>{html.escape(target)}</h3><p>No published measurements fitted: the profile comes from the chip's specs only.</p>"
+            )
             continue
         errs = [abs(r["error_pct"]) for r in fit["residuals"]]
-        body = [[html.escape(r["model"]), r["metric"], str(r["batch"]), f"{r['published']:.4g}", f"{r['predicted']:.4g}", f"{r['error_pct']:+.1f}"]
-                for r in fit["residuals"]]
-        parts.append(f"<h3>{html.escape(target)}</h3><p>{len(errs)} measurements ({html.escape(fit['data']['csv'])}): MAPE "
-                     f"{sum(errs) / len(errs):.1f} %, {sum(e <= 20 for e in errs)} of {len(errs)} within ±20 %.</p>"
-                     + _table(["model", "metric", "batch", "published", "predicted", "error %"], body))
+        body = [
+            [
+                html.escape(r["model"]),
+                r["metric"],
+                str(r["batch"]),
+                f"{r['published']:.4g}",
+                f"{r['predicted']:.4g}",
+                f"{r['error_pct']:+.1f}",
+            ]
+            for r in fit["residuals"]
+        ]
+        parts.append(
+            f"<h3>{html.escape(target)}</h3><p>{len(errs)} measurements ({html.escape(fit['data']['csv'])}): MAPE "
+            f"{sum(errs) / len(errs):.1f} %, {sum(e <= 20 for e in errs)} of {len(errs)} within ±20 %.</p>"
+            + _table(["model", "metric", "batch", "published", "predicted", "error %"], body)
+        )
     return "".join(parts)
 
 
@@ -320,9 +424,11 @@ def _target_section(target: str, rows: list[dict], pareto: bytes | None) -> str:
         body.append(cells)
     chip = ok[0]["chip"] if ok else ""
     batch = ok[0]["batch"] if ok else ""
-    out = (f"<h2 id='target-{html.escape(target)}'>{html.escape(target)} <small>{html.escape(chip)} — SIMULATED</small></h2>"
-           f"<p>Latency at batch 1 and FPS at batch {batch}, simulated. Sorted by latency. ★ = on the Pareto front of FPS and "
-           f"{'task accuracy' if key != 'cosine' else 'fidelity (cosine)'}.</p>" + _table([h for _, h in TABLE], body, "num"))
+    out = (
+        f"<h2 id='target-{html.escape(target)}'>{html.escape(target)} <small>{html.escape(chip)} — SIMULATED</small></h2>"
+        f"<p>Latency at batch 1 and FPS at batch {batch}, simulated. Sorted by latency. ★ = on the Pareto front of FPS and "
+        f"{'task accuracy' if key != 'cosine' else 'fidelity (cosine)'}.</p>" + _table([h for _, h in TABLE], body, "num")
+    )
     if pareto:
         out += _img(pareto, f"Pareto plot for {target}")
     return out
@@ -335,12 +441,18 @@ def _model_section(model: str, rows: list[dict], latency_plot: bytes | None) -> 
     out = f"<h2 id='model-{html.escape(model)}'>{html.escape(model)}</h2>"
     if first:
         manifest = read_json(first["files"]["manifest"])
-        out += (f"<p>{html.escape(first['task'])}, source <code>{html.escape(manifest['source'])}</code>, weights "
-                f"<b>{html.escape(first['weights'])}</b>" + (" — RANDOM: fidelity is real for these weights, accuracy is meaningless" if first["weights"] == "random" else "")
-                + ".</p>")
+        out += (
+            f"<p>{html.escape(first['task'])}, source <code>{html.escape(manifest['source'])}</code>, weights "
+            f"<b>{html.escape(first['weights'])}</b>"
+            + (" — RANDOM: fidelity is real for these weights, accuracy is meaningless" if first["weights"] == "random" else "")
+            + ".</p>"
+        )
     for r in failed:
-        out += (f"<p class='failed'>{html.escape(r['target'])}: {r['status'].upper()} at stage <b>{html.escape(r['failed_stage'])}</b>"
-                + (f" (log <code>{html.escape(r['log'])}</code>)" if r.get("log") else "") + "</p>")
+        out += (
+            f"<p class='failed'>{html.escape(r['target'])}: {r['status'].upper()} at stage <b>{html.escape(r['failed_stage'])}</b>"
+            + (f" (log <code>{html.escape(r['log'])}</code>)" if r.get("log") else "")
+            + "</p>"
+        )
     for log in dict.fromkeys(r.get("log", "") for r in failed):
         out += _log_tail(log)
     if not ok:
@@ -349,17 +461,25 @@ def _model_section(model: str, rows: list[dict], latency_plot: bytes | None) -> 
         out += _img(latency_plot, f"latency breakdown of {model}")
     # Unit and op-type breakdown as numbers (ms), per target.
     builds = {r["target"]: (read_json(r["files"]["build"]), read_json(r["files"]["trace"])) for r in ok}
-    unit_rows = [[html.escape(t)] + [f"{b['unit_time_ms'].get(u, 0.0):.4g}" for u in UNITS] + [f"{b['latency_ms']:.4g}"] for t, (b, _) in builds.items()]
+    unit_rows = [
+        [html.escape(t)] + [f"{b['unit_time_ms'].get(u, 0.0):.4g}" for u in UNITS] + [f"{b['latency_ms']:.4g}"]
+        for t, (b, _) in builds.items()
+    ]
     out += "<h3>Simulated latency by unit (ms, batch 1)</h3>" + _table(["target", *UNITS, "total"], unit_rows, "num")
     by_type = {t: latency_by_op_type(tr, b) for t, (b, tr) in builds.items()}
     overall: Counter = Counter()
     for t, d in by_type.items():
         overall.update({k: v / builds[t][0]["latency_ms"] for k, v in d.items() if k != "overhead"})
     top = [k for k, _ in overall.most_common(TOP_OP_TYPES)]
-    type_rows = [[html.escape(t)] + [f"{d.get(k, 0.0):.4g}" for k in top]
-                 + [f"{sum(v for k, v in d.items() if k not in top and k != 'overhead'):.4g}", f"{d['overhead']:.4g}"] for t, d in by_type.items()]
-    out += ("<h3>Simulated latency by op type (ms, batch 1; a fused group counts under its first op)</h3>"
-            + _table(["target", *top, "other", "overhead"], type_rows, "num"))
+    type_rows = [
+        [html.escape(t)]
+        + [f"{d.get(k, 0.0):.4g}" for k in top]
+        + [f"{sum(v for k, v in d.items() if k not in top and k != 'overhead'):.4g}", f"{d['overhead']:.4g}"]
+        for t, d in by_type.items()
+    ]
+    out += "<h3>Simulated latency by op type (ms, batch 1; a fused group counts under its first op)</h3>" + _table(
+        ["target", *top, "other", "overhead"], type_rows, "num"
+    )
     # Worst layers of the precision analysis, once per distinct table (targets sharing a
     # quantised model share it).
     tables: dict[str, list[str]] = {}
@@ -371,18 +491,31 @@ def _model_section(model: str, rows: list[dict], latency_plot: bytes | None) -> 
     for path, targets in tables.items():
         worst = worst_layers(read_layers(path), 10)
         body = [[html.escape(_fmt(w.get(c, ""))) for c in LAYER_COLUMNS] for w in worst]
-        out += (f"<h3>Worst layers, quantised vs float ({html.escape(', '.join(targets))})</h3><p>Lowest SQNR first, from "
-                f"<code>{html.escape(path)}</code>.</p>" + _table(list(LAYER_COLUMNS), body, "num"))
+        out += (
+            f"<h3>Worst layers, quantised vs float ({html.escape(', '.join(targets))})</h3><p>Lowest SQNR first, from "
+            f"<code>{html.escape(path)}</code>.</p>" + _table(list(LAYER_COLUMNS), body, "num")
+        )
     # Automatic mixed precision: the accuracy/latency trade-off it walked, per searched target.
     for r in ok:
         if r["files"].get("mixed") and Path(r["files"]["mixed"]).exists():
             mixed = read_json(r["files"]["mixed"])
             metric = mixed["goal"]["metric"]
-            body = [[str(p["step"]), str(p["nodes_int16"]), str(p["nodes_float"]), f"{p[metric]:.5f}", f"{p['latency_ms']:.4g}",
-                     "chosen" if p["step"] == mixed["chosen"]["step"] else ""] for p in mixed["curve"]]
-            out += (f"<h3>Mixed precision on {html.escape(r['target'])}: goal {html.escape(metric)} ≥ {mixed['goal']['value']} "
-                    f"({'met' if mixed['goal_met'] else 'NOT met'}; simulated latency +{mixed['chosen']['latency_increase_pct']:.1f} %)</h3>"
-                    + _table(["step", "int16 nodes", "float nodes", metric, "latency ms (sim)", ""], body, "num"))
+            body = [
+                [
+                    str(p["step"]),
+                    str(p["nodes_int16"]),
+                    str(p["nodes_float"]),
+                    f"{p[metric]:.5f}",
+                    f"{p['latency_ms']:.4g}",
+                    "chosen" if p["step"] == mixed["chosen"]["step"] else "",
+                ]
+                for p in mixed["curve"]
+            ]
+            out += (
+                f"<h3>Mixed precision on {html.escape(r['target'])}: goal {html.escape(metric)} ≥ {mixed['goal']['value']} "
+                f"({'met' if mixed['goal_met'] else 'NOT met'}; simulated latency +{mixed['chosen']['latency_increase_pct']:.1f} %)</h3>"
+                + _table(["step", "int16 nodes", "float nodes", metric, "latency ms (sim)", ""], body, "num")
+            )
     return out
 
 
@@ -402,18 +535,30 @@ def write_html(rows: list[dict], out_html: str | Path, pareto: dict[str, bytes],
     banners = ""
     random_models = sorted({r["model"] for r in rows if r.get("weights") == "random"})
     if random_models:
-        banners += ("<p class='banner'>RANDOM WEIGHTS (no pretrained checkpoint could be fetched, or the config asks for random) for: "
-                    + html.escape(", ".join(random_models))
-                    + ". Fidelity figures compare float and int8 for these weights; they say nothing about task accuracy.</p>")
+        banners += (
+            "<p class='banner'>RANDOM WEIGHTS (no pretrained checkpoint could be fetched, or the config asks for random) for: "
+            + html.escape(", ".join(random_models))
+            + ". Fidelity figures compare float and int8 for these weights; they say nothing about task accuracy.</p>"
+        )
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
-        items = "".join(f"<li>{html.escape(r['model'])} on {html.escape(r['target'])}: {r['status']} at <b>{html.escape(r['failed_stage'])}</b>"
-                        + (f", log <code>{html.escape(r['log'])}</code>" if r.get("log") else "") + "</li>" for r in failed)
-        banners += (f"<div class='banner failed'><b>{len(failed)} of {len(rows)} (model, target) pairs FAILED or not run</b> "
-                    f"(no MLflow run, no figures)<ul>{items}</ul></div>")
-    nav = ("<p>Targets: " + " · ".join(f"<a href='#target-{html.escape(t)}'>{html.escape(t)}</a>" for t in targets)
-           + "<br>Models: " + " · ".join(f"<a href='#model-{html.escape(m)}'>{html.escape(m)}</a>" for m in models)
-           + " · <a href='#simulator'>simulator accuracy</a></p>")
+        items = "".join(
+            f"<li>{html.escape(r['model'])} on {html.escape(r['target'])}: {r['status']} at <b>{html.escape(r['failed_stage'])}</b>"
+            + (f", log <code>{html.escape(r['log'])}</code>" if r.get("log") else "")
+            + "</li>"
+            for r in failed
+        )
+        banners += (
+            f"<div class='banner failed'><b>{len(failed)} of {len(rows)} (model, target) pairs FAILED or not run</b> "
+            f"(no MLflow run, no figures)<ul>{items}</ul></div>"
+        )
+    nav = (
+        "<p>Targets: "
+        + " · ".join(f"<a href='#target-{html.escape(t)}'>{html.escape(t)}</a>" for t in targets)
+        + "<br>Models: "
+        + " · ".join(f"<a href='#model-{html.escape(m)}'>{html.escape(m)}</a>" for m in models)
+        + " · <a href='#simulator'>simulator accuracy</a></p>"
+    )
     sections = [_target_section(t, [r for r in rows if r["target"] == t], pareto.get(t)) for t in targets]
     sections += [_model_section(m, [r for r in rows if r["model"] == m], latency.get(m)) for m in models]
     page = f"""<!doctype html>
@@ -427,14 +572,20 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}table.num td{{text-align:right}}th
 NPU model of each chip, not from a device (see <a href='#simulator'>simulator accuracy</a>). Fidelity (cosine, SQNR, agreement)
 compares the int8 model with the float model on held-out images; host_*_ms are onnxruntime CPU latencies measured on this
 machine. Every (model, target) is one MLflow run (the run id is in the table).</p>
-{banners}{nav}{''.join(sections)}{simulator_accuracy_html(targets)}</body></html>
+{banners}{nav}{"".join(sections)}{simulator_accuracy_html(targets)}</body></html>
 """
     with atomic_path(out_html) as tmp:
         tmp.write_text(page)
 
 
-def report(pairs: list[tuple[str, ...]], out_csv: str | Path, out_html: str | Path, results: str | Path = "results",
-           stages: list | None = None, plots_dir: str | Path | None = None) -> list[dict]:
+def report(
+    pairs: list[tuple[str, ...]],
+    out_csv: str | Path,
+    out_html: str | Path,
+    results: str | Path = "results",
+    stages: list | None = None,
+    plots_dir: str | Path | None = None,
+) -> list[dict]:
     """summary.csv, report.html and (with plots_dir) pareto.<target>.png for every target."""
     rows = collect(pairs, stages, results)
     mark_pareto(rows)

@@ -163,15 +163,20 @@ def summarise(results: list[dict]) -> dict:
     def figures(rs):
         ok = [r for r in rs if r.get("predicted") is not None]
         errs = [abs(r["error_pct"]) for r in ok]
-        by_metric = {m: _spearman([r["published"] for r in ok if r["metric"] == m], [r["predicted"] for r in ok if r["metric"] == m]) for m in METRICS}
+        by_metric = {
+            m: _spearman([r["published"] for r in ok if r["metric"] == m], [r["predicted"] for r in ok if r["metric"] == m])
+            for m in METRICS
+        }
         return {
             "rows": len(rs),
             "failures": len(rs) - len(ok),
             "mape_pct": float(np.mean(errs)) if errs else None,
             "within_20pct_share": sum(e <= 20 for e in errs) / len(rs) if rs else None,
             # Rank correlation of the time per frame, published vs predicted, over all rows.
-            "spearman": _spearman([ms_per_frame(r["metric"], r["published"], r["batch"]) for r in ok],
-                                  [ms_per_frame(r["metric"], r["predicted"], r["batch"]) for r in ok]),
+            "spearman": _spearman(
+                [ms_per_frame(r["metric"], r["published"], r["batch"]) for r in ok],
+                [ms_per_frame(r["metric"], r["predicted"], r["batch"]) for r in ok],
+            ),
             "spearman_by_metric": {m: v for m, v in by_metric.items() if v is not None},
         }
 
@@ -189,8 +194,16 @@ def validate(csv_path: str | Path, out_json: str | Path, cache_dir: str | Path, 
     graphs, errors = _analysed(rows, targets, cache_dir, "sim-validate")
     results = []
     for i, row in enumerate(rows):
-        rec = {"target": row.target, "model": row.model, "timm_name": row.name, "input_hw": f"{row.hw[0]}x{row.hw[1]}",
-               "batch": row.batch, "metric": row.metric, "published": row.value, "source": row.source}
+        rec = {
+            "target": row.target,
+            "model": row.model,
+            "timm_name": row.name,
+            "input_hw": f"{row.hw[0]}x{row.hw[1]}",
+            "batch": row.batch,
+            "metric": row.metric,
+            "published": row.value,
+            "source": row.source,
+        }
         if row.target not in targets:
             rec.update(predicted=None, error=targets.unknown_message(row.target))
         elif i in errors:
@@ -199,9 +212,14 @@ def validate(csv_path: str | Path, out_json: str | Path, cache_dir: str | Path, 
             pred = predict(graphs[i], targets.get(row.target), row.batch, row.metric)
             rec.update(predicted=pred, error_pct=100.0 * (pred - row.value) / row.value)
         results.append(rec)
-    report = {"csv": str(csv_path), "simulated": True, "rows": results, "summary": summarise(results),
-              "profiles_fitted": {t: bool(targets.get(t).get("fit")) for t in sorted({r.target for r in rows}) if t in targets},
-              "seconds": round(time.perf_counter() - start, 1)}
+    report = {
+        "csv": str(csv_path),
+        "simulated": True,
+        "rows": results,
+        "summary": summarise(results),
+        "profiles_fitted": {t: bool(targets.get(t).get("fit")) for t in sorted({r.target for r in rows}) if t in targets},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     write_json(out_json, report)
     return report
 
@@ -238,9 +256,17 @@ def fit_target(profile: dict, rows: list[Row], graphs: list) -> dict:
     res = data_residuals(np.log([fitted[n] for n in names]))
     return {
         "parameters": fitted,
-        "residuals": [{"model": r.model, "metric": r.metric, "batch": r.batch, "published": r.value,
-                       "predicted": float(f"{r.value * math.exp(e):.6g}"), "error_pct": round(float(100 * (math.exp(e) - 1)), 2)}
-                      for r, e in zip(rows, res)],
+        "residuals": [
+            {
+                "model": r.model,
+                "metric": r.metric,
+                "batch": r.batch,
+                "published": r.value,
+                "predicted": float(f"{r.value * math.exp(e):.6g}"),
+                "error_pct": round(float(100 * (math.exp(e) - 1)), 2),
+            }
+            for r, e in zip(rows, res)
+        ],
         "rms_log_error": round(float(np.sqrt(np.mean(res**2))), 4),
     }
 

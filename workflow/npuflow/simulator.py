@@ -166,8 +166,11 @@ def _is_aligned_view(graph: Graph, op: Op, tile_c: int) -> bool:
     tiled layout (the compiler makes producers write in place), not a data move."""
     if op.op_type not in VIEW_OPS or not tile_c:
         return False
-    parts = [graph.tensors[graph.resolve(t)].shape for t in (op.inputs if op.op_type == "Concat" else op.outputs)
-             if graph.resolve(t) in graph.tensors and not graph.tensors[graph.resolve(t)].weight]
+    parts = [
+        graph.tensors[graph.resolve(t)].shape
+        for t in (op.inputs if op.op_type == "Concat" else op.outputs)
+        if graph.resolve(t) in graph.tensors and not graph.tensors[graph.resolve(t)].weight
+    ]
     whole = graph.tensors[graph.resolve(op.outputs[0] if op.op_type == "Concat" else op.inputs[0])].shape
     if not whole or any(len(p) != len(whole) for p in parts) or not parts:
         return False
@@ -397,9 +400,14 @@ def measure(graph: Graph, profile: dict) -> None:
         # Tensor and vector units keep different tile layouts: an input made by the other one is
         # reordered first (a data move).
         if op.unit in LAYOUT_UNITS:
-            op.reorder_bytes = sum(graph.tensors[i].numel * elem_bytes for i in op.inputs
-                                   if i in graph.tensors and not graph.tensors[i].weight
-                                   and _producer_unit(graph, i) in LAYOUT_UNITS and _producer_unit(graph, i) != op.unit)
+            op.reorder_bytes = sum(
+                graph.tensors[i].numel * elem_bytes
+                for i in op.inputs
+                if i in graph.tensors
+                and not graph.tensors[i].weight
+                and _producer_unit(graph, i) in LAYOUT_UNITS
+                and _producer_unit(graph, i) != op.unit
+            )
         if op.unit == "tensor":
             macs, padded = _tensor_work(graph, op, units["tensor"].get("tile", {}))
             op.macs, op.work_unpadded, op.work = macs, 2.0 * macs, 2.0 * padded
@@ -512,8 +520,15 @@ def layer_table(rows: list[dict], graph: Graph) -> list[dict]:
     return out
 
 
-def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name: str = "", weights: str = "",
-          layer_rows: list[dict] | None = None, layers_csv: str | Path | None = None) -> dict:
+def build(
+    quant_onnx: str | Path,
+    profile: dict,
+    out_dir: str | Path,
+    model_name: str = "",
+    weights: str = "",
+    layer_rows: list[dict] | None = None,
+    layers_csv: str | Path | None = None,
+) -> dict:
     """Simulated compile: build.json, trace.json, summary.txt in `out_dir`; with the precision
     analysis rows, also the per-layer table for this target (`layers_csv`)."""
     import onnx
@@ -552,12 +567,23 @@ def build(quant_onnx: str | Path, profile: dict, out_dir: str | Path, model_name
         "ddr_bytes_per_frame": int(sum(op.ddr_bytes for op in live) + one["io_bytes"]),
         "unit_time_ms": {u: t * 1e3 for u, t in unit_time.items()},
         "unit_share": {u: t / latency_s for u, t in unit_time.items()},
-        "ops": {"total": len(graph.ops), "fused": sum(1 for op in graph.ops if op.fused_into), "free": sum(1 for op in graph.ops if op.unit == "free")},
+        "ops": {
+            "total": len(graph.ops),
+            "fused": sum(1 for op in graph.ops if op.fused_into),
+            "free": sum(1 for op in graph.ops if op.unit == "free"),
+        },
         "unknown_dims": graph.unknown_dims,
         "top_ops": [
-            {"name": op.name, "op_type": op.op_type, "fused": op.fused, "unit": op.unit, "precision": op.precision,
-             "time_ms": op.time_s * 1e3, "bound": "memory" if op.memory_s > op.compute_s else "compute",
-             "padding_waste": 1.0 - op.work_unpadded / op.work if op.work else 0.0}
+            {
+                "name": op.name,
+                "op_type": op.op_type,
+                "fused": op.fused,
+                "unit": op.unit,
+                "precision": op.precision,
+                "time_ms": op.time_s * 1e3,
+                "bound": "memory" if op.memory_s > op.compute_s else "compute",
+                "padding_waste": 1.0 - op.work_unpadded / op.work if op.work else 0.0,
+            }
             for op in top
         ],
         "seconds": 0.0,
@@ -580,7 +606,8 @@ def readable_summary(report: dict) -> str:
     lines = [
         f"npuflow simulated build — {report['model']} on {report['target']} ({report['chip']}, {report['mode']})",
         "SIMULATION: figures come from npuflow's analytical model of the chip, not from a device"
-        + ("" if report["profile_fitted"] else " (profile not fitted to measurements)") + ".",
+        + ("" if report["profile_fitted"] else " (profile not fitted to measurements)")
+        + ".",
         "",
         f"latency (batch 1)      {report['latency_ms']:10.3f} ms",
         f"throughput (batch {report['batch']})   {report['fps']:10.1f} FPS",
@@ -592,11 +619,15 @@ def readable_summary(report: dict) -> str:
     ]
     lines += [f"{u:<10}{t:>10.3f}{100 * report['unit_share'][u]:>7.1f}%" for u, t in report["unit_time_ms"].items()]
     lines += ["", "partition (execution order):"]
-    lines += [f"  {p['device']:<4} {p['ops']:>4} ops {p['time_ms']:>9.3f} ms   {p['first_op']} … {p['last_op']}" for p in report["partition"]]
+    lines += [
+        f"  {p['device']:<4} {p['ops']:>4} ops {p['time_ms']:>9.3f} ms   {p['first_op']} … {p['last_op']}" for p in report["partition"]
+    ]
     lines += ["", f"{'costliest ops':<48}{'unit':<8}{'ms':>8}  bound    padding"]
     for op in report["top_ops"]:
         name = op["op_type"] + ("+" + "+".join(op["fused"]) if op["fused"] else "")
-        lines.append(f"  {(op['name'] or name)[:44]:<46}{op['unit']:<8}{op['time_ms']:>8.4f}  {op['bound']:<8} {100 * op['padding_waste']:4.0f} %")
+        lines.append(
+            f"  {(op['name'] or name)[:44]:<46}{op['unit']:<8}{op['time_ms']:>8.4f}  {op['bound']:<8} {100 * op['padding_waste']:4.0f} %"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -610,7 +641,16 @@ def chrome_trace(graph: Graph, target: str) -> dict:
         if op.fused_into or op.unit == "free":
             continue
         dur = op.time_s * 1e6
-        events.append({"ph": "X", "name": op.op_type + ("+" + "+".join(op.fused) if op.fused else ""), "pid": 1, "tid": lanes[op.unit],
-                       "ts": t_us, "dur": dur, "args": {"node": op.name, "precision": op.precision, "work": op.work}})
+        events.append(
+            {
+                "ph": "X",
+                "name": op.op_type + ("+" + "+".join(op.fused) if op.fused else ""),
+                "pid": 1,
+                "tid": lanes[op.unit],
+                "ts": t_us,
+                "dur": dur,
+                "args": {"node": op.name, "precision": op.precision, "work": op.work},
+            }
+        )
         t_us += dur
     return {"traceEvents": events, "displayTimeUnit": "ms"}

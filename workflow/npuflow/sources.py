@@ -110,8 +110,12 @@ class TimmSource(ModelSource):
     def preprocessing(self, spec, module):
         """timm's data config for the model: normalisation, eval centre-crop share, interpolation."""
         cfg = getattr(module, "pretrained_cfg", None) or {}
-        return {"mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD)),
-                "crop_pct": float(cfg.get("crop_pct", 1.0)), "interpolation": cfg.get("interpolation", "bilinear")}
+        return {
+            "mean": list(cfg.get("mean", IMAGENET_MEAN)),
+            "std": list(cfg.get("std", IMAGENET_STD)),
+            "crop_pct": float(cfg.get("crop_pct", 1.0)),
+            "interpolation": cfg.get("interpolation", "bilinear"),
+        }
 
     def deploy_form(self, module):
         """timm's reparameterisation: multi-branch training blocks fused into single convolutions."""

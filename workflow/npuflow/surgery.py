@@ -140,6 +140,11 @@ def surgery(in_onnx: str | Path, passes: list[str], out_onnx: str | Path, out_js
         model, outputs = model_after, outputs_after
     with atomic_path(out_onnx) as tmp:
         onnx.save(model, str(tmp))
-    report = {"passes": steps, "ops": op_counts(model), "outputs": [o.name for o in model.graph.output], "seconds": round(time.perf_counter() - start, 3)}
+    report = {
+        "passes": steps,
+        "ops": op_counts(model),
+        "outputs": [o.name for o in model.graph.output],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
     write_json(out_json, report)
     return report

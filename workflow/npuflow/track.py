@@ -32,18 +32,44 @@ RUN_FORMAT = 3
 HASHED_REPORTS = ("manifest", "export", "simplify", "surgery", "calibration", "quantize", "build", "evaluate", "mixed")
 # Run artifacts: files name -> path in the run. The quantised ONNX is the logged model instead.
 ARTIFACTS = {
-    "manifest": "reports/manifest.json", "export": "reports/export.json", "simplify": "reports/simplify.json",
-    "surgery": "reports/surgery.json", "calibration": "reports/calibration.json", "quantize": "reports/quantize.json",
-    "evaluate": "reports/evaluate.json", "build": "reports/build.json", "trace": "reports/trace.json",
-    "build_summary": "reports/build_summary.txt", "layers": "precision/layers.csv", "mixed": "precision/mixed_precision.json",
+    "manifest": "reports/manifest.json",
+    "export": "reports/export.json",
+    "simplify": "reports/simplify.json",
+    "surgery": "reports/surgery.json",
+    "calibration": "reports/calibration.json",
+    "quantize": "reports/quantize.json",
+    "evaluate": "reports/evaluate.json",
+    "build": "reports/build.json",
+    "trace": "reports/trace.json",
+    "build_summary": "reports/build_summary.txt",
+    "layers": "precision/layers.csv",
+    "mixed": "precision/mixed_precision.json",
     "plot": "plots/latency.png",
-    "onnx_float": "onnx/model.onnx", "onnx_sim": "onnx/model.sim.onnx", "onnx_surgery": "onnx/model.surgery.onnx",
+    "onnx_float": "onnx/model.onnx",
+    "onnx_sim": "onnx/model.sim.onnx",
+    "onnx_surgery": "onnx/model.surgery.onnx",
 }
 # Evaluation figures logged under their own names when the evaluation has them (task accuracy
 # needs labelled images; pixel vs top-k agreement depends on the task).
-EVAL_METRICS = ("cosine", "cosine_min", "sqnr_db", "max_abs_error", "top1_agreement", "top5_agreement", "pixel_agreement",
-                "top1", "top5", "miou", "pixel_accuracy", "float_top1", "float_top5", "float_miou", "float_pixel_accuracy",
-                "host_fp32_ms", "host_int8_ms")
+EVAL_METRICS = (
+    "cosine",
+    "cosine_min",
+    "sqnr_db",
+    "max_abs_error",
+    "top1_agreement",
+    "top5_agreement",
+    "pixel_agreement",
+    "top1",
+    "top5",
+    "miou",
+    "pixel_accuracy",
+    "float_top1",
+    "float_top5",
+    "float_miou",
+    "float_pixel_accuracy",
+    "host_fp32_ms",
+    "host_int8_ms",
+)
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow")
 
 
@@ -63,14 +89,14 @@ def _client(uri: str):
 def _artifact_root(uri: str) -> str | None:
     """Artifacts of the embedded SQLite store live beside it (results/mlartifacts)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
 def init_store(uri: str, experiment: str, out_json: str | Path) -> dict:
     """Create (and migrate) the tracking store and the experiment, once."""
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=_artifact_root(uri))
@@ -123,14 +149,26 @@ def run_params(spec: dict, target: str, files: dict) -> dict[str, str]:
     export, calib, quant = read_json(files["export"]), read_json(files["calibration"]), read_json(files["quantize"])
     build, ev, simplify = read_json(files["build"]), read_json(files["evaluate"]), read_json(files["simplify"])
     params = {
-        "source": spec["source"], "task": spec["task"], "target": target, "chip": build["chip"], "chip_mode": build["mode"],
-        "opset": export["opset"], "input_shape": "x".join(map(str, spec["input"]["shape"])),
+        "source": spec["source"],
+        "task": spec["task"],
+        "target": target,
+        "chip": build["chip"],
+        "chip_mode": build["mode"],
+        "opset": export["opset"],
+        "input_shape": "x".join(map(str, spec["input"]["shape"])),
         "surgery": ",".join(spec.get("surgery", [])) or "none",
-        "calibration_method": calib["method"], "calibration_images": calib["images"], "calibration_dataset": calib["dataset"],
+        "calibration_method": calib["method"],
+        "calibration_images": calib["images"],
+        "calibration_dataset": calib["dataset"],
         "calibration_chosen": json.dumps({**calib.get("chosen", {}), **calib.get("quantization", {})}, sort_keys=True),
-        "precision_recipe": build["precision_recipe"], "precision_recipe_spec": json.dumps(quant["recipe"], sort_keys=True),
-        "quant_format": quant["format"], "quant_weights": quant["weights"], "quant_activations": quant["activations"],
-        "evaluation_images": ev["images"], "sim_batch": build["batch"], "sim_profile_fitted": build["profile_fitted"],
+        "precision_recipe": build["precision_recipe"],
+        "precision_recipe_spec": json.dumps(quant["recipe"], sort_keys=True),
+        "quant_format": quant["format"],
+        "quant_weights": quant["weights"],
+        "quant_activations": quant["activations"],
+        "evaluation_images": ev["images"],
+        "sim_batch": build["batch"],
+        "sim_profile_fitted": build["profile_fitted"],
         **{f"{tool}_version": v for tool, v in tool_versions(export, simplify).items()},
     }
     return {k: str(v) for k, v in params.items()}
@@ -156,9 +194,12 @@ def mixed_metrics(mixed_json: str | Path | None) -> dict[str, float]:
     if not mixed_json:
         return {}
     mixed = read_json(mixed_json)
-    return {"mixed_goal_met": float(mixed["goal_met"]), "mixed_steps": float(len(mixed["curve"]) - 1),
-            "mixed_latency_increase_pct": mixed["chosen"]["latency_increase_pct"],
-            "mixed_nodes_promoted": float(len(mixed["curve"][mixed["chosen"]["step"]]["promoted"]))}
+    return {
+        "mixed_goal_met": float(mixed["goal_met"]),
+        "mixed_steps": float(len(mixed["curve"]) - 1),
+        "mixed_latency_increase_pct": mixed["chosen"]["latency_increase_pct"],
+        "mixed_nodes_promoted": float(len(mixed["curve"][mixed["chosen"]["step"]]["promoted"])),
+    }
 
 
 def run_metrics(files: dict) -> dict[str, float]:
@@ -167,11 +208,21 @@ def run_metrics(files: dict) -> dict[str, float]:
     build, ev, manifest = read_json(files["build"]), read_json(files["evaluate"]), read_json(files["manifest"])
     export, quant, simplify = read_json(files["export"]), read_json(files["quantize"]), read_json(files["simplify"])
     metrics = {
-        "latency_ms": build["latency_ms"], "fps": build["fps"], "fps_batch1": build["fps_batch1"], "subgraphs": build["subgraphs"],
-        "cpu_ops": build["cpu_ops"], "ddr_bytes_per_frame": build["ddr_bytes_per_frame"], "macs": build["macs"],
-        "tensor_utilisation": build["tensor_utilisation"], "params": manifest["params"], "onnx_bytes": export["onnx_bytes"],
-        "int8_bytes": quant["int8_bytes"], "quantize_nodes": quant["quantize_nodes"], "export_max_abs_diff": export["max_abs_diff_vs_torch"],
-        "nodes_exported": simplify["nodes_before"], "nodes_simplified": simplify["nodes_after"],
+        "latency_ms": build["latency_ms"],
+        "fps": build["fps"],
+        "fps_batch1": build["fps_batch1"],
+        "subgraphs": build["subgraphs"],
+        "cpu_ops": build["cpu_ops"],
+        "ddr_bytes_per_frame": build["ddr_bytes_per_frame"],
+        "macs": build["macs"],
+        "tensor_utilisation": build["tensor_utilisation"],
+        "params": manifest["params"],
+        "onnx_bytes": export["onnx_bytes"],
+        "int8_bytes": quant["int8_bytes"],
+        "quantize_nodes": quant["quantize_nodes"],
+        "export_max_abs_diff": export["max_abs_diff_vs_torch"],
+        "nodes_exported": simplify["nodes_before"],
+        "nodes_simplified": simplify["nodes_after"],
         **{k: ev[k] for k in EVAL_METRICS if isinstance(ev.get(k), (int, float))},
         **{f"unit_ms_{u}": t for u, t in build["unit_time_ms"].items()},
         **{f"unit_share_{u}": s for u, s in build["unit_share"].items()},
@@ -222,8 +273,15 @@ def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str
                 client.set_tag(r.info.run_id, CURRENT_TAG, "false")
                 client.set_tag(r.info.run_id, "npuflow.superseded_by", run_id)
     version, registered = register(client, model, target, run_id, model_id, key)
-    return {"run_id": run_id, "reused": reused is not None, "inputs_hash": key, "model_id": model_id,
-            "registered_model": registered_name(model, target), "version": version, "registered": registered}
+    return {
+        "run_id": run_id,
+        "reused": reused is not None,
+        "inputs_hash": key,
+        "model_id": model_id,
+        "registered_model": registered_name(model, target),
+        "version": version,
+        "registered": registered,
+    }
 
 
 def _run_note(spec: dict, target: str, build: dict, manifest: dict) -> str:
@@ -237,9 +295,19 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
     from mlflow.entities import Metric, Param, RunTag
 
     manifest, build = read_json(files["manifest"]), read_json(files["build"])
-    tags = {"model": spec["name"], "target": target, "task": spec["task"], "family": manifest.get("family", "unknown"), "weights": manifest["weights"],
-            "source": spec["source"], CURRENT_TAG: "true", HASH_TAG: key, "npuflow.latency": "simulated",
-            "mlflow.note.content": _run_note(spec, target, build, manifest), "mlflow.runName": f"{spec['name']}@{target}"}
+    tags = {
+        "model": spec["name"],
+        "target": target,
+        "task": spec["task"],
+        "family": manifest.get("family", "unknown"),
+        "weights": manifest["weights"],
+        "source": spec["source"],
+        CURRENT_TAG: "true",
+        HASH_TAG: key,
+        "npuflow.latency": "simulated",
+        "mlflow.note.content": _run_note(spec, target, build, manifest),
+        "mlflow.runName": f"{spec['name']}@{target}",
+    }
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
         params = run_params(spec, target, files)
@@ -247,8 +315,12 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
         # Metrics after the model and linked to it: logged before, MLflow would re-read each
         # metric's history to link it (one query per metric).
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=model_id) for k, v in run_metrics(files).items()],
-                         params=[Param(k, v) for k, v in params.items()], tags=[RunTag(MODEL_ID_TAG, model_id)])
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0, model_id=model_id) for k, v in run_metrics(files).items()],
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(MODEL_ID_TAG, model_id)],
+        )
         with tempfile.TemporaryDirectory(prefix="npuflow-artifacts-") as tmp:
             # Symlinks in one tree, one upload: the store copies each file once.
             for name, rel in ARTIFACTS.items():
@@ -277,10 +349,14 @@ def _log_quantized(client, experiment_id: str, run_id: str, onnx_path: str | Pat
     tags = {k: run_tags[k] for k in ("model", "target", "task", "weights")}
     logged = client.create_logged_model(experiment_id, name=LOGGED_MODEL_NAME, source_run_id=run_id, tags=tags, params=params)
     info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)), name=LOGGED_MODEL_NAME, run_id=run_id, model_id=logged.model_id,
+        onnx.load(str(onnx_path)),
+        name=LOGGED_MODEL_NAME,
+        run_id=run_id,
+        model_id=logged.model_id,
         # Given, not inferred: inference loads the model in a subprocess (seconds per run).
         pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime=={version('onnxruntime')}"],
-        save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+        save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
     )
     return info.model_id
 
@@ -299,15 +375,18 @@ def register(client, model: str, target: str, run_id: str, model_id: str | None,
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         registered = client.create_registered_model(
-            name, tags={"model": model, "target": target},
-            description=f"{model} quantised for {target}. Latency figures of its runs are simulated, not measured on a device.")
+            name,
+            tags={"model": model, "target": target},
+            description=f"{model} quantised for {target}. Latency figures of its runs are simulated, not measured on a device.",
+        )
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     created = not versions
     if versions:
         version = str(max(int(v.version) for v in versions))
     else:
-        version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
-                                              tags={HASH_TAG: key}).version
+        version = client.create_model_version(
+            name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags={HASH_TAG: key}
+        ).version
     if str(registered.aliases.get(ALIAS)) != str(version):
         client.set_registered_model_alias(name, ALIAS, str(version))
     return str(version), created

@@ -64,10 +64,12 @@ def spec_json(stage):
 
 def dataset_inputs(*roles):
     """The prepared index of each user dataset the model's calibration/evaluation reads."""
+
     def inputs(wildcards):
         spec = SPECS[wildcards.model]
         names = {spec[role]["dataset"] for role in roles}
         return [f"results/datasets/{d}/index.json" for d in sorted(names) if d not in DATASETS]
+
     return inputs
 
 
@@ -88,12 +90,22 @@ def run_files(model):
     for target in SPECS[model]["targets"]:
         recipe = recipe_of(model, target)
         runs[target] = {
-            "manifest": f"{d}/fetch/manifest.json", "export": f"{d}/export.json", "simplify": f"{d}/simplify.json",
-            "surgery": f"{d}/surgery.json", "calibration": f"{d}/calibration.json", "quantize": f"{d}/quant/{recipe}.json",
-            "build": f"{d}/build/{target}/build.json", "trace": f"{d}/build/{target}/trace.json",
-            "build_summary": f"{d}/build/{target}/summary.txt", "evaluate": f"{d}/eval/{recipe}.json",
-            "onnx_float": f"{d}/model.onnx", "onnx_sim": f"{d}/model.sim.onnx", "onnx_surgery": f"{d}/model.surgery.onnx",
-            "onnx_quant": f"{d}/quant/{recipe}.onnx", "plot": f"{d}/plots/latency.png", "layers": f"{d}/quant/{target}.layers.csv",
+            "manifest": f"{d}/fetch/manifest.json",
+            "export": f"{d}/export.json",
+            "simplify": f"{d}/simplify.json",
+            "surgery": f"{d}/surgery.json",
+            "calibration": f"{d}/calibration.json",
+            "quantize": f"{d}/quant/{recipe}.json",
+            "build": f"{d}/build/{target}/build.json",
+            "trace": f"{d}/build/{target}/trace.json",
+            "build_summary": f"{d}/build/{target}/summary.txt",
+            "evaluate": f"{d}/eval/{recipe}.json",
+            "onnx_float": f"{d}/model.onnx",
+            "onnx_sim": f"{d}/model.sim.onnx",
+            "onnx_surgery": f"{d}/model.surgery.onnx",
+            "onnx_quant": f"{d}/quant/{recipe}.onnx",
+            "plot": f"{d}/plots/latency.png",
+            "layers": f"{d}/quant/{target}.layers.csv",
         }
         if searched(model, target):
             runs[target]["mixed"] = f"{d}/mixed/{target}.json"

@@ -18,14 +18,28 @@ rule plot:
         files=lambda wc: json.dumps(run_files(wc.model)),
     log:
         "results/logs/plot/{model}.log",
+    conda:
+        "../../envs/mlflow.yaml"
     shell:
         "npuflow plot --model {wildcards.model} --files {params.files:q} --out {output} > {log} 2>&1"
 
 
 # Every stage in pipeline order with its outputs and log (patterns over model/target/recipe): the
 # report names the first stage whose output is missing as the one a (model, target) failed at.
-PIPELINE_STAGES = ("fetch", "export", "simplify", "surgery", "calibrate", "quantize", "reference", "evaluate", "build", "plot",
-                   "init_mlflow", "track")
+PIPELINE_STAGES = (
+    "fetch",
+    "export",
+    "simplify",
+    "surgery",
+    "calibrate",
+    "quantize",
+    "reference",
+    "evaluate",
+    "build",
+    "plot",
+    "init_mlflow",
+    "track",
+)
 STAGE_CHAIN = [[name, [str(o) for o in getattr(rules, name).output], str(getattr(rules, name).log[0])] for name in PIPELINE_STAGES]
 REPORT_TARGETS = list(dict.fromkeys(t for _, t in PAIRS))
 REPORT_ARGS = [
@@ -52,6 +66,8 @@ rule report:
         args=lambda wc: shlex.join(REPORT_ARGS),  # a function: its {model} patterns are not wildcards
     log:
         "results/logs/report.log",
+    conda:
+        "../../envs/mlflow.yaml"
     shell:
         "npuflow report {params.args} > {log} 2>&1"
 
@@ -62,4 +78,6 @@ onerror:
     Path("results/logs").mkdir(parents=True, exist_ok=True)
     with open("results/logs/report.onerror.log", "w") as report_log:
         done = subprocess.run(["npuflow", "report", *REPORT_ARGS], stdout=report_log, stderr=subprocess.STDOUT)
-    print(f"npuflow: report of what exists written to results/report.html (exit {done.returncode}, log results/logs/report.onerror.log)")
+    print(
+        f"npuflow: report of what exists written to results/report.html (exit {done.returncode}, log results/logs/report.onerror.log)"
+    )

@@ -8,6 +8,8 @@ rule init_mlflow:
         experiment=MLFLOW_EXPERIMENT,
     log:
         "results/logs/init_mlflow.log",
+    conda:
+        "../../envs/mlflow.yaml"
     shell:
         "npuflow init-mlflow --tracking-uri {params.uri:q} --experiment {params.experiment:q} --out {output} > {log} 2>&1"
 
@@ -30,6 +32,8 @@ rule track:
         "results/logs/track/{model}.log",
     benchmark:
         "results/benchmarks/track/{model}.tsv"
+    conda:
+        "../../envs/mlflow.yaml"
     shell:
         "npuflow track --spec {params.spec:q} --tracking-uri {params.uri:q} --experiment {params.experiment:q}"
         " --files {params.files:q} --out {output} > {log} 2>&1"

@@ -77,9 +77,18 @@ def _check(name: str, prof: dict, where: str) -> None:
         raise ConfigError("\n  ".join(problems))
     for unit in REQUIRED_UNITS:
         need(f"units.{unit}")
-    for path in ("units.tensor.peak_ops_per_s.int8", "units.vector.peak_ops_per_s.int8", "units.cpu.peak_ops_per_s.float",
-                 "units.dma.bytes_per_s", "memory.ddr_bytes_per_s", "memory.onchip_bytes", "overheads.op_s",
-                 "overheads.subgraph_s", "overheads.cpu_op_s", "batch"):
+    for path in (
+        "units.tensor.peak_ops_per_s.int8",
+        "units.vector.peak_ops_per_s.int8",
+        "units.cpu.peak_ops_per_s.float",
+        "units.dma.bytes_per_s",
+        "memory.ddr_bytes_per_s",
+        "memory.onchip_bytes",
+        "overheads.op_s",
+        "overheads.subgraph_s",
+        "overheads.cpu_op_s",
+        "batch",
+    ):
         value = need(path)
         if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not path.startswith("overheads")):
             raise ConfigError(f"{where}.{path}: expected a positive number, got {value!r}")
