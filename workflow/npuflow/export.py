@@ -57,14 +57,13 @@ def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, t
 def package_versions(*names: str) -> dict[str, str]:
     """{"<name>_version": version} of the installed packages among `names`: a stage records the
     versions it ran with, as the logging job may run in another environment (`--sdm conda`)."""
+    from contextlib import suppress
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
     for name in names:
-        try:
+        with suppress(PackageNotFoundError):
             found[f"{name}_version"] = version(name)
-        except PackageNotFoundError:
-            pass
     return found
 
 
