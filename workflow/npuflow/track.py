@@ -140,7 +140,7 @@ def tool_versions(export: dict, simplify: dict) -> dict[str, str]:
     """Versions of the tools: the producing stage's record where it keeps one, else the installed
     package's (the pipeline runs in one environment)."""
     versions = dict(_installed_versions())
-    versions["torch"] = export.get("torch_version", versions["torch"])
+    versions.update({t: export[f"{t}_version"] for t in ("torch", "timm", "transformers") if f"{t}_version" in export})
     versions["onnxsim"] = simplify.get("onnxsim_version", versions["onnxsim"]).lstrip("v")
     return versions
 
