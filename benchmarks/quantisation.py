@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline_speed import snakemake as timed_snakemake  # the script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("efficientvit_m5", "segformer_b0_cityscapes")
 
@@ -40,26 +42,7 @@ def run(cmd: list[str], cwd: Path) -> float:
 
 
 def snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(workdir),
-            "--configfile",
-            str(configfile),
-            "--cores",
-            "2",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    return timed_snakemake(workdir, configfile, 2, *args)[1]
 
 
 def main() -> int:

@@ -17,6 +17,28 @@ from .io import atomic_path, read_json, write_json
 from .onnxutil import input_name, load, session
 from .progress import progress
 
+# The evaluation figures other stages carry (MLflow metrics, summary rows) when a report has them (task accuracy
+# needs labelled images; pixel vs top-k agreement depends on the task).
+EVAL_METRICS = (
+    "cosine",
+    "cosine_min",
+    "sqnr_db",
+    "max_abs_error",
+    "top1_agreement",
+    "top5_agreement",
+    "pixel_agreement",
+    "top1",
+    "top5",
+    "miou",
+    "pixel_accuracy",
+    "float_top1",
+    "float_top5",
+    "float_miou",
+    "float_pixel_accuracy",
+    "host_fp32_ms",
+    "host_int8_ms",
+)
+
 # Host latency is a median of timed runs; long models get fewer runs, never fewer than this.
 MIN_REPEATS = 3
 LATENCY_BUDGET_S = 5.0

@@ -96,7 +96,7 @@ def mixed_precision(
     )
     images = batch.images[skip:]
     float_model = load(float_onnx)
-    _, _, ref_outs = _run_all(expose_logits(load(float_onnx)), images, 2)
+    _, _, ref_outs = _run_all(expose_logits(copy.deepcopy(float_model)), images, 2)
     ref_scores, ref_classes = _scores_and_classes(ref_outs)
     int8_layers, int16_layers = promotion_order(read_json(layers_json)["rows"], fused_groups(float_model, profile))
 

@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from .evaluate import EVAL_METRICS
 from .io import atomic_path, read_json
 
 # Accuracy needs labelled evaluation images; the Pareto plot uses it when every model on the target
@@ -201,25 +202,7 @@ def _row(model: str, target: str, run: dict) -> dict:
             k: build[k]
             for k in ("precision_recipe", "latency_ms", "fps", "batch", "fps_batch1", "subgraphs", "cpu_ops", "ddr_bytes_per_frame", "macs")
         },
-        **{
-            k: ev[k]
-            for k in (
-                "cosine",
-                "sqnr_db",
-                "top1_agreement",
-                "top5_agreement",
-                "pixel_agreement",
-                "top1",
-                "top5",
-                "miou",
-                "float_top1",
-                "float_top5",
-                "float_miou",
-                "host_fp32_ms",
-                "host_int8_ms",
-            )
-            if k in ev
-        },
+        **{k: ev[k] for k in EVAL_METRICS if k in ev},
     }
     if files.get("layers") and Path(files["layers"]).exists():
         worst = worst_layers(read_layers(files["layers"]), 1)

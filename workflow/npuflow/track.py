@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .evaluate import EVAL_METRICS
 from .io import read_json, write_json
 
 CURRENT_TAG = "npuflow.current"
@@ -49,27 +50,6 @@ ARTIFACTS = {
     "onnx_sim": "onnx/model.sim.onnx",
     "onnx_surgery": "onnx/model.surgery.onnx",
 }
-# Evaluation figures logged under their own names when the evaluation has them (task accuracy
-# needs labelled images; pixel vs top-k agreement depends on the task).
-EVAL_METRICS = (
-    "cosine",
-    "cosine_min",
-    "sqnr_db",
-    "max_abs_error",
-    "top1_agreement",
-    "top5_agreement",
-    "pixel_agreement",
-    "top1",
-    "top5",
-    "miou",
-    "pixel_accuracy",
-    "float_top1",
-    "float_top5",
-    "float_miou",
-    "float_pixel_accuracy",
-    "host_fp32_ms",
-    "host_int8_ms",
-)
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow")
 
 
