@@ -24,6 +24,8 @@ rule calibrate:
     params:
         spec=spec_json("calibrate"),
         cache=IMAGE_CACHE,
+    resources:
+        mem_mb=mem_mb("calibrate"),
     log:
         "results/logs/calibrate/{model}.log",
     benchmark:

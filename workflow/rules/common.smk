@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 
 from npuflow.config import ConfigError, load_yaml, model_spec, stage_spec, validate_config
 from npuflow.data import DATASETS
+from npuflow.memory import job_mem_mb, local_mem_mb
 from npuflow.precision import merge_recipe, recipe_id
 from npuflow.targets import load_targets
 from npuflow.track import tracking_uri
@@ -27,6 +28,15 @@ PAIRS = [(m, t) for m, spec in SPECS.items() for t in spec["targets"]]
 MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
 IMAGE_CACHE = "results/cache/images"
+
+# Jobs declare the memory they need (npuflow.memory); a local run starts no more of them than the
+# memory free now holds, unless `--resources mem_mb=…` says otherwise.
+if not workflow.non_local_exec and "mem_mb" not in workflow.global_resources:
+    workflow.register_resource("mem_mb", local_mem_mb())
+
+
+def mem_mb(stage):
+    return lambda wildcards: job_mem_mb(stage, SPECS[wildcards.model])
 
 
 def base_recipe(model, target):

@@ -12,6 +12,8 @@ rule reference:
         spec=spec_json("reference"),
         cache=IMAGE_CACHE,
     threads: 2
+    resources:
+        mem_mb=mem_mb("reference"),
     log:
         "results/logs/reference/{model}.log",
     benchmark:
@@ -37,6 +39,8 @@ rule evaluate:
     params:
         spec=spec_json("evaluate"),
     threads: 2
+    resources:
+        mem_mb=mem_mb("evaluate"),
     log:
         "results/logs/evaluate/{model}.{recipe}.log",
     benchmark:

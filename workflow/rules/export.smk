@@ -8,6 +8,8 @@ rule export:
     params:
         spec=spec_json("export"),
     threads: 2
+    resources:
+        mem_mb=mem_mb("export"),
     log:
         "results/logs/export/{model}.log",
     benchmark:

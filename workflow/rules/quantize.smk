@@ -41,6 +41,8 @@ rule mixed_precision:
         recipe=lambda wc: json.dumps(base_recipe(wc.model, wc.target), sort_keys=True),
         cache=IMAGE_CACHE,
     threads: 2
+    resources:
+        mem_mb=mem_mb("mixed_precision"),
     log:
         "results/logs/mixed_precision/{model}.{target}.log",
     benchmark:

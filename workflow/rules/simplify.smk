@@ -5,6 +5,8 @@ rule simplify:
         onnx="results/{model}/model.sim.onnx",
         report="results/{model}/simplify.json",
     threads: 2
+    resources:
+        mem_mb=mem_mb("simplify"),
     log:
         "results/logs/simplify/{model}.log",
     benchmark:
