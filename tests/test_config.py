@@ -59,6 +59,13 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c.update(weights="maybe"), "weights", "is not one of"),
         (lambda c: c["models"].update({"bad/name": classifier_entry()}), "models", "does not match"),
         (lambda c: c["models"].update({"..": classifier_entry()}), "models", "does not match"),
+        (lambda c: c["models"].update({"nul.v2": classifier_entry()}), "models.nul.v2", "nul is a device name on Windows"),
+        (lambda c: c["models"].update({"COM1": classifier_entry()}), "models.COM1", "COM1 is a device name on Windows"),
+        (
+            lambda c: c["models"]["m"]["input"].update(shape=[1, 3, 224, 100000]),
+            "models.m.input.shape.3",
+            "greater than the maximum of 8192",
+        ),
         (lambda c: c["models"]["m"].update(source="url:https://example.org/w.pth"), "models.m.arch", "needs `arch`"),
         (
             lambda c: c["models"]["m"].update(source="url:http://example.org/w.pth", arch="efficientvit_m0"),

@@ -13,6 +13,7 @@ import re
 import stat
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +29,8 @@ from npuflow.archive import ArchiveError, extract_archive, fetch_archive
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder; /redirect-* answers 302 to the URL after the prefix, /short/* announces
-    more bytes than it sends (a connection dropped mid-transfer). Requests are recorded."""
+    more bytes than it sends (a connection dropped mid-transfer), /trickle/* sends a byte every
+    0.1 s, /endless/* streams without end. Requests are recorded."""
 
     requests: ClassVar[list[str]] = []
 
@@ -38,6 +40,19 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", self.path[len("/redirect-") :].replace("|", "://", 1))
             self.end_headers()
+        elif self.path.startswith("/trickle/"):  # a byte every 0.1 s: never idle long enough to time out
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+        elif self.path.startswith("/endless/"):  # no Content-Length, and no end
+            self.send_response(200)
+            self.end_headers()
+            while True:
+                self.wfile.write(b"x" * 65536)
         elif self.path.startswith("/short/"):
             self.send_response(200)
             self.send_header("Content-Length", "100000")
@@ -556,6 +571,36 @@ def test_transfer_broken_off_is_an_error_and_leaves_no_file(server, tmp_path):
     url, _ = server
     with pytest.raises(ArchiveError, match=r"broke off: 1000 bytes received, 100000 announced"):
         fetch_archive(f"{url}/short/set.tar.gz", None, tmp_path / "cache" / "set.tar.gz", allow_http=True)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_trickling_transfer_is_broken_off_and_leaves_no_file(server, tmp_path, monkeypatch):
+    """Each byte arrives well within the read timeout; the transfer as a whole is too slow."""
+    import npuflow.download
+
+    monkeypatch.setattr(npuflow.download, "LOW_SPEED_BYTES_PER_S", 100)
+    monkeypatch.setattr(npuflow.download, "LOW_SPEED_WINDOW_S", 1.0)
+    url, _ = server
+    with pytest.raises(ArchiveError, match=r"too slow: \d+ bytes in the last 1 s, under 100 bytes/s"):
+        fetch_archive(f"{url}/trickle/set.tar.gz", None, tmp_path / "cache" / "set.tar.gz", allow_http=True)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("set.tar.gz", r"refusing to download .*/set\.tar\.gz: 1000 bytes announced, more than the 500 allowed"),
+        ("endless/set.tar.gz", r"download of .*/endless/set\.tar\.gz stopped: more than the 500 bytes allowed"),
+    ],
+)
+def test_download_over_the_size_cap_is_stopped_and_leaves_no_file(server, tmp_path, monkeypatch, path, message):
+    import npuflow.download
+
+    monkeypatch.setattr(npuflow.download, "MAX_DOWNLOAD_BYTES", 500)
+    url, www = server
+    (www / "set.tar.gz").write_bytes(b"x" * 1000)
+    with pytest.raises(ArchiveError, match=message):
+        fetch_archive(f"{url}/{path}", None, tmp_path / "cache" / "set.tar.gz", allow_http=True)
     assert list((tmp_path / "cache").iterdir()) == []
 
 

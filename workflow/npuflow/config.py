@@ -32,6 +32,9 @@ RESERVED_MODEL_NAMES = (
     "datasets",
     "cache",
 )
+# Names Windows gives to devices, whatever the extension: results/NUL/ or results/com1.x/ cannot be
+# a folder there (a shared results/ on a Windows file server, a checkout on Windows).
+WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 # A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
 # A config larger than this once expanded is refused (a "billion laughs" file would hang them).
 MAX_CONFIG_NODES = 1_000_000
@@ -106,6 +109,10 @@ def _check_semantics(config: dict) -> None:
         if name in RESERVED_MODEL_NAMES:
             problems.append(
                 f"models.{name}: the name is taken by results/{name} (reserved: {', '.join(RESERVED_MODEL_NAMES)}); rename the entry"
+            )
+        if name.split(".")[0].upper() in WINDOWS_DEVICE_NAMES:
+            problems.append(
+                f"models.{name}: {name.split('.')[0]} is a device name on Windows, not a possible folder name; rename the entry"
             )
         if name.lower() in folded:  # one folder on case-insensitive file systems (macOS, Windows)
             problems.append(f"models.{name}: differs from models.{folded[name.lower()]} only in case; their results folders would be one")

@@ -6,9 +6,9 @@ leaves no file behind."""
 from __future__ import annotations
 
 import http.client
-import shutil
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +19,13 @@ from .io import atomic_path, sha256_file
 
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 10.0
+# A server trickling a byte now and then never trips the per-read timeout above. As curl's
+# --speed-limit/--speed-time: a transfer slower than this over a whole window is broken off.
+LOW_SPEED_BYTES_PER_S = 10 * 1024
+LOW_SPEED_WINDOW_S = 60.0
+# Above any checkpoint or image archive npuflow expects (ImageNet's validation tar is 6.4 GB); a
+# server that streams without end is stopped here instead of filling the disk.
+MAX_DOWNLOAD_BYTES = 16 * 2**30
 
 
 class DownloadError(NpuflowError):
@@ -88,7 +95,7 @@ def download(url: str, dest: str | Path, sha256: str | None, allow_http: bool = 
     with atomic_path(dest) as tmp:
         try:
             with opener.open(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
+                _copy(url, resp, out)
                 # http.client returns a short body without complaint when the connection drops
                 # before Content-Length bytes arrived; `length` is what is still owed.
                 if resp.length:
@@ -101,3 +108,26 @@ def download(url: str, dest: str | Path, sha256: str | None, allow_http: bool = 
         if expected and digest != expected:
             raise ChecksumMismatch(f"sha256 mismatch for {url}: expected {expected}, got {digest}; file discarded")
     return digest
+
+
+def _copy(url: str, resp, out) -> None:
+    """Copy the response body to `out`, within MAX_DOWNLOAD_BYTES and above the low-speed limit."""
+    if resp.length is not None and resp.length > MAX_DOWNLOAD_BYTES:
+        raise DownloadError(f"refusing to download {url}: {resp.length} bytes announced, more than the {MAX_DOWNLOAD_BYTES} allowed")
+    received = 0
+    window_start, window_bytes = time.monotonic(), 0
+    # read1 returns what one read of the socket gives, so a trickle is seen as it arrives.
+    while chunk := resp.read1(1 << 20):
+        received += len(chunk)
+        if received > MAX_DOWNLOAD_BYTES:
+            raise DownloadError(f"download of {url} stopped: more than the {MAX_DOWNLOAD_BYTES} bytes allowed")
+        out.write(chunk)
+        window_bytes += len(chunk)
+        elapsed = time.monotonic() - window_start
+        if elapsed >= LOW_SPEED_WINDOW_S:
+            if window_bytes / elapsed < LOW_SPEED_BYTES_PER_S:
+                raise DownloadUnavailable(
+                    f"download of {url} too slow: {window_bytes} bytes in the last {elapsed:.0f} s,"
+                    f" under {LOW_SPEED_BYTES_PER_S} bytes/s; {received} bytes received"
+                )
+            window_start, window_bytes = time.monotonic(), 0
