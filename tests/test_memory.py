@@ -40,6 +40,10 @@ def test_jobs_declare_their_memory(tmp_path):
     spec = {"input": {"shape": [1, 3, 640, 1280]}}
     assert evaluate_mem(big) == {job_mem_mb("evaluate", spec)}
     assert evaluate_mem(tiny) == {job_mem_mb("evaluate", {"input": {"shape": [1, 3, 224, 224]}})}
+    # A limit the user gives wins over the free memory: the job is held to it (and runs alone).
+    (tmp_path / "limited").mkdir()
+    limited = snakemake(tmp_path / "limited", "-n", "--resources", "mem_mb=1500", configfile=tmp_path / "c.yaml")
+    assert evaluate_mem(limited) == {1500}
 
 
 def test_a_local_run_is_limited_to_the_free_memory(pipeline):

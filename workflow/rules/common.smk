@@ -30,8 +30,11 @@ MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
 IMAGE_CACHE = "results/cache/images"
 
 # Jobs declare the memory they need (npuflow.memory); a local run starts no more of them than the
-# memory free now holds, unless `--resources mem_mb=…` says otherwise.
-if not workflow.non_local_exec and "mem_mb" not in workflow.global_resources:
+# memory free now holds, unless `--resources mem_mb=…` says otherwise. The executor is not known yet
+# while the Snakefile is read (workflow.non_local_exec is always False here); `--jobs` (`_nodes`) is
+# what cluster and cloud executors require and what the local one turns into `--cores`. On a
+# cluster each job asks its scheduler for its own mem_mb instead.
+if workflow.global_resources["_nodes"].value is None and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", local_mem_mb())
 
 
