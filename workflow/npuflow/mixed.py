@@ -9,12 +9,13 @@ point of the accuracy/latency trade-off curve; the chosen recipe is saved with t
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from .data import image_batches
-from .io import read_json, write_json
+from .io import atomic_path, read_json, write_json
 from .onnxutil import load
 from .precision import recipe_id
 from .progress import log
@@ -73,7 +74,7 @@ def mixed_precision(
     cache_dir=None,
 ) -> dict:
     from .evaluate import _run_all, _scores_and_classes, expose_logits
-    from .quantize import quantize, quantize_model
+    from .quantize import onnx_opset, quantize_model, write_quantize_report
     from .simulator import simulate
 
     start = time.perf_counter()
@@ -81,7 +82,8 @@ def mixed_precision(
     metric, goal = mp["goal"]["metric"], mp["goal"]["value"]
     calib = spec["calibration"]
     manifest = read_json(manifest_json)
-    options = read_json(calibration_json).get("quantization", {})
+    calibration = read_json(calibration_json)
+    options = calibration.get("quantization", {})
     # Images after the calibration ones (and after auto-calibration's), never the evaluation images.
     skip = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
     batch = image_batches(
@@ -100,12 +102,14 @@ def mixed_precision(
     ref_scores, ref_classes = _scores_and_classes(ref_outs)
     int8_layers, int16_layers = promotion_order(read_json(layers_json)["rows"], fused_groups(float_model, profile))
 
-    curve = []
+    curve, precisions, quantize_seconds = [], [], []
     with tempfile.TemporaryDirectory(prefix="npuflow-mixed-") as tmp:
 
         def point(recipe: dict, promoted: dict) -> dict:
             path = Path(tmp) / f"step{len(curve)}.onnx"
-            quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path)
+            t0 = time.perf_counter()
+            precisions.append(quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path))
+            quantize_seconds.append(time.perf_counter() - t0)
             quantized = load(path)
             fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
             latency_ms = simulate(quantized, profile, 1)["total_s"] * 1e3
@@ -146,8 +150,19 @@ def mixed_precision(
         feasible = [p for p in curve if p["within_budget"]]
         meeting = [p for p in feasible if p[metric] >= goal]
         chosen = meeting[0] if meeting else max(feasible, key=lambda p: p[metric])
-    # The chosen recipe quantised as the quantize stage does it, with its report beside the model.
-    quantize(float_onnx, ranges_json, calibration_json, chosen["recipe"], out_onnx, out_quant_json)
+        # The chosen step's model is the quantize stage's output for its recipe (the same
+        # quantize_model call); kept, with the stage's report beside it, not quantised again.
+        with atomic_path(out_onnx) as out:
+            shutil.copyfile(chosen["path"], out)
+        write_quantize_report(
+            onnx_opset(float_model),
+            out_onnx,
+            precisions[chosen["step"]],
+            chosen["recipe"],
+            calibration,
+            out_quant_json,
+            quantize_seconds[chosen["step"]],
+        )
     for p in curve:
         p.pop("path")
     report = {

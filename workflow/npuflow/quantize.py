@@ -23,7 +23,7 @@ from .precision import RANK, embed_precision, recipe_id, resolve_precision
 QDQ_MIN_OPSET = 13
 
 
-def _onnx_opset(model) -> int:
+def onnx_opset(model) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
@@ -74,7 +74,7 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    if _onnx_opset(model) < QDQ_MIN_OPSET:
+    if onnx_opset(model) < QDQ_MIN_OPSET:
         from onnx import version_converter
 
         model = version_converter.convert_version(model, QDQ_MIN_OPSET)
@@ -114,22 +114,28 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
 def quantize(
     model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, recipe: dict, out_onnx: str | Path, out_json: str | Path
 ) -> dict:
-    from collections import Counter
-
     start = time.perf_counter()
     calibration = read_json(calibration_json)
-    options = calibration.get("quantization", {})
     model = load(model_onnx)
-    opset_in = _onnx_opset(model)
-    precision = quantize_model(model, ranges_json, recipe, options, out_onnx)
-    quantized = load(out_onnx)
+    precision = quantize_model(model, ranges_json, recipe, calibration.get("quantization", {}), out_onnx)
+    return write_quantize_report(onnx_opset(model), out_onnx, precision, recipe, calibration, out_json, time.perf_counter() - start)
+
+
+def write_quantize_report(
+    opset_in: int, quantized_onnx: str | Path, precision: dict, recipe: dict, calibration: dict, out_json: str | Path, seconds: float
+) -> dict:
+    """The quantize stage's report on a model quantize_model wrote (returning `precision`)."""
+    from collections import Counter
+
+    options = calibration.get("quantization", {})
+    quantized = load(quantized_onnx)
     ops = op_counts(quantized)
     report = {
         "recipe": recipe,
         "recipe_id": recipe_id(recipe),
         "format": "QDQ",
         "opset_in": opset_in,
-        "opset": _onnx_opset(quantized),
+        "opset": onnx_opset(quantized),
         "weights": f"int8 {'per-channel' if options.get('per_channel', True) else 'per-tensor'} symmetric",
         "activations": f"{recipe['default']} per-tensor {'symmetric' if options.get('activation_symmetric') else 'asymmetric'}",
         "node_dtypes": dict(Counter(precision.values())),
@@ -137,8 +143,8 @@ def quantize(
         "calibration_images": calibration["images"],
         "ops": ops,
         "quantize_nodes": ops.get("QuantizeLinear", 0),
-        "int8_bytes": Path(out_onnx).stat().st_size,
-        "seconds": round(time.perf_counter() - start, 3),
+        "int8_bytes": Path(quantized_onnx).stat().st_size,
+        "seconds": round(seconds, 3),
     }
     write_json(out_json, report)
     return report
