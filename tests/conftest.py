@@ -59,6 +59,17 @@ def pipeline(tmp_path_factory):
     return workdir
 
 
+def reference_and_evaluate(quant_onnx, spec: dict, paths: dict, d: Path, recipe: str = "int8") -> tuple[dict, dict]:
+    """The float reference and the evaluation of `quant_onnx` against it, as the pipeline runs them, in folder `d`."""
+    from npuflow.evaluate import evaluate, reference
+
+    ref = reference(paths["surgery_onnx"], paths["manifest"], spec, d / "r.npz", d / "r.json")
+    report = evaluate(
+        quant_onnx, paths["surgery_onnx"], d / "r.npz", d / "r.json", paths["manifest"], spec, recipe, d / "e.json", d / "l.json"
+    )
+    return ref, report
+
+
 def mlflow_runs(workdir):
     from mlflow.tracking import MlflowClient
 

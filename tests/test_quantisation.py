@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from conftest import reference_and_evaluate
 from npuflow.config import ConfigError, validate_config
 from npuflow.io import read_json
 
@@ -92,15 +93,13 @@ def test_histogram_methods_narrow_the_minmax_range():
 @pytest.fixture(scope="module")
 def seg_quant(segmenter, tmp_path_factory):
     """The tiny SegFormer quantised under a recipe with int16 Softmax and float MatMul, evaluated."""
-    from npuflow.evaluate import evaluate, reference
     from npuflow.quantize import quantize
 
     spec, p = segmenter
     d = tmp_path_factory.mktemp("segq")
     recipe = {"default": "int8", "op_types": {"Softmax": "int16"}}
     q = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], recipe, d / "q.onnx", d / "q.json")
-    reference(p["surgery_onnx"], p["manifest"], spec, d / "r.npz", d / "r.json")
-    e = evaluate(d / "q.onnx", p["surgery_onnx"], d / "r.npz", d / "r.json", p["manifest"], spec, "x", d / "e.json", d / "l.json")
+    _, e = reference_and_evaluate(d / "q.onnx", spec, p, d, recipe="x")
     return spec, p, d, q, e
 
 

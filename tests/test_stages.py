@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import make_config
+from conftest import make_config, reference_and_evaluate
 from npuflow.io import read_json
 from npuflow.onnxutil import op_counts, run_onnx
 
@@ -146,45 +146,20 @@ def test_quantize_reuses_ranges_without_recalibrating(classifier, tmp_path, monk
 
 
 def test_evaluate_compares_int8_to_float_on_held_out_images(quantized, classifier, tmp_path):
-    from npuflow.evaluate import evaluate, reference
-
     spec, p = classifier
-    ref = reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
+    ref, report = reference_and_evaluate(quantized[0], spec, p, tmp_path)
     assert set(ref["image_sources"]).isdisjoint(read_json(p["calibration"])["image_sources"])
-    report = evaluate(
-        quantized[0],
-        p["surgery_onnx"],
-        tmp_path / "r.npz",
-        tmp_path / "r.json",
-        p["manifest"],
-        spec,
-        "int8",
-        tmp_path / "e.json",
-        tmp_path / "l.json",
-    )
     assert 0.9 < report["cosine"] <= 1.0 and report["sqnr_db"] > 5
     assert 0 <= report["top1_agreement"] <= report["top5_agreement"] <= 1
     assert report["host_fp32_ms"] > 0 and report["host_int8_ms"] > 0 and report["weights"] == "random"
 
 
 def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
-    from npuflow.evaluate import evaluate, reference
     from npuflow.quantize import quantize
 
     spec, p = segmenter
     quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
-    reference(p["surgery_onnx"], p["manifest"], spec, tmp_path / "r.npz", tmp_path / "r.json")
-    report = evaluate(
-        tmp_path / "q.onnx",
-        p["surgery_onnx"],
-        tmp_path / "r.npz",
-        tmp_path / "r.json",
-        p["manifest"],
-        spec,
-        "int8",
-        tmp_path / "e.json",
-        tmp_path / "l.json",
-    )
+    _, report = reference_and_evaluate(tmp_path / "q.onnx", spec, p, tmp_path)
     assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
     assert read_json(p["manifest"])["family"] == "segformer"
     assert -1 <= report["cosine"] <= 1

@@ -102,14 +102,14 @@ def mixed_precision(
     ref_scores, ref_classes = _scores_and_classes(ref_outs)
     int8_layers, int16_layers = promotion_order(read_json(layers_json)["rows"], fused_groups(float_model, profile))
 
-    curve, precisions, quantize_seconds = [], [], []
+    curve = []
     with tempfile.TemporaryDirectory(prefix="npuflow-mixed-") as tmp:
 
         def point(recipe: dict, promoted: dict) -> dict:
             path = Path(tmp) / f"step{len(curve)}.onnx"
             t0 = time.perf_counter()
-            precisions.append(quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path))
-            quantize_seconds.append(time.perf_counter() - t0)
+            precision = quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path)
+            quantize_s = time.perf_counter() - t0
             quantized = load(path)
             fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
             latency_ms = simulate(quantized, profile, 1)["total_s"] * 1e3
@@ -123,6 +123,8 @@ def mixed_precision(
                 "latency_ms": latency_ms,
                 "recipe": recipe,
                 "path": str(path),
+                "precision": precision,
+                "quantize_s": quantize_s,
             }
             curve.append(p)
             log(
@@ -157,14 +159,15 @@ def mixed_precision(
         write_quantize_report(
             onnx_opset(float_model),
             out_onnx,
-            precisions[chosen["step"]],
+            chosen["precision"],
             chosen["recipe"],
             calibration,
             out_quant_json,
-            quantize_seconds[chosen["step"]],
+            chosen["quantize_s"],
         )
-    for p in curve:
-        p.pop("path")
+    for p in curve:  # the step's files and node map stay out of the report
+        for key in ("path", "precision", "quantize_s"):
+            p.pop(key)
     report = {
         "model": spec["name"],
         "target": profile["name"],
