@@ -11,7 +11,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import NpuflowError
+from .errors import ConfigError
+from .targets import load_targets
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 # Sources whose checkpoint is loaded into a timm architecture named by the entry's `arch`.
@@ -38,10 +39,6 @@ WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM"
 # A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
 # A config larger than this once expanded is refused (a "billion laughs" file would hang them).
 MAX_CONFIG_NODES = 1_000_000
-
-
-class ConfigError(NpuflowError, ValueError):
-    """Bad configuration; the message starts with the entry and field at fault."""
 
 
 def load_schema() -> dict:
@@ -87,7 +84,6 @@ def _check_semantics(config: dict) -> None:
     # Imported here: the registries pull in onnx; validation of the schema alone stays light.
     from .calibrate import CALIBRATION_METHODS
     from .surgery import SURGERY_PASSES
-    from .targets import load_targets
 
     problems = []
     try:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ConfigError
+from ..precision import check_recipe
 from ..registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -29,8 +31,6 @@ def _raw_profiles(user_profiles: dict) -> dict[str, tuple[dict, str]]:
 
 
 def _resolve(name: str, raw: dict, seen: tuple = ()) -> dict:
-    from ..config import ConfigError
-
     prof, where = raw[name]
     base = prof.get("base")
     if base is None:
@@ -60,8 +60,6 @@ def set_path(profile: dict, path: str, value) -> None:
 
 
 def _check(name: str, prof: dict, where: str) -> None:
-    from ..config import ConfigError
-
     def need(path: str):
         node = prof
         for part in path.split("."):
@@ -69,8 +67,6 @@ def _check(name: str, prof: dict, where: str) -> None:
                 raise ConfigError(f"{where}.{path}: missing (every target profile needs it)")
             node = node[part]
         return node
-
-    from ..precision import check_recipe
 
     problems = check_recipe(prof.get("precision", {}), f"{where}.precision")
     if problems:
