@@ -8,12 +8,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .errors import NpuflowError
 from .fetch import load_model
 from .io import atomic_path, write_json
-from .onnxutil import magnitude, max_abs_diff, op_counts, run_onnx
+from .onnxutil import fixed_input, magnitude, max_abs_diff, op_counts, run_onnx
 from .sources import source_for
 
 INPUT_NAME = "input"
@@ -23,11 +21,6 @@ EXPORT_RTOL = 1e-3  # of the outputs' magnitude: float32 reordering noise, not a
 
 class ExportError(NpuflowError):
     pass
-
-
-def fixed_input(shape, seed: int = 0) -> np.ndarray:
-    """A reproducible input in the normalised-image range, for equivalence checks."""
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, threads: int = 1) -> tuple[float, list[int]]:

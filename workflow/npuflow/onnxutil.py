@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 
 
+def fixed_input(shape, seed: int = 0) -> np.ndarray:
+    """A reproducible input in the normalised-image range, for the stages' equivalence checks."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 def load(model_or_path):
     import onnx
 

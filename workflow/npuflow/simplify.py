@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 from .errors import NpuflowError
-from .export import fixed_input
 from .io import atomic_path, write_json
-from .onnxutil import input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
+from .onnxutil import fixed_input, input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
 
 SIMPLIFY_RTOL = 1e-4  # of the outputs' magnitude
 

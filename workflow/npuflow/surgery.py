@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NpuflowError
-from .export import fixed_input
 from .io import atomic_path, write_json
-from .onnxutil import input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
+from .onnxutil import fixed_input, input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
 from .registry import Registry
 
 SURGERY_PASSES: Registry[type[SurgeryPass]] = Registry("surgery pass")
