@@ -21,13 +21,14 @@ def main() -> int:
     args = parser.parse_args()
 
     from npuflow.config import load_config, model_spec
-    from npuflow.memory import MEASURED_PEAKS_MB, job_mem_mb
+    from npuflow.layout import STAGES
+    from npuflow.memory import job_mem_mb
 
     config = load_config(args.configfile)
     # Longest first: a model name may be the prefix of another's (efficientvit_m1, efficientvit_m10).
     models = sorted(config["models"], key=len, reverse=True)
     rows = []
-    for stage in MEASURED_PEAKS_MB:
+    for stage in (s.name for s in STAGES if s.memory):  # the stages whose rules declare mem_mb
         for tsv in sorted((args.results / "benchmarks" / stage).glob("*.tsv")):
             model = next((m for m in models if tsv.stem == m or tsv.stem.startswith(m + ".")), None)
             if model is None:

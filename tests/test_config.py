@@ -84,6 +84,8 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c["models"].update({"a\\b": classifier_entry()}), "models", "does not match"),
         (lambda c: c["models"].update({"mlflow.db": classifier_entry()}), "models.mlflow.db", "taken by results/mlflow.db"),
         (lambda c: c["models"].update({"logs": classifier_entry()}), "models.logs", "taken by results/logs"),
+        # The report's Pareto plots share results/plots with nothing (from the stage table).
+        (lambda c: c["models"].update({"plots": classifier_entry()}), "models.plots", "taken by results/plots"),
         (lambda c: c["models"].update({"M": classifier_entry()}), "models.M", "differs from models.m only in case"),
         (lambda c: c["models"]["m"]["input"].update(shape=[1, 3, 224, 224, 1]), "models.m.input.shape", "too long"),
         (lambda c: c["models"]["m"]["input"].update(shape=[1, 3, -224, 224]), "models.m.input.shape.2", "less than the minimum of 1"),

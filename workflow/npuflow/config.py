@@ -12,27 +12,15 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .layout import STAGES, reserved_names
 from .targets import load_targets
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 # Sources whose checkpoint is loaded into a timm architecture named by the entry's `arch`.
 SOURCES_NEEDING_ARCH = ("url", "file")
 # Entries of results/ that are not model folders: a model of one of these names would write into
-# them (results/mlflow.db/… would break the tracking store). Add here what a stage adds there.
-RESERVED_MODEL_NAMES = (
-    "logs",
-    "benchmarks",
-    "mlartifacts",
-    "mlflow.db",
-    "mlflow.init.json",
-    "summary.csv",
-    "report.html",
-    "downloads",
-    "sim-cache",
-    "sim-validate.json",
-    "datasets",
-    "cache",
-)
+# them (results/mlflow.db/… would break the tracking store). From the stage table.
+RESERVED_MODEL_NAMES = reserved_names()
 # Names Windows gives to devices, whatever the extension: results/NUL/ or results/com1.x/ cannot be
 # a folder there (a shared results/ on a Windows file server, a checkout on Windows).
 WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
@@ -234,19 +222,10 @@ def load_config(path: str | Path) -> dict:
     return validate_config(load_yaml(path))
 
 
-# What each stage reads of a model spec. The workflow passes each job only these fields, so a
-# changed field re-runs the stages that read it (and what depends on their outputs), nothing else.
-_SOURCE_FIELDS = ("name", "source", "arch", "sha256", "state_dict_key", "allow_http", "hf_config", "weights", "seed", "task", "input")
-STAGE_FIELDS = {
-    "fetch": _SOURCE_FIELDS,
-    "export": _SOURCE_FIELDS + ("opset", "reparameterize"),
-    "surgery": ("name", "surgery"),
-    "calibrate": ("name", "calibration", "input", "seed"),
-    "reference": ("name", "task", "evaluation", "input", "seed"),
-    "evaluate": ("name", "task", "evaluation"),
-    "mixed": ("name", "task", "calibration", "input", "seed", "mixed_precision"),
-    "track": ("name", "task", "source", "input", "surgery"),
-}
+# What each stage reads of a model spec (the stage table's `fields`). The workflow passes each job
+# only these fields, so a changed field re-runs the stages that read it (and what depends on their
+# outputs), nothing else.
+STAGE_FIELDS = {s.name: s.fields for s in STAGES if s.fields is not None}
 
 
 def stage_spec(spec: dict, stage: str) -> dict:

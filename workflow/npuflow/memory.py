@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-# Measured peak RSS in MB: (megapixels, MB) of swin_tiny (224², the largest 224² model) and
+# Measured peak RSS in MB, by the stage table's memory keys: (megapixels, MB) of swin_tiny (224², the largest 224² model) and
 # segformer_b0_cityscapes (640×1280), the larger of two full default runs of 2026-11-21.
 MEASURED_PEAKS_MB = {
     "export": ((0.0502, 1117), (0.8192, 1806)),
@@ -24,12 +24,12 @@ MEASURED_PEAKS_MB = {
     "reference": ((0.0502, 556), (0.8192, 1683)),
     "evaluate": ((0.0502, 2330), (0.8192, 13277)),
 }
-# The mixed-precision search runs the same per-layer comparison as evaluation at every step.
-MEASURED_PEAKS_MB["mixed_precision"] = MEASURED_PEAKS_MB["evaluate"]
 # Peaks vary with the image content, the number of images and the library's allocator.
 MARGIN = 1.25
 # What Snakemake would assume for a job that declares nothing (its default mem_mb).
 FLOOR_MB = 1000
+# The container's memory controller (cgroup v2), where there is one.
+CGROUP = Path("/sys/fs/cgroup")
 
 
 def megapixels(spec: dict) -> float:
@@ -38,8 +38,11 @@ def megapixels(spec: dict) -> float:
 
 
 def job_mem_mb(stage: str, spec: dict) -> int:
-    """Estimated peak memory of one job of `stage` for the model `spec` (npuflow.config.model_spec)."""
-    (x0, y0), (x1, y1) = MEASURED_PEAKS_MB[stage]
+    """Estimated peak memory of one job of `stage` for the model `spec` (npuflow.config.model_spec),
+    from the measured peaks its entry in the stage table names (npuflow.layout: `memory`)."""
+    from .layout import STAGES
+
+    (x0, y0), (x1, y1) = MEASURED_PEAKS_MB[STAGES[stage].memory]
     slope = (y1 - y0) / (x1 - x0)
     estimate = y0 + slope * (megapixels(spec) - x0)
     return max(FLOOR_MB, math.ceil(MARGIN * estimate))
@@ -51,11 +54,10 @@ def local_mem_mb() -> int:
     import psutil  # a Snakemake dependency
 
     available = psutil.virtual_memory().available
-    cgroup = Path("/sys/fs/cgroup")
     try:
-        limit = (cgroup / "memory.max").read_text().strip()
+        limit = (CGROUP / "memory.max").read_text().strip()
         if limit != "max":
-            available = min(available, int(limit) - int((cgroup / "memory.current").read_text()))
+            available = min(available, int(limit) - int((CGROUP / "memory.current").read_text()))
     except (OSError, ValueError):
         pass
     return max(FLOOR_MB, available // 2**20)

@@ -3,22 +3,20 @@
 rule build:
     input:
         onnx=quantized,
-        manifest="results/{model}/fetch/manifest.json",
-        layers=target_layers,
+        manifest=STAGES.fetch.outputs["manifest"],
+        layers=build_layers,
     output:
-        build="results/{model}/build/{target}/build.json",
-        trace="results/{model}/build/{target}/trace.json",
-        summary="results/{model}/build/{target}/summary.txt",
-        layers="results/{model}/quant/{target}.layers.csv",
+        **STAGES.build.outputs,
     params:
         profile=profile_json,
+        out_dir=folder_of("build"),
     log:
-        "results/logs/build/{model}.{target}.log",
+        STAGES.build.log,
     benchmark:
-        "results/benchmarks/build/{model}.{target}.tsv"
+        STAGES.build.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:
         "npuflow build {input.onnx} --target {wildcards.target} --profile {params.profile:q}"
         " --model-name {wildcards.model} --manifest {input.manifest} --layers {input.layers} --layers-csv {output.layers}"
-        " --out-dir results/{wildcards.model}/build/{wildcards.target} > {log} 2>&1"
+        " --out-dir {params.out_dir} > {log} 2>&1"

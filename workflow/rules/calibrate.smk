@@ -1,35 +1,35 @@
 # A user dataset is fetched, extracted safely and indexed once, whatever number of models use it.
 rule dataset:
     output:
-        index="results/datasets/{dataset}/index.json",
+        **STAGES.dataset.outputs,
     params:
         entry=lambda wc: json.dumps(config["datasets"][wc.dataset], sort_keys=True),
+        out_dir=folder_of("index"),
     log:
-        "results/logs/dataset/{dataset}.log",
+        STAGES.dataset.log,
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow dataset {wildcards.dataset} --entry {params.entry:q} --out-dir results/datasets/{wildcards.dataset} > {log} 2>&1"
+        "npuflow dataset {wildcards.dataset} --entry {params.entry:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # Once per model: every target's quantisation reuses these ranges.
 rule calibrate:
     input:
-        onnx="results/{model}/model.surgery.onnx",
-        manifest="results/{model}/fetch/manifest.json",
+        onnx=STAGES.surgery.outputs["onnx"],
+        manifest=STAGES.fetch.outputs["manifest"],
         datasets=dataset_inputs("calibration"),
     output:
-        ranges="results/{model}/calibration.ranges.json",
-        report="results/{model}/calibration.json",
+        **STAGES.calibrate.outputs,
     params:
         spec=spec_json("calibrate"),
         cache=IMAGE_CACHE,
     resources:
         mem_mb=mem_mb("calibrate"),
     log:
-        "results/logs/calibrate/{model}.log",
+        STAGES.calibrate.log,
     benchmark:
-        "results/benchmarks/calibrate/{model}.tsv"
+        STAGES.calibrate.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:

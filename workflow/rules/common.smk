@@ -1,13 +1,13 @@
 import json
+import os
 import re
 
 from snakemake.exceptions import WorkflowError
 
-from npuflow.config import ConfigError, load_yaml, model_spec, stage_spec, validate_config
-from npuflow.data import DATASETS
-from npuflow.memory import job_mem_mb, local_mem_mb
-from npuflow.precision import merge_recipe, recipe_id
-from npuflow.targets import load_targets
+from npuflow.config import ConfigError, load_yaml, validate_config
+from npuflow.layout import IMAGE_CACHE, STAGES
+from npuflow.memory import local_mem_mb
+from npuflow.plan import Plan
 from npuflow.track import tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
@@ -21,13 +21,12 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-SPECS = {name: model_spec(config, name) for name in config["models"]}
-TARGET_PROFILES = load_targets(config["target_profiles"])
-PAIRS = [(m, t) for m, spec in SPECS.items() for t in spec["targets"]]
+# The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.plan's; the
+# paths are the stage table's (npuflow.layout). These rules only wire them together.
+PLAN = Plan(config)
 # MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
 MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
-IMAGE_CACHE = "results/cache/images"
 
 # Jobs declare the memory they need (npuflow.memory); a local run starts no more of them than the
 # memory free now holds, unless `--resources mem_mb=…` says otherwise. The executor is not known yet
@@ -38,91 +37,41 @@ if workflow.global_resources["_nodes"].value is None and "mem_mb" not in workflo
     workflow.register_resource("mem_mb", local_mem_mb())
 
 
-def mem_mb(stage):
-    return lambda wildcards: job_mem_mb(stage, SPECS[wildcards.model])
-
-
-def base_recipe(model, target):
-    """The target profile's precision recipe with the model's own changes for that target."""
-    return merge_recipe(TARGET_PROFILES.get(target).get("precision"), SPECS[model].get("precision", {}).get(target))
-
-
-def searched(model, target):
-    """Whether automatic mixed precision chooses this (model, target)'s recipe."""
-    mp = SPECS[model].get("mixed_precision")
-    return mp is not None and target in mp.get("targets", SPECS[model]["targets"])
-
-
-def recipe_of(model, target):
-    """The id of the quantised model a target builds: its recipe's, or mixed-<target> when searched."""
-    return f"mixed-{target}" if searched(model, target) else recipe_id(base_recipe(model, target))
-
-
-# Precision recipes by id; targets (of any model) with the same recipe share one quantised model.
-RECIPES = {recipe_id(base_recipe(m, t)): base_recipe(m, t) for m, t in PAIRS}
-
-
 wildcard_constraints:
-    model="|".join(re.escape(m) for m in SPECS),
-    target="|".join(re.escape(t) for t in TARGET_PROFILES.names()),
-    recipe="|".join(re.escape(r) for r in list(RECIPES) + [f"mixed-{t}" for t in TARGET_PROFILES.names()]),
+    model="|".join(re.escape(m) for m in PLAN.specs),
+    target="|".join(re.escape(t) for t in PLAN.targets.names()),
+    recipe="|".join(re.escape(r) for r in PLAN.recipe_ids()),
     dataset="|".join(re.escape(d) for d in config["datasets"]) or "(?!)",
 
 
+def mem_mb(stage):
+    return lambda wildcards: PLAN.job_mem_mb(stage, wildcards.model)
+
+
 def spec_json(stage):
-    """The part of the model spec a stage reads, as a param of the rules: a changed field re-runs
-    the jobs of that model that read it (Snakemake's params trigger), and nothing else."""
-    return lambda wildcards: json.dumps(stage_spec(SPECS[wildcards.model], stage), sort_keys=True)
+    """The part of the model spec a stage reads (npuflow.layout: the stage's `fields`)."""
+    return lambda wildcards: PLAN.spec_json(wildcards.model, stage)
 
 
 def dataset_inputs(*roles):
     """The prepared index of each user dataset the model's calibration/evaluation reads."""
-
-    def inputs(wildcards):
-        spec = SPECS[wildcards.model]
-        names = {spec[role]["dataset"] for role in roles}
-        return [f"results/datasets/{d}/index.json" for d in sorted(names) if d not in DATASETS]
-
-    return inputs
+    return lambda wildcards: PLAN.dataset_indexes(wildcards.model, roles)
 
 
 def quantized(wildcards):
-    """The quantised model a target builds."""
-    return f"results/{wildcards.model}/quant/{recipe_of(wildcards.model, wildcards.target)}.onnx"
+    return PLAN.quantized(wildcards.model, wildcards.target)
 
 
-def target_layers(wildcards):
-    return f"results/{wildcards.model}/eval/{recipe_of(wildcards.model, wildcards.target)}.layers.json"
+def build_layers(wildcards):
+    return PLAN.build_layers(wildcards.model, wildcards.target)
+
+
+def base_layers(wildcards):
+    return PLAN.base_layers(wildcards.model, wildcards.target)
 
 
 def run_files(model):
-    """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model
-    (names as in npuflow.track.ARTIFACTS)."""
-    d = f"results/{model}"
-    runs = {}
-    for target in SPECS[model]["targets"]:
-        recipe = recipe_of(model, target)
-        runs[target] = {
-            "manifest": f"{d}/fetch/manifest.json",
-            "export": f"{d}/export.json",
-            "simplify": f"{d}/simplify.json",
-            "surgery": f"{d}/surgery.json",
-            "calibration": f"{d}/calibration.json",
-            "quantize": f"{d}/quant/{recipe}.json",
-            "build": f"{d}/build/{target}/build.json",
-            "trace": f"{d}/build/{target}/trace.json",
-            "build_summary": f"{d}/build/{target}/summary.txt",
-            "evaluate": f"{d}/eval/{recipe}.json",
-            "onnx_float": f"{d}/model.onnx",
-            "onnx_sim": f"{d}/model.sim.onnx",
-            "onnx_surgery": f"{d}/model.surgery.onnx",
-            "onnx_quant": f"{d}/quant/{recipe}.onnx",
-            "plot": f"{d}/plots/latency.png",
-            "layers": f"{d}/quant/{target}.layers.csv",
-        }
-        if searched(model, target):
-            runs[target]["mixed"] = f"{d}/mixed/{target}.json"
-    return runs
+    return PLAN.run_files(model)
 
 
 def track_inputs(wildcards):
@@ -130,4 +79,9 @@ def track_inputs(wildcards):
 
 
 def profile_json(wildcards):
-    return json.dumps(TARGET_PROFILES.get(wildcards.target), sort_keys=True)
+    return PLAN.profile_json(wildcards.target)
+
+
+def folder_of(output_name):
+    """The folder of one of the job's outputs (commands that write several files into one)."""
+    return lambda wildcards, output: os.path.dirname(output[output_name])

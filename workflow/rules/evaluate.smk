@@ -2,12 +2,11 @@
 # recipe) is compared to them once, whatever number of targets share it.
 rule reference:
     input:
-        onnx="results/{model}/model.surgery.onnx",
-        manifest="results/{model}/fetch/manifest.json",
+        onnx=STAGES.surgery.outputs["onnx"],
+        manifest=STAGES.fetch.outputs["manifest"],
         datasets=dataset_inputs("evaluation"),
     output:
-        npz="results/{model}/eval/reference.npz",
-        report="results/{model}/eval/reference.json",
+        **STAGES.reference.outputs,
     params:
         spec=spec_json("reference"),
         cache=IMAGE_CACHE,
@@ -15,9 +14,9 @@ rule reference:
     resources:
         mem_mb=mem_mb("reference"),
     log:
-        "results/logs/reference/{model}.log",
+        STAGES.reference.log,
     benchmark:
-        "results/benchmarks/reference/{model}.tsv"
+        STAGES.reference.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:
@@ -28,23 +27,22 @@ rule reference:
 # Fidelity, task accuracy and host latency of a quantised model, and its per-layer precision analysis.
 rule evaluate:
     input:
-        onnx="results/{model}/quant/{recipe}.onnx",
-        float_onnx="results/{model}/model.surgery.onnx",
-        npz="results/{model}/eval/reference.npz",
-        reference="results/{model}/eval/reference.json",
-        manifest="results/{model}/fetch/manifest.json",
+        onnx=STAGES.quantize.outputs["onnx"],
+        float_onnx=STAGES.surgery.outputs["onnx"],
+        npz=STAGES.reference.outputs["npz"],
+        reference=STAGES.reference.outputs["report"],
+        manifest=STAGES.fetch.outputs["manifest"],
     output:
-        report="results/{model}/eval/{recipe}.json",
-        layers="results/{model}/eval/{recipe}.layers.json",
+        **STAGES.evaluate.outputs,
     params:
         spec=spec_json("evaluate"),
     threads: 2
     resources:
         mem_mb=mem_mb("evaluate"),
     log:
-        "results/logs/evaluate/{model}.{recipe}.log",
+        STAGES.evaluate.log,
     benchmark:
-        "results/benchmarks/evaluate/{model}.{recipe}.tsv"
+        STAGES.evaluate.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:

@@ -1,21 +1,20 @@
 rule export:
     input:
-        weights="results/{model}/fetch/weights.safetensors",
-        manifest="results/{model}/fetch/manifest.json",
+        **STAGES.fetch.outputs,
     output:
-        onnx="results/{model}/model.onnx",
-        report="results/{model}/export.json",
+        **STAGES.export.outputs,
     params:
         spec=spec_json("export"),
+        fetch_dir=lambda wildcards, input: os.path.dirname(input.manifest),
     threads: 2
     resources:
         mem_mb=mem_mb("export"),
     log:
-        "results/logs/export/{model}.log",
+        STAGES.export.log,
     benchmark:
-        "results/benchmarks/export/{model}.tsv"
+        STAGES.export.benchmark_pattern
     conda:
         "../../envs/torch.yaml"
     shell:
-        "npuflow export --spec {params.spec:q} --fetch-dir results/{wildcards.model}/fetch"
+        "npuflow export --spec {params.spec:q} --fetch-dir {params.fetch_dir}"
         " --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"

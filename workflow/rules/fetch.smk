@@ -1,14 +1,14 @@
 rule fetch:
     output:
-        weights="results/{model}/fetch/weights.safetensors",
-        manifest="results/{model}/fetch/manifest.json",
+        **STAGES.fetch.outputs,
     params:
         spec=spec_json("fetch"),
+        out_dir=folder_of("manifest"),
     log:
-        "results/logs/fetch/{model}.log",
+        STAGES.fetch.log,
     benchmark:
-        "results/benchmarks/fetch/{model}.tsv"
+        STAGES.fetch.benchmark_pattern
     conda:
         "../../envs/torch.yaml"
     shell:
-        "npuflow fetch --spec {params.spec:q} --out-dir results/{wildcards.model}/fetch > {log} 2>&1"
+        "npuflow fetch --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"

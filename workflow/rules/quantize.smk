@@ -1,20 +1,19 @@
 # Once per distinct precision recipe: targets with the same recipe share the quantised model.
 rule quantize:
     input:
-        onnx="results/{model}/model.surgery.onnx",
-        ranges="results/{model}/calibration.ranges.json",
-        calibration="results/{model}/calibration.json",
+        onnx=STAGES.surgery.outputs["onnx"],
+        ranges=STAGES.calibrate.outputs["ranges"],
+        calibration=STAGES.calibrate.outputs["report"],
     output:
-        onnx="results/{model}/quant/{recipe}.onnx",
-        report="results/{model}/quant/{recipe}.json",
+        **STAGES.quantize.outputs,
     wildcard_constraints:
-        recipe="|".join(re.escape(r) for r in RECIPES),
+        recipe="|".join(re.escape(r) for r in PLAN.recipes()),
     params:
-        recipe=lambda wc: json.dumps(RECIPES[wc.recipe], sort_keys=True),
+        recipe=lambda wc: PLAN.recipe_json(wc.recipe),
     log:
-        "results/logs/quantize/{model}.{recipe}.log",
+        STAGES.quantize.log,
     benchmark:
-        "results/benchmarks/quantize/{model}.{recipe}.tsv"
+        STAGES.quantize.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:
@@ -25,28 +24,26 @@ rule quantize:
 # Automatic mixed precision (models with `mixed_precision`): the target builds the chosen recipe.
 rule mixed_precision:
     input:
-        onnx="results/{model}/model.surgery.onnx",
-        manifest="results/{model}/fetch/manifest.json",
-        ranges="results/{model}/calibration.ranges.json",
-        calibration="results/{model}/calibration.json",
-        layers=lambda wc: f"results/{wc.model}/eval/{recipe_id(base_recipe(wc.model, wc.target))}.layers.json",
+        onnx=STAGES.surgery.outputs["onnx"],
+        manifest=STAGES.fetch.outputs["manifest"],
+        ranges=STAGES.calibrate.outputs["ranges"],
+        calibration=STAGES.calibrate.outputs["report"],
+        layers=base_layers,
         datasets=dataset_inputs("calibration"),
     output:
-        onnx="results/{model}/quant/mixed-{target}.onnx",
-        quant="results/{model}/quant/mixed-{target}.json",
-        report="results/{model}/mixed/{target}.json",
+        **STAGES.mixed_precision.outputs,
     params:
-        spec=spec_json("mixed"),
+        spec=spec_json("mixed_precision"),
         profile=profile_json,
-        recipe=lambda wc: json.dumps(base_recipe(wc.model, wc.target), sort_keys=True),
+        recipe=lambda wc: PLAN.base_recipe_json(wc.model, wc.target),
         cache=IMAGE_CACHE,
     threads: 2
     resources:
         mem_mb=mem_mb("mixed_precision"),
     log:
-        "results/logs/mixed_precision/{model}.{target}.log",
+        STAGES.mixed_precision.log,
     benchmark:
-        "results/benchmarks/mixed_precision/{model}.{target}.tsv"
+        STAGES.mixed_precision.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:

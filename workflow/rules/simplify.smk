@@ -1,16 +1,15 @@
 rule simplify:
     input:
-        onnx="results/{model}/model.onnx",
+        onnx=STAGES.export.outputs["onnx"],
     output:
-        onnx="results/{model}/model.sim.onnx",
-        report="results/{model}/simplify.json",
+        **STAGES.simplify.outputs,
     threads: 2
     resources:
         mem_mb=mem_mb("simplify"),
     log:
-        "results/logs/simplify/{model}.log",
+        STAGES.simplify.log,
     benchmark:
-        "results/benchmarks/simplify/{model}.tsv"
+        STAGES.simplify.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:

@@ -1,15 +1,14 @@
 rule surgery:
     input:
-        onnx="results/{model}/model.sim.onnx",
+        onnx=STAGES.simplify.outputs["onnx"],
     output:
-        onnx="results/{model}/model.surgery.onnx",
-        report="results/{model}/surgery.json",
+        **STAGES.surgery.outputs,
     params:
         spec=spec_json("surgery"),
     log:
-        "results/logs/surgery/{model}.log",
+        STAGES.surgery.log,
     benchmark:
-        "results/benchmarks/surgery/{model}.tsv"
+        STAGES.surgery.benchmark_pattern
     conda:
         "../../envs/onnx.yaml"
     shell:

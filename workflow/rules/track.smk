@@ -2,25 +2,25 @@
 # SQLite database corrupts it. Logging jobs hold the `mlflow` resource (1 in profiles/default).
 rule init_mlflow:
     output:
-        "results/mlflow.init.json",
+        **STAGES.init_mlflow.outputs,
     params:
         uri=MLFLOW_URI,
         experiment=MLFLOW_EXPERIMENT,
     log:
-        "results/logs/init_mlflow.log",
+        STAGES.init_mlflow.log,
     conda:
         "../../envs/mlflow.yaml"
     shell:
-        "npuflow init-mlflow --tracking-uri {params.uri:q} --experiment {params.experiment:q} --out {output} > {log} 2>&1"
+        "npuflow init-mlflow --tracking-uri {params.uri:q} --experiment {params.experiment:q} --out {output.store} > {log} 2>&1"
 
 
 # One job per model logs one run per (model, target).
 rule track:
     input:
         unpack(track_inputs),
-        store="results/mlflow.init.json",
+        store=STAGES.init_mlflow.outputs["store"],
     output:
-        "results/{model}/track.json",
+        **STAGES.track.outputs,
     params:
         spec=spec_json("track"),
         uri=MLFLOW_URI,
@@ -29,11 +29,11 @@ rule track:
     resources:
         mlflow=1,
     log:
-        "results/logs/track/{model}.log",
+        STAGES.track.log,
     benchmark:
-        "results/benchmarks/track/{model}.tsv"
+        STAGES.track.benchmark_pattern
     conda:
         "../../envs/mlflow.yaml"
     shell:
         "npuflow track --spec {params.spec:q} --tracking-uri {params.uri:q} --experiment {params.experiment:q}"
-        " --files {params.files:q} --out {output} > {log} 2>&1"
+        " --files {params.files:q} --out {output.runs} > {log} 2>&1"

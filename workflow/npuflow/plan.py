@@ -1,0 +1,171 @@
+"""What the workflow decides while Snakemake reads it, as plain functions of the validated config:
+the (model, target) pairs, the precision recipe each target builds (its profile's, with the model's
+changes, or the one automatic mixed precision chooses), the user datasets a model reads, the files
+of each MLflow run, and the chain of stages behind each pair (the report names the first one whose
+output is missing). workflow/rules/common.smk only wires these to the rules; tests/test_plan.py
+checks them without Snakemake."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .config import model_spec, stage_spec
+from .layout import MIXED_RECIPE, STAGES, run_files
+from .memory import job_mem_mb
+from .precision import merge_recipe, recipe_id
+from .targets import load_targets
+
+
+def mixed_recipe_id(target: str) -> str:
+    return MIXED_RECIPE.format(target=target)
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """A job behind a pair: its stage, its outputs and its log (concrete paths)."""
+
+    stage: str
+    outputs: tuple[str, ...]
+    log: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (model, target): its MLflow run, its row in the report."""
+
+    model: str
+    target: str
+    recipe: str  # id of the quantised model the target builds
+    base_recipe: str  # id of the target's own recipe for the model (where mixed precision starts)
+    datasets: tuple[str, ...] = ()  # the user datasets the model reads (calibration, evaluation)
+
+    @property
+    def mixed(self) -> bool:
+        """Whether automatic mixed precision chose the recipe this target builds."""
+        return self.recipe != self.base_recipe
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "model": self.model,
+                "target": self.target,
+                "recipe": self.recipe,
+                "base_recipe": self.base_recipe,
+                "datasets": list(self.datasets),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Pair:
+        d = json.loads(text)
+        return cls(d["model"], d["target"], d["recipe"], d.get("base_recipe", d["recipe"]), tuple(d.get("datasets", ())))
+
+    def run_files(self) -> dict[str, str]:
+        return run_files(self.model, self.target, self.recipe, self.mixed)
+
+    def chain(self) -> list[ChainStep]:
+        """Every job the pair's MLflow run waits for, in pipeline order: its datasets, the model's
+        front stages, quantisation and evaluation of the target's own recipe, then (where mixed
+        precision chooses) the search and the evaluation of its choice, the build, the plot, the
+        store and the logging job."""
+        steps = [("dataset", {"dataset": d}) for d in self.datasets]
+        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "calibrate", "reference")]
+        steps += [("quantize", {"recipe": self.base_recipe}), ("evaluate", {"recipe": self.base_recipe})]
+        if self.mixed:
+            steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe})]
+        steps += [("build", {}), ("plot", {}), ("init_mlflow", {}), ("track", {})]
+        out = []
+        for name, extra in steps:
+            stage = STAGES[name]
+            wildcards = {"model": self.model, "target": self.target, **extra}
+            out.append(ChainStep(name, tuple(p.format(**wildcards) for p in stage.outputs.values()), stage.log_path(**wildcards)))
+        return out
+
+
+class Plan:
+    """The validated config's decisions (config.validate_config has filled its defaults)."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.specs = {name: model_spec(config, name) for name in config["models"]}
+        self.targets = load_targets(config["target_profiles"])
+
+    # ------------------------------------------------------------------ recipes
+    def base_recipe(self, model: str, target: str) -> dict:
+        """The target profile's precision recipe with the model's own changes for that target."""
+        return merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
+
+    def searched(self, model: str, target: str) -> bool:
+        """Whether automatic mixed precision chooses this (model, target)'s recipe."""
+        mp = self.specs[model].get("mixed_precision")
+        return mp is not None and target in mp.get("targets", self.specs[model]["targets"])
+
+    def recipe_of(self, model: str, target: str) -> str:
+        """The id of the quantised model a target builds: its recipe's, or mixed-<target>."""
+        return mixed_recipe_id(target) if self.searched(model, target) else recipe_id(self.base_recipe(model, target))
+
+    def recipes(self) -> dict[str, dict]:
+        """The recipes the quantize stage runs, by id: targets (of any model) with the same recipe
+        share one quantised model."""
+        return {recipe_id(self.base_recipe(m, t)): self.base_recipe(m, t) for m, t in self.model_targets()}
+
+    def recipe_ids(self) -> list[str]:
+        """Every quantised model's id: the recipes', and mixed precision's choice for any target."""
+        return list(self.recipes()) + [mixed_recipe_id(t) for t in self.targets.names()]
+
+    # ------------------------------------------------------------------ pairs
+    def model_targets(self) -> list[tuple[str, str]]:
+        return [(m, t) for m, spec in self.specs.items() for t in spec["targets"]]
+
+    def user_datasets(self, model: str, roles: tuple[str, ...] = ("calibration", "evaluation")) -> list[str]:
+        """The datasets under `datasets:` the model's calibration and/or evaluation read (the
+        built-in `samples` needs no preparing)."""
+        spec = self.specs[model]
+        return sorted({spec[role]["dataset"] for role in roles} & set(self.config["datasets"]))
+
+    def pair(self, model: str, target: str) -> Pair:
+        base = recipe_id(self.base_recipe(model, target))
+        return Pair(model, target, self.recipe_of(model, target), base, tuple(self.user_datasets(model)))
+
+    def pairs(self) -> list[Pair]:
+        return [self.pair(m, t) for m, t in self.model_targets()]
+
+    # ------------------------------------------------------------------ files of the rules
+    def dataset_indexes(self, model: str, roles: tuple[str, ...]) -> list[str]:
+        return [STAGES.dataset.output("index", dataset=d) for d in self.user_datasets(model, roles)]
+
+    def quantized(self, model: str, target: str) -> str:
+        """The quantised model a target builds."""
+        return STAGES.quantize.output("onnx", model=model, recipe=self.recipe_of(model, target))
+
+    def build_layers(self, model: str, target: str) -> str:
+        """The precision analysis of the quantised model the target builds."""
+        return STAGES.evaluate.output("layers", model=model, recipe=self.recipe_of(model, target))
+
+    def base_layers(self, model: str, target: str) -> str:
+        """The precision analysis of the target's own recipe, which mixed precision starts from."""
+        return STAGES.evaluate.output("layers", model=model, recipe=recipe_id(self.base_recipe(model, target)))
+
+    def run_files(self, model: str) -> dict[str, dict[str, str]]:
+        """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model
+        (names: npuflow.layout.RUN_FILES)."""
+        return {p.target: p.run_files() for p in self.pairs() if p.model == model}
+
+    # ------------------------------------------------------------------ params of the rules
+    def spec_json(self, model: str, stage: str) -> str:
+        """The part of the model spec a stage reads: a changed field re-runs the jobs of that model
+        that read it (Snakemake's params trigger), and nothing else."""
+        return json.dumps(stage_spec(self.specs[model], stage), sort_keys=True)
+
+    def profile_json(self, target: str) -> str:
+        return json.dumps(self.targets.get(target), sort_keys=True)
+
+    def recipe_json(self, recipe: str) -> str:
+        return json.dumps(self.recipes()[recipe], sort_keys=True)
+
+    def base_recipe_json(self, model: str, target: str) -> str:
+        return json.dumps(self.base_recipe(model, target), sort_keys=True)
+
+    def job_mem_mb(self, stage: str, model: str) -> int:
+        return job_mem_mb(stage, self.specs[model])
