@@ -14,6 +14,14 @@ from npuflow.config import model_spec, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "tests" / "config.tiny.yaml"
+# Fixtures that take minutes on 2 cores: a test using one (directly or through another) is `slow`.
+SLOW_FIXTURES = {"pipeline", "pipeline_copy", "classifier", "segmenter", "killed_then_rerun"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def snakemake_command(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> list[str]:
@@ -59,13 +67,50 @@ def pipeline(tmp_path_factory):
     return workdir
 
 
+# Where the store keeps a location: a copy of the working folder points them at its own artifacts.
+STORE_LOCATIONS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
+@pytest.fixture
+def pipeline_copy(pipeline, tmp_path):
+    """A copy of the tiny pipeline's working folder (results/ and Snakemake's metadata), for a
+    test that runs more jobs or logs more runs: the session's `pipeline` stays as it was, so tests
+    that read it pass in any order. The copy's MLflow store points at its own artifacts."""
+    import shutil
+    import sqlite3
+
+    dest = tmp_path / "pipeline"
+    shutil.copytree(pipeline, dest, symlinks=True)
+    old = (pipeline / "results" / "mlartifacts").resolve().as_uri()
+    new = (dest / "results" / "mlartifacts").resolve().as_uri()
+    con = sqlite3.connect(dest / "results" / "mlflow.db")
+    with con:
+        for table, column in STORE_LOCATIONS:
+            con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    con.close()
+    return dest
+
+
 def reference_and_evaluate(quant_onnx, spec: dict, paths: dict, d: Path, recipe: str = "int8") -> tuple[dict, dict]:
     """The float reference and the evaluation of `quant_onnx` against it, as the pipeline runs them, in folder `d`."""
     from npuflow.evaluate import evaluate, reference
 
-    ref = reference(paths["surgery_onnx"], paths["manifest"], spec, d / "r.npz", d / "r.json")
+    ref = reference(paths["surgery_onnx"], manifest_json=paths["manifest"], spec=spec, out_npz=d / "r.npz", out_json=d / "r.json")
     report = evaluate(
-        quant_onnx, paths["surgery_onnx"], d / "r.npz", d / "r.json", paths["manifest"], spec, recipe, d / "e.json", d / "l.json"
+        quant_onnx,
+        float_onnx=paths["surgery_onnx"],
+        reference_npz=d / "r.npz",
+        reference_json=d / "r.json",
+        manifest_json=paths["manifest"],
+        spec=spec,
+        recipe=recipe,
+        out_json=d / "e.json",
+        out_layers=d / "l.json",
     )
     return ref, report
 
@@ -125,32 +170,37 @@ def segformer_entry(**extra) -> dict:
     }
 
 
+# The front stages' files, by the names the tests use: (stage, output) in the stage table.
+FRONT_FILES = {
+    "manifest": ("fetch", "manifest"),
+    "onnx": ("export", "onnx"),
+    "export": ("export", "report"),
+    "sim": ("simplify", "onnx"),
+    "simplify": ("simplify", "report"),
+    "surgery_onnx": ("surgery", "onnx"),
+    "surgery": ("surgery", "report"),
+    "ranges": ("calibrate", "ranges"),
+    "calibration": ("calibrate", "report"),
+}
+
+
 def run_front(spec: dict, root: Path) -> dict:
-    """fetch → export → simplify → surgery → calibrate for one model; returns the file paths."""
+    """fetch → export → simplify → surgery → calibrate for one model, into `root` laid out as
+    results/ (npuflow.layout); returns the file paths."""
     from npuflow.calibrate import calibrate
     from npuflow.export import export
     from npuflow.fetch import fetch
+    from npuflow.layout import STAGES, relocate
     from npuflow.simplify import simplify
     from npuflow.surgery import surgery
 
-    d = root / spec["name"]
-    p = {
-        "fetch": d / "fetch",
-        "manifest": d / "fetch" / "manifest.json",
-        "onnx": d / "model.onnx",
-        "export": d / "export.json",
-        "sim": d / "model.sim.onnx",
-        "simplify": d / "simplify.json",
-        "surgery_onnx": d / "model.surgery.onnx",
-        "surgery": d / "surgery.json",
-        "ranges": d / "calibration.ranges.json",
-        "calibration": d / "calibration.json",
-    }
+    p = {name: relocate(STAGES[stage].output(out, model=spec["name"]), root) for name, (stage, out) in FRONT_FILES.items()}
+    p["fetch"] = p["manifest"].parent
     fetch(spec, p["fetch"], root)
-    export(spec, p["fetch"], p["onnx"], p["export"], threads=2)
-    simplify(p["onnx"], p["sim"], p["simplify"], threads=2)
-    surgery(p["sim"], spec["surgery"], p["surgery_onnx"], p["surgery"], threads=2)
-    calibrate(p["surgery_onnx"], p["manifest"], spec, p["ranges"], p["calibration"])
+    export(spec, fetch_dir=p["fetch"], out_onnx=p["onnx"], out_json=p["export"], threads=2)
+    simplify(p["onnx"], out_onnx=p["sim"], out_json=p["simplify"], threads=2)
+    surgery(p["sim"], passes=spec["surgery"], out_onnx=p["surgery_onnx"], out_json=p["surgery"], threads=2)
+    calibrate(p["surgery_onnx"], manifest_json=p["manifest"], spec=spec, out_ranges=p["ranges"], out_json=p["calibration"])
     return p
 
 

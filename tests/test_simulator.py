@@ -102,7 +102,14 @@ def test_quantised_model_builds_on_every_target(classifier, tmp_path):
     from npuflow.quantize import quantize
 
     _, p = classifier
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=INT8,
+        out_onnx=tmp_path / "q.onnx",
+        out_json=tmp_path / "q.json",
+    )
     for target in TARGETS.names():
         report = build(tmp_path / "q.onnx", TARGETS.get(target), tmp_path / target, "evit", "random")
         assert report["macs"] == pytest.approx(79e6, rel=0.05)  # EfficientViT-M0: 79 M MACs (paper)

@@ -203,6 +203,7 @@ def auto_calibrate(model_onnx, stats: dict, calib: dict, selection: np.ndarray, 
 
 def calibrate(
     model_onnx: str | Path,
+    *,
     manifest_json: str | Path,
     spec: dict,
     out_ranges: str | Path,

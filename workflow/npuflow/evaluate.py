@@ -13,31 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from .data import IGNORE_LABEL, image_batches
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path
 from .onnxutil import input_name, load, session
 from .progress import progress
-
-# The evaluation figures other stages carry (MLflow metrics, summary rows) when a report has them (task accuracy
-# needs labelled images; pixel vs top-k agreement depends on the task).
-EVAL_METRICS = (
-    "cosine",
-    "cosine_min",
-    "sqnr_db",
-    "max_abs_error",
-    "top1_agreement",
-    "top5_agreement",
-    "pixel_agreement",
-    "top1",
-    "top5",
-    "miou",
-    "pixel_accuracy",
-    "float_top1",
-    "float_top5",
-    "float_miou",
-    "float_pixel_accuracy",
-    "host_fp32_ms",
-    "host_int8_ms",
-)
+from .records import EVAL_METRICS, FLOAT_ACCURACY, EvalReport, LayerAnalysis, Manifest, ReferenceReport
 
 # Host latency is a median of timed runs; long models get fewer runs, never fewer than this.
 MIN_REPEATS = 3
@@ -57,7 +36,7 @@ def expose_logits(model):
     return model
 
 
-def _scores_and_classes(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def scores_and_classes(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(float scores, class ids) from a model's outputs: class ids over axis 1 of the scores."""
     if len(outputs) == 2 and np.issubdtype(outputs[0].dtype, np.integer):
         return outputs[1], outputs[0][:, 0]
@@ -76,7 +55,8 @@ def host_latency_ms(sess, feeds: dict, repeats: int) -> tuple[float, int]:
     return float(np.median(times) * 1e3), len(times)
 
 
-def _run_all(model, images: np.ndarray, threads: int):
+def run_model(model, images: np.ndarray, threads: int):
+    """(session, input name, outputs) of `model` run on each image, outputs stacked per output."""
     sess = session(model, threads)
     name = input_name(model)
     runs = [sess.run(None, {name: img[None]}) for img in progress(images, "held-out images", unit="img")]
@@ -122,6 +102,7 @@ def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | N
 
 def reference(
     float_onnx: str | Path,
+    *,
     manifest_json: str | Path,
     spec: dict,
     out_npz: str | Path,
@@ -131,7 +112,7 @@ def reference(
     cache_dir: str | Path | None = None,
 ) -> dict:
     start = time.perf_counter()
-    manifest = read_json(manifest_json)
+    manifest = Manifest.read(manifest_json)
     ev = spec["evaluation"]
     # Seeded apart from calibration, from images calibration never sees.
     batch = image_batches(
@@ -139,31 +120,32 @@ def reference(
         "evaluation",
         ev["images"],
         spec["input"]["shape"],
-        manifest["preprocessing"],
+        manifest.preprocessing,
         spec["seed"] + 1,
         datasets_dir,
         cache_dir,
     )
     model = expose_logits(load(float_onnx))
-    sess, name, outs = _run_all(model, batch.images, threads)
-    scores, classes = _scores_and_classes(outs)
+    sess, name, outs = run_model(model, batch.images, threads)
+    scores, classes = scores_and_classes(outs)
     fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"])
     extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, images=batch.images, scores=scores, classes=classes, **extra)
     accuracy = task_metrics(scores, classes, batch.labels, batch.masks, spec["task"])
-    report = {
-        "images": len(batch.images),
-        "dataset": ev["dataset"],
-        "image_sources": batch.names,
-        **{f"float_{k}" if k != "labelled_images" else k: v for k, v in accuracy.items()},
-        "host_fp32_ms": fp32_ms,
-        "host_fp32_repeats": repeats,
-        "host_threads": threads,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(out_json, report)
-    return report
+    report = ReferenceReport(
+        images=len(batch.images),
+        dataset=ev["dataset"],
+        image_sources=batch.names,
+        accuracy={f"float_{k}": v for k, v in accuracy.items() if f"float_{k}" in FLOAT_ACCURACY},
+        labelled_images=accuracy.get("labelled_images"),
+        host_fp32_ms=fp32_ms,
+        host_fp32_repeats=repeats,
+        host_threads=threads,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    report.write(out_json)
+    return report.to_json()
 
 
 def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
@@ -188,6 +170,7 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
 
 def evaluate(
     quant_onnx: str | Path,
+    *,
     float_onnx: str | Path,
     reference_npz: str | Path,
     reference_json: str | Path,
@@ -204,39 +187,46 @@ def evaluate(
 
     start = time.perf_counter()
     ref = np.load(reference_npz)
-    ref_report = read_json(reference_json)
-    manifest = read_json(manifest_json)
+    ref_report = ReferenceReport.read(reference_json)
+    manifest = Manifest.read(manifest_json)
     quant_model = load(quant_onnx)
     model = expose_logits(quant_model)
-    sess, name, outs = _run_all(model, ref["images"], threads)
-    scores, classes = _scores_and_classes(outs)
+    sess, name, outs = run_model(model, ref["images"], threads)
+    scores, classes = scores_and_classes(outs)
     int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"])
     labels = ref["labels"] if "labels" in ref else None
     masks = ref["masks"] if "masks" in ref else None
     accuracy = task_metrics(scores, classes, labels, masks, spec["task"])
     analysed = time.perf_counter()
     rows = analyse_layers(load(float_onnx), load(quant_onnx), ref["images"][: spec["evaluation"]["analysis_images"]], threads)
-    write_json(out_layers, {"images": min(len(ref["images"]), spec["evaluation"]["analysis_images"]), "rows": rows})
-    report = {
-        "model": spec["name"],
-        "recipe": recipe,
-        "task": spec["task"],
-        "weights": manifest["weights"],
-        "images": len(ref["images"]),
-        "dataset": ref_report.get("dataset"),
+    LayerAnalysis(images=min(len(ref["images"]), spec["evaluation"]["analysis_images"]), rows=rows).write(out_layers)
+    figures = {
         **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),
         **accuracy,
-        **{k: v for k, v in ref_report.items() if k.startswith("float_")},
-        "host_fp32_ms": ref_report["host_fp32_ms"],
+        **ref_report.accuracy,
+        "host_fp32_ms": ref_report.host_fp32_ms,
         "host_int8_ms": int8_ms,
-        "host_int8_repeats": repeats,
-        "host_threads": threads,
-        "worst_layers": [
+    }
+    unnamed = set(figures) - set(EVAL_METRICS) - {"labelled_images"}
+    if unnamed:  # a figure every run, row and column shares needs its name in records.EVAL_METRICS
+        raise RuntimeError(f"evaluation figures without a metric name: {sorted(unnamed)}")
+    report = EvalReport(
+        model=spec["name"],
+        recipe=recipe,
+        task=spec["task"],
+        weights=manifest.weights,
+        images=len(ref["images"]),
+        dataset=ref_report.dataset,
+        metrics={k: figures[k] for k in EVAL_METRICS if k in figures},
+        labelled_images=accuracy.get("labelled_images"),
+        host_int8_repeats=repeats,
+        host_threads=threads,
+        worst_layers=[
             {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
             for r in sorted(rows, key=lambda r: r["cosine"])[:5]
         ],
-        "seconds_layer_analysis": round(time.perf_counter() - analysed, 3),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(out_json, report)
-    return report
+        seconds_layer_analysis=round(time.perf_counter() - analysed, 3),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    report.write(out_json)
+    return report.to_json()

@@ -66,7 +66,7 @@ def package_versions(*names: str) -> dict[str, str]:
     return found
 
 
-def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+def export(spec: dict, *, fetch_dir: str | Path, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
     import torch
 
     torch.set_num_threads(threads)

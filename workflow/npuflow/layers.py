@@ -6,6 +6,7 @@ as in the vendor tables; the local SQNR is what ranks layers for mixed precision
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -153,3 +154,15 @@ def write_layers_csv(rows: list[dict], path: str | Path, extra_columns: list[str
         w.writeheader()
         for r in ordered:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def read_layers_csv(path: str | Path) -> list[dict]:
+    """The per-layer table as `write_layers_csv` wrote it; cosine, SQNR and MSE as floats."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for col in ("cosine", "sqnr_db", "mse", "local_sqnr_db"):
+            if r.get(col) not in (None, ""):
+                with contextlib.suppress(ValueError):
+                    r[col] = float(r[col])
+    return rows

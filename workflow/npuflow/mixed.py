@@ -15,17 +15,18 @@ import time
 from pathlib import Path
 
 from .data import image_batches
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path
 from .onnxutil import load
 from .precision import recipe_id
 from .progress import log
+from .records import CalibrationReport, CurvePoint, Goal, LayerAnalysis, Manifest, MixedReport, MixedStep
 
 
 def _score(model, images, ref_scores, ref_classes, task: str) -> dict:
-    from .evaluate import _run_all, _scores_and_classes, expose_logits, fidelity
+    from .evaluate import expose_logits, fidelity, run_model, scores_and_classes
 
-    _, _, outs = _run_all(expose_logits(model), images, 2)
-    scores, classes = _scores_and_classes(outs)
+    _, _, outs = run_model(expose_logits(model), images, 2)
+    scores, classes = scores_and_classes(outs)
     return fidelity(ref_scores, ref_classes, scores, classes, task)
 
 
@@ -59,31 +60,32 @@ def fused_groups(model, profile: dict) -> dict[str, list[str]]:
 
 
 def mixed_precision(
-    float_onnx,
-    manifest_json,
-    ranges_json,
-    calibration_json,
-    layers_json,
+    float_onnx: str | Path,
+    *,
+    manifest_json: str | Path,
+    ranges_json: str | Path,
+    calibration_json: str | Path,
+    layers_json: str | Path,
     spec: dict,
     profile: dict,
     base_recipe: dict,
-    out_onnx,
-    out_quant_json,
-    out_json,
-    datasets_dir="results/datasets",
-    cache_dir=None,
-) -> dict:
-    from .evaluate import _run_all, _scores_and_classes, expose_logits
-    from .quantize import onnx_opset, quantize_model, write_quantize_report
+    out_onnx: str | Path,
+    out_quant_json: str | Path,
+    out_json: str | Path,
+    datasets_dir: str | Path = "results/datasets",
+    cache_dir: str | Path | None = None,
+) -> MixedReport:
+    from .evaluate import expose_logits, run_model, scores_and_classes
+    from .quantize import onnx_opset, quantize_model, quantize_report
     from .simulator import simulate
 
     start = time.perf_counter()
     mp = spec["mixed_precision"]
     metric, goal = mp["goal"]["metric"], mp["goal"]["value"]
     calib = spec["calibration"]
-    manifest = read_json(manifest_json)
-    calibration = read_json(calibration_json)
-    options = calibration.get("quantization", {})
+    manifest = Manifest.read(manifest_json)
+    calibration = CalibrationReport.read(calibration_json)
+    options = calibration.quantization
     # Images after the calibration ones (and after auto-calibration's), never the evaluation images.
     skip = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
     batch = image_batches(
@@ -91,16 +93,16 @@ def mixed_precision(
         "calibration",
         skip + mp["images"],
         spec["input"]["shape"],
-        manifest["preprocessing"],
+        manifest.preprocessing,
         spec["seed"],
         datasets_dir,
         cache_dir,
     )
     images = batch.images[skip:]
     float_model = load(float_onnx)
-    _, _, ref_outs = _run_all(expose_logits(copy.deepcopy(float_model)), images, 2)
-    ref_scores, ref_classes = _scores_and_classes(ref_outs)
-    int8_layers, int16_layers = promotion_order(read_json(layers_json)["rows"], fused_groups(float_model, profile))
+    _, _, ref_outs = run_model(expose_logits(copy.deepcopy(float_model)), images, 2)
+    ref_scores, ref_classes = scores_and_classes(ref_outs)
+    int8_layers, int16_layers = promotion_order(LayerAnalysis.read(layers_json).rows, fused_groups(float_model, profile))
 
     curve = []
     with tempfile.TemporaryDirectory(prefix="npuflow-mixed-") as tmp:
@@ -156,36 +158,29 @@ def mixed_precision(
         # quantize_model call); kept, with the stage's report beside it, not quantised again.
         with atomic_path(out_onnx) as out:
             shutil.copyfile(chosen["path"], out)
-        write_quantize_report(
-            onnx_opset(float_model),
-            out_onnx,
-            chosen["precision"],
-            chosen["recipe"],
-            calibration,
-            out_quant_json,
-            chosen["quantize_s"],
-        )
+        quant = quantize_report(onnx_opset(float_model), out_onnx, chosen["precision"], chosen["recipe"], calibration, chosen["quantize_s"])
+        quant.write(out_quant_json)
     for p in curve:  # the step's files and node map stay out of the report
         for key in ("path", "precision", "quantize_s"):
             p.pop(key)
-    report = {
-        "model": spec["name"],
-        "target": profile["name"],
-        "simulated_latency": True,
-        "goal": {"metric": metric, "value": goal},
-        "goal_met": chosen[metric] >= goal,
-        "base": {"recipe_id": recipe_id(base_recipe), metric: base[metric], "latency_ms": base["latency_ms"]},
-        "chosen": {
-            "step": chosen["step"],
-            "recipe": chosen["recipe"],
-            metric: chosen[metric],
-            "latency_ms": chosen["latency_ms"],
-            "latency_increase_pct": 100 * (chosen["latency_ms"] / base["latency_ms"] - 1),
-        },
-        "latency_budget_ms": budget_ms,
-        "images": len(images),
-        "curve": curve,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(out_json, report)
+    report = MixedReport(
+        model=spec["name"],
+        target=profile["name"],
+        simulated_latency=True,
+        goal=Goal(metric=metric, value=goal),
+        goal_met=chosen[metric] >= goal,
+        base=MixedStep(recipe_id=recipe_id(base_recipe), latency_ms=base["latency_ms"], **{metric: base[metric]}),
+        chosen=MixedStep(
+            step=chosen["step"],
+            recipe=chosen["recipe"],
+            latency_ms=chosen["latency_ms"],
+            latency_increase_pct=100 * (chosen["latency_ms"] / base["latency_ms"] - 1),
+            **{metric: chosen[metric]},
+        ),
+        latency_budget_ms=budget_ms,
+        images=len(images),
+        curve=[CurvePoint.from_json(p) for p in curve],
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    report.write(out_json)
     return report

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from .errors import NpuflowError
-from .io import atomic_path, write_json
+from .io import atomic_path
 from .onnxutil import fixed_input, input_name, load, magnitude, max_abs_diff, op_counts, run_onnx
+from .records import SimplifyReport
 
 SIMPLIFY_RTOL = 1e-4  # of the outputs' magnitude
 
@@ -34,7 +35,7 @@ def simplify_model(model, where: str, threads: int = 1):
     return simplified, diff
 
 
-def simplify(in_onnx: str | Path, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+def simplify(in_onnx: str | Path, *, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
     import onnx
     import onnxsim
 
@@ -44,14 +45,14 @@ def simplify(in_onnx: str | Path, out_onnx: str | Path, out_json: str | Path, th
     with atomic_path(out_onnx) as tmp:
         onnx.save(simplified, str(tmp))
     ops_before, ops_after = op_counts(model), op_counts(simplified)
-    report = {
-        "ops_before": ops_before,
-        "ops_after": ops_after,
-        "nodes_before": sum(ops_before.values()),
-        "nodes_after": sum(ops_after.values()),
-        "max_abs_diff": diff,
-        "onnxsim_version": onnxsim.__version__,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(out_json, report)
-    return report
+    report = SimplifyReport(
+        ops_before=ops_before,
+        ops_after=ops_after,
+        nodes_before=sum(ops_before.values()),
+        nodes_after=sum(ops_after.values()),
+        max_abs_diff=diff,
+        onnxsim_version=onnxsim.__version__,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    report.write(out_json)
+    return report.to_json()

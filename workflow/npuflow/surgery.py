@@ -120,7 +120,7 @@ class FoldHeadBN(SurgeryPass):
         return {"max_abs_diff": diff}
 
 
-def surgery(in_onnx: str | Path, passes: list[str], out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+def surgery(in_onnx: str | Path, *, passes: list[str], out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
     import onnx
 
     start = time.perf_counter()
