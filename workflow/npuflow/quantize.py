@@ -9,13 +9,15 @@ model, so the simulated build sees exactly the recipe the quantiser applied."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path
 from .onnxutil import load, op_counts
 from .precision import RANK, embed_precision, recipe_id, resolve_precision
+from .records import CalibrationReport, QuantReport
 
 # Per-channel DequantizeLinear (its `axis`) exists from opset 13; onnxruntime's quantiser does not
 # raise an opset-11 model (the SegFormer flow) by itself, so npuflow converts it first. (16-bit
@@ -42,31 +44,44 @@ def tensor_types(model, precision: dict[str, str], default: str) -> dict[str, st
     return {t: d for t, d in types.items() if d != default}
 
 
-def _fast_input_replacement() -> None:
+def _replace_input_indexed(self, old_input_name, new_input_name):
     """onnxruntime 1.31's quantiser renames a tensor's consumers by scanning every input of every
     node for every tensor it quantises (quadratic; ~30 % of quantising EfficientViT-M5). Same
     edit through an index of the nodes reading each tensor, extended as the quantiser appends
     nodes and rebuilt if nodes are removed; the output is byte-identical (tested)."""
+    nodes = self.model.graph.node
+    index = getattr(self, "_npuflow_readers", None)
+    if index is None or len(nodes) < self._npuflow_indexed:
+        index, self._npuflow_indexed = {}, 0
+        self._npuflow_readers = index
+    for node in nodes[self._npuflow_indexed :]:
+        for name in set(node.input):
+            index.setdefault(name, []).append(node)
+    self._npuflow_indexed = len(nodes)
+    for node in index.pop(old_input_name, []):
+        if old_input_name in node.input:
+            for j, name in enumerate(node.input):
+                if name == old_input_name:
+                    node.input[j] = new_input_name
+            index.setdefault(new_input_name, []).append(node)
+
+
+@contextlib.contextmanager
+def quantizer_settings():
+    """onnxruntime's quantiser as npuflow runs it, for one call and put back after: the indexed
+    input renaming above in place of its own method, and its per-weight warnings (logged on the
+    root logger) kept out of the job's log."""
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    def replace_input_of_all_nodes(self, old_input_name, new_input_name):
-        nodes = self.model.graph.node
-        index = getattr(self, "_npuflow_readers", None)
-        if index is None or len(nodes) < self._npuflow_indexed:
-            index, self._npuflow_indexed = {}, 0
-            self._npuflow_readers = index
-        for node in nodes[self._npuflow_indexed :]:
-            for name in set(node.input):
-                index.setdefault(name, []).append(node)
-        self._npuflow_indexed = len(nodes)
-        for node in index.pop(old_input_name, []):
-            if old_input_name in node.input:
-                for j, name in enumerate(node.input):
-                    if name == old_input_name:
-                        node.input[j] = new_input_name
-                index.setdefault(new_input_name, []).append(node)
-
-    ONNXModel.replace_input_of_all_nodes = replace_input_of_all_nodes
+    original, root = ONNXModel.replace_input_of_all_nodes, logging.getLogger()
+    level = root.level
+    ONNXModel.replace_input_of_all_nodes = _replace_input_indexed
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ONNXModel.replace_input_of_all_nodes = original
+        root.setLevel(level)
 
 
 def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, out_onnx: str | Path) -> dict[str, str]:
@@ -78,12 +93,10 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
         from onnx import version_converter
 
         model = version_converter.convert_version(model, QDQ_MIN_OPSET)
-    _fast_input_replacement()
     qtype = {"int8": QuantType.QInt8, "int16": QuantType.QInt16}
     precision = resolve_precision(model, recipe)
     overrides = {t: [{"quant_type": qtype[d]}] for t, d in tensor_types(model, precision, recipe["default"]).items()}
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's per-weight warnings drown the log
-    with atomic_path(out_onnx) as tmp:
+    with atomic_path(out_onnx) as tmp, quantizer_settings():
         quantize_static(
             # In memory: given a path, onnxruntime writes a shape-inferred copy beside it, which
             # races between the targets' jobs.
@@ -112,39 +125,45 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
 
 
 def quantize(
-    model_onnx: str | Path, ranges_json: str | Path, calibration_json: str | Path, recipe: dict, out_onnx: str | Path, out_json: str | Path
+    model_onnx: str | Path,
+    *,
+    ranges_json: str | Path,
+    calibration_json: str | Path,
+    recipe: dict,
+    out_onnx: str | Path,
+    out_json: str | Path,
 ) -> dict:
     start = time.perf_counter()
-    calibration = read_json(calibration_json)
+    calibration = CalibrationReport.read(calibration_json)
     model = load(model_onnx)
-    precision = quantize_model(model, ranges_json, recipe, calibration.get("quantization", {}), out_onnx)
-    return write_quantize_report(onnx_opset(model), out_onnx, precision, recipe, calibration, out_json, time.perf_counter() - start)
+    precision = quantize_model(model, ranges_json, recipe, calibration.quantization, out_onnx)
+    report = quantize_report(onnx_opset(model), out_onnx, precision, recipe, calibration, time.perf_counter() - start)
+    report.write(out_json)
+    return report.to_json()
 
 
-def write_quantize_report(
-    opset_in: int, quantized_onnx: str | Path, precision: dict, recipe: dict, calibration: dict, out_json: str | Path, seconds: float
-) -> dict:
+def quantize_report(
+    opset_in: int, quantized_onnx: str | Path, precision: dict, recipe: dict, calibration: CalibrationReport, seconds: float
+) -> QuantReport:
     """The quantize stage's report on a model quantize_model wrote (returning `precision`)."""
     from collections import Counter
 
-    options = calibration.get("quantization", {})
+    options = calibration.quantization
     quantized = load(quantized_onnx)
     ops = op_counts(quantized)
-    report = {
-        "recipe": recipe,
-        "recipe_id": recipe_id(recipe),
-        "format": "QDQ",
-        "opset_in": opset_in,
-        "opset": onnx_opset(quantized),
-        "weights": f"int8 {'per-channel' if options.get('per_channel', True) else 'per-tensor'} symmetric",
-        "activations": f"{recipe['default']} per-tensor {'symmetric' if options.get('activation_symmetric') else 'asymmetric'}",
-        "node_dtypes": dict(Counter(precision.values())),
-        "calibration_method": calibration["method"],
-        "calibration_images": calibration["images"],
-        "ops": ops,
-        "quantize_nodes": ops.get("QuantizeLinear", 0),
-        "int8_bytes": Path(quantized_onnx).stat().st_size,
-        "seconds": round(seconds, 3),
-    }
-    write_json(out_json, report)
-    return report
+    return QuantReport(
+        recipe=recipe,
+        recipe_id=recipe_id(recipe),
+        format="QDQ",
+        opset_in=opset_in,
+        opset=onnx_opset(quantized),
+        weights=f"int8 {'per-channel' if options.get('per_channel', True) else 'per-tensor'} symmetric",
+        activations=f"{recipe['default']} per-tensor {'symmetric' if options.get('activation_symmetric') else 'asymmetric'}",
+        node_dtypes=dict(Counter(precision.values())),
+        calibration_method=calibration.method,
+        calibration_images=calibration.images,
+        ops=ops,
+        quantize_nodes=ops.get("QuantizeLinear", 0),
+        int8_bytes=Path(quantized_onnx).stat().st_size,
+        seconds=round(seconds, 3),
+    )
