@@ -1,0 +1,471 @@
+"""The `npuflow` commands, one class each, in pipeline order (npuflow.cli has the registry).
+Stage modules are imported inside `run`, so `npuflow <command> --help` stays quick and a command
+imports only what its stage needs (the per-stage conda environments hold just that)."""
+
+from __future__ import annotations
+
+import json
+
+from .cli import (
+    Command,
+    add_data_arguments,
+    add_model_arguments,
+    add_profile_arguments,
+    command,
+    model_spec_of,
+    target_profile,
+    user_profiles,
+)
+from .errors import ConfigError
+
+
+def _outputs(p, **helps) -> None:
+    """Required output arguments: --<name> with its help."""
+    for name, text in helps.items():
+        p.add_argument(f"--{name.replace('_', '-')}", required=True, help=text)
+
+
+def _threads(p) -> None:
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime/torch threads (default: %(default)s)")
+
+
+@command
+class CheckConfig(Command):
+    name = "check-config"
+    help = "validate a config file and list its models and targets"
+    description = "Validate a config file as the workflow does (schema, then names and dependent fields); errors name the entry and field."
+
+    def add_arguments(self, p):
+        p.add_argument("config", help="the config file (e.g. config.yaml)")
+
+    def run(self, args):
+        from .config import load_config
+
+        config = load_config(args.config)
+        return {"models": list(config["models"]), "targets": config["targets"]}
+
+
+@command
+class Dataset(Command):
+    name = "dataset"
+    help = "fetch, safely extract and index a dataset declared under `datasets:`"
+
+    def add_arguments(self, p):
+        p.add_argument("name", help="the dataset's name under `datasets:`")
+        p.add_argument("--config", default="config.yaml", help="config file declaring the dataset (default: %(default)s)")
+        p.add_argument("--entry", help="the dataset's config entry as JSON (what the workflow passes; instead of --config)")
+        _outputs(p, out_dir="folder to prepare the dataset in (index.json and the extracted files)")
+
+    def run(self, args):
+        from .config import load_config
+        from .data import prepare_dataset
+
+        entry = json.loads(args.entry) if args.entry else load_config(args.config)["datasets"].get(args.name)
+        if entry is None:
+            raise ConfigError(f"datasets.{args.name}: no such dataset in {args.config}")
+        index = prepare_dataset(name=args.name, entry=entry, out_dir=args.out_dir)
+        return {"dataset": args.name, "images": len(index["images"]), "labels": index["labels"], "masks": index["masks"]}
+
+
+@command
+class Fetch(Command):
+    name = "fetch"
+    help = "weights (pretrained or seeded random) and their manifest"
+
+    def add_arguments(self, p):
+        add_model_arguments(p)
+        _outputs(p, out_dir="folder for weights.safetensors and manifest.json")
+        p.add_argument(
+            "--cache-dir", default="results", help="where url: checkpoints are downloaded to, under downloads/ (default: %(default)s)"
+        )
+
+    def run(self, args):
+        from .fetch import fetch
+
+        return fetch(spec=model_spec_of(args), out_dir=args.out_dir, cache_dir=args.cache_dir)
+
+
+@command
+class Export(Command):
+    name = "export"
+    help = "ONNX export at batch 1, checked against torch"
+
+    def add_arguments(self, p):
+        add_model_arguments(p)
+        p.add_argument("--fetch-dir", required=True, help="the fetch stage's folder (weights.safetensors, manifest.json)")
+        _outputs(p, out="the ONNX model to write", report="the stage report (JSON) to write")
+        _threads(p)
+
+    def run(self, args):
+        from .export import export
+
+        return export(model_spec_of(args), fetch_dir=args.fetch_dir, out_onnx=args.out, out_json=args.report, threads=args.threads)
+
+
+@command
+class Simplify(Command):
+    name = "simplify"
+    help = "onnxsim, outputs checked equal in onnxruntime"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the exported ONNX model")
+        _outputs(p, out="the simplified ONNX model to write", report="the stage report (JSON) to write")
+        _threads(p)
+
+    def run(self, args):
+        from .simplify import simplify
+
+        return simplify(args.input, out_onnx=args.out, out_json=args.report, threads=args.threads)
+
+
+@command
+class Surgery(Command):
+    name = "surgery"
+    help = "apply named graph surgery passes, each verified"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the simplified ONNX model")
+        p.add_argument("--passes", nargs="*", default=None, help="pass names, in order (default: the model's `surgery` list)")
+        add_model_arguments(p)
+        _outputs(p, out="the ONNX model to write", report="the stage report (JSON) to write")
+        _threads(p)
+
+    def run(self, args):
+        from .surgery import surgery
+
+        passes = args.passes if args.passes is not None else model_spec_of(args).get("surgery", [])
+        return surgery(args.input, passes=passes, out_onnx=args.out, out_json=args.report, threads=args.threads)
+
+
+@command
+class Calibrate(Command):
+    name = "calibrate"
+    help = "activation ranges on calibration images, once per model"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the float (post-surgery) ONNX model")
+        add_model_arguments(p)
+        p.add_argument("--manifest", required=True, help="the fetch manifest (preprocessing, weights kind)")
+        _outputs(p, out="the ranges to write (onnxruntime calibration cache)", report="the stage report (JSON) to write")
+        add_data_arguments(p)
+
+    def run(self, args):
+        from .calibrate import calibrate
+
+        return calibrate(
+            args.input,
+            manifest_json=args.manifest,
+            spec=model_spec_of(args),
+            out_ranges=args.out,
+            out_json=args.report,
+            datasets_dir=args.datasets_dir,
+            cache_dir=args.cache_dir,
+        )
+
+
+@command
+class Quantize(Command):
+    name = "quantize"
+    help = "static QDQ quantisation from stored ranges, under a precision recipe"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the float (post-surgery) ONNX model")
+        p.add_argument("--ranges", required=True, help="the calibrate stage's ranges")
+        p.add_argument("--calibration", required=True, help="the calibrate stage's report (the quantisation options it chose)")
+        p.add_argument(
+            "--recipe",
+            default='{"default": "int8"}',
+            help="precision recipe as JSON, a target profile's `precision` (default: %(default)s)",
+        )
+        _outputs(p, out="the quantised ONNX model to write", report="the stage report (JSON) to write")
+
+    def run(self, args):
+        from .quantize import quantize
+
+        return quantize(
+            args.input,
+            ranges_json=args.ranges,
+            calibration_json=args.calibration,
+            recipe=json.loads(args.recipe),
+            out_onnx=args.out,
+            out_json=args.report,
+        )
+
+
+@command
+class Reference(Command):
+    name = "reference"
+    help = "float outputs on held-out images and host fp32 latency, once per model"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the float (post-surgery) ONNX model")
+        add_model_arguments(p)
+        p.add_argument("--manifest", required=True, help="the fetch manifest (preprocessing)")
+        _outputs(p, out="the reference outputs to write (.npz)", report="the stage report (JSON) to write")
+        _threads(p)
+        add_data_arguments(p)
+
+    def run(self, args):
+        from .evaluate import reference
+
+        return reference(
+            args.input,
+            manifest_json=args.manifest,
+            spec=model_spec_of(args),
+            out_npz=args.out,
+            out_json=args.report,
+            threads=args.threads,
+            datasets_dir=args.datasets_dir,
+            cache_dir=args.cache_dir,
+        )
+
+
+@command
+class Evaluate(Command):
+    name = "evaluate"
+    help = "quantised vs float on held-out images, host int8 latency, per-layer analysis"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the quantised ONNX model")
+        add_model_arguments(p)
+        p.add_argument("--recipe", default="int8", help="precision recipe id of the quantised model, for the record (default: %(default)s)")
+        p.add_argument("--float-model", required=True, help="the float (post-surgery) model, for the per-layer analysis")
+        p.add_argument("--reference", required=True, help="the reference stage's outputs (.npz)")
+        p.add_argument("--reference-report", required=True, help="the reference stage's report (fp32 latency, float accuracy)")
+        p.add_argument("--manifest", required=True, help="the fetch manifest (weights kind)")
+        _outputs(p, out="the stage report (JSON) to write", layers_out="the per-layer precision analysis (JSON) to write")
+        _threads(p)
+
+    def run(self, args):
+        from .evaluate import evaluate
+
+        return evaluate(
+            args.input,
+            float_onnx=args.float_model,
+            reference_npz=args.reference,
+            reference_json=args.reference_report,
+            manifest_json=args.manifest,
+            spec=model_spec_of(args),
+            recipe=args.recipe,
+            out_json=args.out,
+            out_layers=args.layers_out,
+            threads=args.threads,
+        )
+
+
+@command
+class Mixed(Command):
+    name = "mixed"
+    help = "automatic mixed precision for one (model, target): promote layers until the goal is met"
+
+    def add_arguments(self, p):
+        add_model_arguments(p)
+        add_profile_arguments(p, config=False)
+        p.add_argument("--input", required=True, help="the float (post-surgery) ONNX model")
+        p.add_argument("--manifest", required=True, help="the fetch manifest (preprocessing)")
+        p.add_argument("--ranges", required=True, help="the calibrate stage's ranges")
+        p.add_argument("--calibration", required=True, help="the calibrate stage's report")
+        p.add_argument("--layers", required=True, help="precision analysis of the target's own recipe (eval/<recipe>.layers.json)")
+        p.add_argument("--recipe", required=True, help="the target's own recipe as JSON (where the search starts)")
+        _outputs(
+            p,
+            out="the chosen quantised model to write",
+            quant_report="its quantize report to write",
+            report="the trade-off curve and the chosen recipe (JSON) to write",
+        )
+        add_data_arguments(p)
+
+    def run(self, args):
+        from .mixed import mixed_precision
+
+        report = mixed_precision(
+            args.input,
+            manifest_json=args.manifest,
+            ranges_json=args.ranges,
+            calibration_json=args.calibration,
+            layers_json=args.layers,
+            spec=model_spec_of(args),
+            profile=target_profile(args),
+            base_recipe=json.loads(args.recipe),
+            out_onnx=args.out,
+            out_quant_json=args.quant_report,
+            out_json=args.report,
+            datasets_dir=args.datasets_dir,
+            cache_dir=args.cache_dir,
+        )
+        return {"target": report.target, "goal": report.goal.to_json(), "goal_met": report.goal_met, "chosen": report.chosen.to_json()}
+
+
+@command
+class Build(Command):
+    name = "build"
+    help = "simulated NPU build of a quantised model (no vendor compiler: npuflow's model of the chip)"
+
+    def add_arguments(self, p):
+        p.add_argument("input", help="the quantised ONNX model")
+        add_profile_arguments(p)
+        _outputs(p, out_dir="folder for build.json, trace.json and summary.txt")
+        p.add_argument("--model-name", default="", help="the model's name, for the record")
+        p.add_argument("--manifest", help="the fetch manifest, to record the weights kind")
+        p.add_argument("--layers", help="precision analysis rows (eval/<recipe>.layers.json) to join with this target's build")
+        p.add_argument("--layers-csv", help="where to write the per-layer table for this target (with --layers)")
+
+    def run(self, args):
+        from .records import LayerAnalysis, Manifest
+        from .simulator import build
+
+        report = build(
+            args.input,
+            target_profile(args),
+            args.out_dir,
+            model_name=args.model_name,
+            weights=Manifest.read(args.manifest).weights if args.manifest else "",
+            layer_rows=LayerAnalysis.read(args.layers).rows if args.layers else None,
+            layers_csv=args.layers_csv,
+        )
+        return {k: report[k] for k in ("model", "target", "latency_ms", "fps", "subgraphs", "unit_time_ms")}
+
+
+@command
+class InitMlflow(Command):
+    name = "init-mlflow"
+    help = "create the tracking store and the experiment, once, before any logging job"
+
+    def add_arguments(self, p):
+        p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
+        p.add_argument("--experiment", required=True, help="experiment name")
+        _outputs(p, out="the store record (JSON) to write")
+
+    def run(self, args):
+        from .track import init_store, tracking_uri
+
+        return init_store(uri=tracking_uri(args.tracking_uri), experiment=args.experiment, out_json=args.out).to_json()
+
+
+@command
+class Track(Command):
+    name = "track"
+    help = "log (or reuse) the MLflow run of each (model, target) of one model"
+
+    def add_arguments(self, p):
+        add_model_arguments(p)
+        p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
+        p.add_argument("--experiment", required=True, help="experiment name (created by init-mlflow)")
+        p.add_argument("--files", required=True, help="JSON {target: {name: path}}: the stage reports and artifacts of each run")
+        _outputs(p, out="the runs record (JSON) to write")
+
+    def run(self, args):
+        from .track import log_model_runs, tracking_uri
+
+        report = log_model_runs(
+            uri=tracking_uri(args.tracking_uri),
+            experiment=args.experiment,
+            spec=model_spec_of(args),
+            runs=json.loads(args.files),
+            out_json=args.out,
+        )
+        return report.to_json()
+
+
+@command
+class Plot(Command):
+    name = "plot"
+    help = "a model's simulated latency breakdown (by unit and op type) over its targets, as PNG"
+
+    def add_arguments(self, p):
+        p.add_argument("--model", required=True, help="the model's name (the plot's title)")
+        p.add_argument("--files", required=True, help="JSON {target: {name: path}} with each target's build and trace")
+        _outputs(p, out="the PNG to write")
+
+    def run(self, args):
+        from .report.plots import plot_model
+
+        plot_model(model=args.model, runs=json.loads(args.files), out_png=args.out)
+        return {"plot": args.out}
+
+
+@command
+class Report(Command):
+    name = "report"
+    help = "summary.csv and report.html over all (model, target) pairs"
+    description = (
+        "summary.csv and report.html over all (model, target) pairs; a pair whose chain of stage outputs is "
+        "incomplete is marked failed at the first missing one, with that stage's log."
+    )
+
+    def add_arguments(self, p):
+        p.add_argument(
+            "--pair",
+            action="append",
+            default=[],
+            required=True,
+            metavar="JSON",
+            help='one (model, target), as npuflow.plan.Pair writes it: {"model": …, "target": …, "recipe": …, "base_recipe": …, "datasets": […]}',
+        )
+        p.add_argument("--plots-dir", help="also write pareto.<target>.png here")
+        p.add_argument(
+            "--mlflow-ui",
+            default="http://127.0.0.1:5000",
+            help="the MLflow UI the run links open, for a local store (default: %(default)s)",
+        )
+        p.add_argument("--published", help="published device measurements to show beside the simulated figures (the CSV sim-fit fits to)")
+        p.add_argument(
+            "--target-profiles", default="{}", help="the config's own target_profiles as JSON (which ops a recipe can move to the NPU)"
+        )
+        _outputs(p, csv="summary CSV to write", html="report HTML to write")
+
+    def run(self, args):
+        from .plan import Pair
+        from .report import report
+
+        rows = report(
+            pairs=[Pair.from_json(p) for p in args.pair],
+            out_csv=args.csv,
+            out_html=args.html,
+            plots_dir=args.plots_dir,
+            mlflow_ui=args.mlflow_ui,
+            published_csv=args.published,
+            target_profiles=json.loads(args.target_profiles),
+        )
+        return {
+            "rows": len(rows),
+            "failed": [f"{r.model}:{r.target} at {r.failed_stage}" for r in rows if not r.ok],
+            "csv": args.csv,
+            "html": args.html,
+        }
+
+
+@command
+class SimValidate(Command):
+    name = "sim-validate"
+    help = "predict published device measurements with the simulator"
+
+    def add_arguments(self, p):
+        p.add_argument("csv", help="published measurements (columns: target,model,timm_name,input_hw,batch,metric,value,source)")
+        p.add_argument("--out", required=True, help="report JSON")
+        p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
+        p.add_argument("--config", default="config.yaml", help="for user target_profiles (if the file exists)")
+
+    def run(self, args):
+        from .simfit import validate
+
+        return validate(args.csv, args.out, args.cache_dir, user_profiles(args.config))["summary"]
+
+
+@command
+class SimFit(Command):
+    name = "sim-fit"
+    help = "fit the targets' free physical parameters to published measurements"
+
+    def add_arguments(self, p):
+        p.add_argument("csv", help="published measurements (the columns of data/published/npu_latency_calibration.csv)")
+        p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
+        p.add_argument("--profile-dir", help="where the fitted profiles are written (default: the built-in profiles)")
+
+    def run(self, args):
+        from .simfit import fit
+
+        return {
+            t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]}
+            for t, r in fit(args.csv, args.cache_dir, args.profile_dir).items()
+        }
