@@ -9,35 +9,36 @@ import yaml
 from conftest import REPO, mlflow_runs, snakemake
 
 
+def _row(model, fps, cosine, target="t", **metrics):
+    from types import SimpleNamespace
+
+    from npuflow.report import Row
+
+    return Row(model, target, build=SimpleNamespace(fps=fps, batch=8), evaluate=SimpleNamespace(metrics={"cosine": cosine, **metrics}))
+
+
 def test_pareto_front_uses_accuracy_only_when_every_model_has_it():
-    from npuflow.report import mark_pareto, quality_metric
+    from npuflow.report import Row, mark_pareto, quality_metric
 
     rows = [
-        {"model": m, "target": "t", "status": "ok", "fps": fps, "cosine": cos, **extra}
-        for m, fps, cos, extra in [
-            ("fast", 100.0, 0.90, {"top1": 0.70}),
-            ("good", 10.0, 0.99, {"top1": 0.80}),
-            ("dominated", 50.0, 0.95, {"top1": 0.60}),
-            ("both", 10.0, 0.90, {"top1": 0.80}),
-        ]
+        _row("fast", 100.0, 0.90, top1=0.70),
+        _row("good", 10.0, 0.99, top1=0.80),
+        _row("dominated", 50.0, 0.95, top1=0.60),
+        _row("both", 10.0, 0.90, top1=0.80),
+        Row("broken", "t", status="failed"),
     ]
-    rows.append({"model": "broken", "target": "t", "status": "failed"})
-    assert quality_metric([r for r in rows if r["status"] == "ok"]) == "top1"
+    assert quality_metric([r for r in rows if r.ok]) == "top1"
     mark_pareto(rows)
-    assert {r["model"]: r.get("pareto") for r in rows} == {"fast": True, "good": True, "dominated": False, "both": True, "broken": None}
-    del rows[0]["top1"]  # one model without labelled results: fall back to fidelity for the whole target
-    assert quality_metric([r for r in rows if r["status"] == "ok"]) == "cosine"
+    assert {r.model: r.pareto for r in rows} == {"fast": True, "good": True, "dominated": False, "both": True, "broken": None}
+    del rows[0].evaluate.metrics["top1"]  # one model without labelled results: fall back to fidelity for the whole target
+    assert quality_metric([r for r in rows if r.ok]) == "cosine"
     mark_pareto(rows)
-    assert {r["model"]: r.get("pareto") for r in rows if r["status"] == "ok"} == {
-        "fast": True,
-        "good": True,
-        "dominated": True,
-        "both": False,
-    }
+    assert {r.model: r.pareto for r in rows if r.ok} == {"fast": True, "good": True, "dominated": True, "both": False}
 
 
 def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):
-    from npuflow.report import read_layers, worst_layers
+    from npuflow.layers import read_layers_csv
+    from npuflow.report import worst_layers
     from npuflow.track import layer_metrics
 
     path = tmp_path / "layers.csv"
@@ -46,27 +47,134 @@ def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):
         "a,n1,Conv,1x8,float32,int8,0.99,30,1e-4\nb,n2,Softmax,1x8,float32,int8,0.9,8,1e-2\n"
         "c,n3,Add,1x8,float32,int8,0.95,,1e-3\nd,n4,Mul,1x8,float32,int8,1.0,inf,0\n"
     )
-    assert [r["node"] for r in worst_layers(read_layers(path), 3)] == ["n2", "n1", "n4"]
+    assert [r["node"] for r in worst_layers(read_layers_csv(path), 3)] == ["n2", "n1", "n4"]
     assert layer_metrics(path) == {"layers_analysed": 4.0, "layers_min_cosine": 0.9, "layers_min_sqnr_db": 8.0}
     assert layer_metrics(None) == {}
 
 
-def test_keep_going_report_marks_failed_model(pipeline, tmp_path):
-    """One model fails at fetch (an unknown timm name); under --keep-going the other is calibrated,
-    quantised, built, evaluated and logged, and the report written over what exists marks the
-    failed one."""
-    # The good model's fetch … surgery outputs from the tiny pipeline (same spec): its remaining
-    # seven jobs still start well after the broken fetch has failed.
-    front = tmp_path / "results" / "efficientvit_m0"
-    front.mkdir(parents=True)
-    source = pipeline / "results" / "efficientvit_m0"
-    shutil.copytree(source / "fetch", front / "fetch")
-    for name in ("model.onnx", "export.json", "model.sim.onnx", "simplify.json", "model.surgery.onnx", "surgery.json"):
-        shutil.copy2(source / name, front / name)
+def _touch_chain_until(pair, stop: str):
+    """Write every output of the pair's chain before the first step of stage `stop`."""
+    from pathlib import Path
+
+    for step in pair.chain():
+        if step.stage == stop:
+            return step
+        for p in step.outputs:
+            Path(p).parent.mkdir(parents=True, exist_ok=True)
+            Path(p).write_text("{}")
+    raise AssertionError(stop)
+
+
+def test_a_failed_mixed_precision_search_is_reported_at_its_own_stage_and_log(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from npuflow.plan import Pair
+    from npuflow.report import collect
+
+    monkeypatch.chdir(tmp_path)
+    pair = Pair("m", "rdk-x5", "mixed-rdk-x5", "int8_Softmax-float")
+    step = _touch_chain_until(pair, "mixed_precision")
+    (row,) = collect([pair])
+    assert (row.status, row.failed_stage, row.log) == ("not run", "mixed_precision", "results/logs/mixed_precision/m.rdk-x5.log")
+    Path(step.log).parent.mkdir(parents=True)
+    Path(step.log).write_text("npuflow mixed: error: …\n")
+    (row,) = collect([pair])
+    assert (row.status, row.failed_stage, row.log) == ("failed", "mixed_precision", step.log)
+
+
+def test_a_missing_dataset_folder_is_reported_at_the_dataset_stage(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from npuflow.plan import Pair
+    from npuflow.report import collect
+
+    monkeypatch.chdir(tmp_path)
+    pair = Pair("m", "ax650n-npu3", "int8", "int8", datasets=("mine",))
+    log = Path("results/logs/dataset/mine.log")
+    log.parent.mkdir(parents=True)
+    log.write_text("npuflow dataset: error: datasets.mine.folder: no folder /nowhere\n")
+    (row,) = collect([pair])
+    assert (row.status, row.failed_stage, row.log) == ("failed", "dataset", "results/logs/dataset/mine.log")
+
+
+def test_figures_are_rounded_to_what_they_mean():
+    from npuflow.report.columns import fmt, sig
+
+    assert [sig(v) for v in (1.6099, 0.024310, 929.97, 4219.0, 12345.6, 0.0)] == ["1.61", "0.0243", "930", "4,220", "12,300", "0"]
+    assert fmt(4.49e9, "G") == "4.49" and fmt(79_193_600, "G") == "0.0792"  # MACs in G
+    assert fmt(6_823_997, "MB") == "6.82" and fmt(2_349_436, "M") == "2.35"  # sizes in MB, parameters in M
+    assert fmt(0.9988767, "cosine") == "0.9989" and fmt(23.3309, "db") == "23.3" and fmt(float("inf"), "db") == "∞"
+    assert fmt(0.875, "pct") == "87.5" and fmt(0.0, "pct_nonzero") == "" and fmt(-19.84, "err") == "-19.8"
+    assert fmt(None, "ms") == "" and fmt(True, "flag") == "★" and fmt(False, "flag") == ""
+
+
+def test_columns_empty_on_every_row_are_left_out():
+    from npuflow.report.html import _table
+
+    t = _table(["model", "top-1 %", "cosine", "mIoU %"], [["a", "", "0.99", ""], ["b", "", "0.98", ""]])
+    assert t == {"head": ["model", "cosine"], "rows": [["a", "0.99"], ["b", "0.98"]]}
+
+
+def test_cpu_fallback_names_its_ops_and_the_recipe_that_moves_them():
+    from types import SimpleNamespace
+
+    from npuflow.report.collect import cpu_fallback
+    from npuflow.targets import load_targets
+
+    lanes = [
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": u}}
+        for u, tid in (("tensor", 1), ("vector", 2), ("cpu", 4))
+    ]
+    ops = [("Conv", 1, 10.0), ("Softmax", 4, 300.0), ("Softmax", 4, 300.0), ("TopK", 4, 50.0), ("Add", 2, 5.0)]
+    trace = {"traceEvents": lanes + [{"ph": "X", "name": n, "tid": tid, "dur": d} for n, tid, d in ops]}
+    build = SimpleNamespace(unit_share={"tensor": 0.2, "cpu": 0.7}, target="rdk-x5")
+    cpu = cpu_fallback(build, trace, load_targets().get("rdk-x5"))
+    assert cpu.dominates and cpu.op_types == {"Softmax": 2, "TopK": 1}
+    assert cpu.movable == ("Softmax",)  # rdk-x5's vector unit runs Softmax; no unit runs TopK
+    assert cpu.recipe() == "precision: {rdk-x5: {op_types: {Softmax: int16}}}"
+    no_cpu = {"traceEvents": lanes + [{"ph": "X", "name": "Conv", "tid": 1, "dur": 1.0}]}
+    assert cpu_fallback(build, no_cpu, None) is None
+
+
+def test_published_measurements_are_matched_by_model_input_target_and_batch():
+    from types import SimpleNamespace
+
+    from conftest import REPO
+    from npuflow.report.collect import published_figures
+    from npuflow.simfit import read_published
+
+    published = read_published(REPO / "data" / "published" / "npu_latency_calibration.csv")
+    row = next(p for p in published if p.target == "ax650n-npu3" and p.metric == "fps" and p.name == "efficientvit_m0")
+    build = SimpleNamespace(target="ax650n-npu3", batch=row.batch, latency_ms=0.3, fps=row.value * 1.1)
+    (figure,) = published_figures(build, "timm:efficientvit_m0", [1, 3, *row.hw], published)
+    assert (figure.metric, figure.value) == ("fps", row.value) and abs(figure.error_pct - 10.0) < 1e-9
+    assert published_figures(build, "timm:efficientvit_m0", [1, 3, 256, 256], published) == []  # another input size
+    assert (
+        published_figures(SimpleNamespace(**{**vars(build), "batch": row.batch + 1}), "timm:efficientvit_m0", [1, 3, *row.hw], published)
+        == []
+    )
+
+
+def test_keep_going_report_marks_failed_models_at_the_stage_that_failed(pipeline, tmp_path):
+    """One model fails at fetch (an unknown timm name), one at preparing its calibration dataset (a
+    folder that does not exist); under --keep-going the good one is calibrated, quantised, built,
+    evaluated and logged, and the report written over what exists marks each failed one at its
+    own stage, with that stage's log."""
+    # The fetch … surgery outputs of the tiny pipeline (same spec) for the good model and the one
+    # whose dataset is missing: their remaining jobs still start well after the failures.
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["models"]["nodata"] = {**config["models"]["efficientvit_m0"], "calibration": {"dataset": "missing"}}
+    for model in ("efficientvit_m0", "nodata"):
+        front = tmp_path / "results" / model
+        front.mkdir(parents=True)
+        source = pipeline / "results" / "efficientvit_m0"
+        shutil.copytree(source / "fetch", front / "fetch")
+        for name in ("model.onnx", "export.json", "model.sim.onnx", "simplify.json", "model.surgery.onnx", "surgery.json"):
+            shutil.copy2(source / name, front / name)
     config["targets"] = ["rdk-x5"]
     config["calibration"]["images"] = 2
     config["evaluation"] = {"images": 2, "latency_repeats": 3}
+    config["datasets"] = {"missing": {"folder": str(tmp_path / "no-such-folder")}}
     config["models"]["broken"] = {"source": "timm:no_such_model_xyz", "task": "classification", "input": {"shape": [1, 3, 224, 224]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 
@@ -78,9 +186,10 @@ def test_keep_going_report_marks_failed_model(pipeline, tmp_path):
     with open(tmp_path / "results" / "summary.csv") as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}
     assert rows["efficientvit_m0"]["status"] == "ok" and rows["efficientvit_m0"]["run_id"] == runs[0].info.run_id
-    broken = rows["broken"]
+    broken, nodata = rows["broken"], rows["nodata"]
     assert (broken["status"], broken["failed_stage"], broken["log"]) == ("failed", "fetch", "results/logs/fetch/broken.log")
+    assert (nodata["status"], nodata["failed_stage"], nodata["log"]) == ("failed", "dataset", "results/logs/dataset/missing.log")
     assert broken["latency_ms"] == "" and broken["run_id"] == ""
     page = (tmp_path / "results" / "report.html").read_text()
-    assert "1 of 2 (model, target) pairs FAILED" in page and "FAILED at fetch" in page
-    assert "no_such_model_xyz" in page  # the tail of the failed job's log
+    assert "2 of 3 (model, target) pairs FAILED" in page and "FAILED at fetch" in page and "FAILED at dataset" in page
+    assert "no_such_model_xyz" in page and "no-such-folder" in page  # the tails of the failed jobs' logs

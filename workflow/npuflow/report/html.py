@@ -1,0 +1,250 @@
+"""report.html: the rows, plots and simulator fit rendered with the Jinja2 template beside this
+module (templates/report.html.j2). One self-contained page: plots inline, nothing loaded from
+elsewhere; links go to each row's files (relative to the page) and its MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from ..io import atomic_path, read_json
+from ..records import EVAL_METRICS
+from .collect import Row, worst_layers
+from .columns import COLUMNS, fmt, sig
+from .pareto import quality_metric
+from .plots import UNITS, latency_by_op_type, top_op_types
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+LAYER_COLUMNS = (
+    ("node", "node", "text"),
+    ("op_type", "op type", "text"),
+    ("quantized_dtype", "quantised as", "text"),
+    ("unit", "unit", "text"),
+    ("cosine", "cosine", "cosine"),
+    ("sqnr_db", "SQNR dB", "db"),
+    ("local_sqnr_db", "local SQNR dB", "db"),
+    ("mse", "MSE", "sci"),
+)
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["breakable"] = breakable
+    return env
+
+
+def breakable(text) -> str:
+    """Escaped text that may wrap after _ / . (long model and tensor names), and nowhere else;
+    numbers stay whole."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    text = str(escape(text))
+    return Markup(re.sub(r"([_/.])", r"\1<wbr>", text) if re.search(r"[A-Za-z]", text) else text)
+
+
+def _png(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data else None
+
+
+def _table(head: list[str], body: list[list], keep_empty: tuple[int, ...] = (0,)) -> dict:
+    """A table without the columns that are empty on every row (column indices in `keep_empty`
+    stay, e.g. the row's name)."""
+    keep = [i for i in range(len(head)) if i in keep_empty or any(_text(row[i]) for row in body)]
+    return {"head": [head[i] for i in keep], "rows": [[row[i] for i in keep] for row in body]}
+
+
+def _text(cell) -> str:
+    return cell.get("text", "") if isinstance(cell, dict) else str(cell or "")
+
+
+def mlflow_run_url(row: Row, ui: str) -> str | None:
+    """The row's run in the MLflow UI: the tracking server's own, or `ui` for a local store."""
+    from ..track import run_url
+
+    if not row.run:
+        return None
+    base = row.tracking_uri if row.tracking_uri.startswith(("http://", "https://")) else ui
+    return run_url(base, row.experiment_id, row.run.run_id)
+
+
+def _links(row: Row, page_dir: Path, ui: str) -> dict:
+    links = []
+    for name, label in (("build_summary", "summary"), ("trace", "trace")):
+        if row.files.get(name):
+            links.append({"text": label, "href": os.path.relpath(Path(row.files[name]).resolve(), page_dir.resolve())})
+    url = mlflow_run_url(row, ui)
+    if url:
+        links.append({"text": "MLflow run", "href": url})
+    return {"links": links, "text": " ".join(link["text"] for link in links)}
+
+
+def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_dir: Path, ui: str) -> dict:
+    ok = sorted((r for r in rows if r.ok), key=lambda r: r.figure("latency_ms"))
+    failed = [r for r in rows if not r.ok]
+    shown = [c for c in COLUMNS if c.heading]
+    body = []
+    for r in ok + failed:
+        cells = []
+        for c in shown:
+            if c.key == "status":
+                cells.append({"text": "ok"} if r.ok else {"text": f"{r.status.upper()} at {r.failed_stage}", "cls": "failed"})
+            else:
+                cells.append(fmt(c.get(r), c.kind))
+        cells.append(_links(r, page_dir, ui))
+        body.append(cells)
+    table = _table([c.heading for c in shown] + ["files and run"], body)
+    first = ok[0] if ok else None
+    key = quality_metric(ok)
+    slower_int8 = [r.model for r in ok if (r.figure("host_int8_ms") or 0) > (r.figure("host_fp32_ms") or float("inf"))]
+    return {
+        "target": target,
+        "chip": first.build.chip if first else "",
+        "batch": first.build.batch if first else "",
+        "table": table,
+        "quality": "task accuracy" if key != "cosine" else "fidelity (cosine)",
+        "pareto_png": _png(pareto_png),
+        "cpu": [{"model": r.model, "cpu": r.cpu} for r in ok if r.cpu and r.cpu.dominates],
+        "slower_int8": slower_int8,
+        "published": any(r.published for r in ok),
+    }
+
+
+def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dict:
+    ok = [r for r in rows if r.ok]
+    failed = [r for r in rows if not r.ok]
+    out = {"model": model, "failed": [_failure(r) for r in failed], "ok": bool(ok)}
+    if not ok:
+        return out
+    first = ok[0]
+    out.update(task=first.evaluate.task, source=first.manifest.source, weights=first.manifest.weights, latency_png=_png(latency_png))
+    builds = {r.target: (r.build, read_json(r.files["trace"])) for r in ok}
+    out["units"] = _table(
+        ["target", *UNITS, "total"],
+        [[t, *[sig(b.unit_time_ms.get(u, 0.0)) for u in UNITS], sig(b.latency_ms)] for t, (b, _) in builds.items()],
+    )
+    by_type = {t: latency_by_op_type(trace, b) for t, (b, trace) in builds.items()}
+    top = top_op_types(by_type, {t: b for t, (b, _) in builds.items()})
+    out["op_types"] = _table(
+        ["target", *top, "other", "overhead"],
+        [
+            [
+                t,
+                *[sig(d.get(k, 0.0)) for k in top],
+                sig(sum(v for k, v in d.items() if k not in top and k != "overhead")),
+                sig(d["overhead"]),
+            ]
+            for t, d in by_type.items()
+        ],
+    )
+    # Worst layers of the precision analysis, once per distinct table (targets sharing a
+    # quantised model share its errors; the unit column is the first target's).
+    from ..layers import read_layers_csv
+
+    tables: dict[str, list[str]] = {}
+    for r in ok:
+        if r.files.get("layers") and Path(r.files["layers"]).exists():
+            tables.setdefault(r.build.precision_recipe, []).append(r.target)
+    layer_tables = []
+    for r in ok:
+        targets = tables.get(r.build.precision_recipe)
+        if not targets or targets[0] != r.target:
+            continue
+        worst = worst_layers(read_layers_csv(r.files["layers"]), 10)
+        layer_tables.append(
+            {
+                "targets": targets,
+                "path": r.files["layers"],
+                "table": _table([h for _, h, _ in LAYER_COLUMNS], [[fmt(w.get(k), kind) for k, _, kind in LAYER_COLUMNS] for w in worst]),
+            }
+        )
+    out["layers"] = layer_tables
+    out["images"] = first.evaluate.images
+    out["mixed"] = [_mixed(r) for r in ok if r.mixed]
+    return out
+
+
+def _mixed(r: Row) -> dict:
+    m = r.mixed
+    metric = m.goal.metric
+    body = [
+        [
+            str(p.step),
+            str(p.nodes_int16),
+            str(p.nodes_float),
+            f"{p.value(metric):.5f}",
+            sig(p.latency_ms),
+            "chosen" if p.step == m.chosen.step else "",
+        ]
+        for p in m.curve
+    ]
+    return {
+        "target": r.target,
+        "metric": metric,
+        "goal": m.goal.value,
+        "met": m.goal_met,
+        "increase": m.chosen.latency_increase_pct,
+        "table": _table(["step", "int16 nodes", "float nodes", metric, "latency ms (sim)", ""], body, keep_empty=(0, 1, 2, 3, 4)),
+    }
+
+
+def _failure(r: Row) -> dict:
+    tail = None
+    if r.log and Path(r.log).exists():
+        tail = "\n".join(Path(r.log).read_text(errors="replace").splitlines()[-12:])
+    return {"target": r.target, "model": r.model, "status": r.status, "stage": r.failed_stage, "log": r.log, "tail": tail}
+
+
+def simulator_section(targets: list[str]) -> list[dict]:
+    """Per target: the simulator's predictions against the published measurements it was fitted
+    to (stored in the profile by `npuflow sim-fit`), or why there are none."""
+    from ..targets import load_targets
+
+    profiles = load_targets()
+    out = []
+    for target in targets:
+        fit = profiles.get(target).get("fit") if target in profiles else None
+        if not fit:
+            out.append({"target": target, "fitted": False})
+            continue
+        errs = [abs(r["error_pct"]) for r in fit["residuals"]]
+        body = [
+            [r["model"], r["metric"], str(r["batch"]), sig(r["published"]), sig(r["predicted"]), f"{r['error_pct']:+.1f}"]
+            for r in fit["residuals"]
+        ]
+        out.append(
+            {
+                "target": target,
+                "fitted": True,
+                "csv": fit["data"]["csv"],
+                "count": len(errs),
+                "mape": sum(errs) / len(errs),
+                "within": sum(e <= 20 for e in errs),
+                "table": _table(["model", "metric", "batch", "published", "simulated", "error %"], body),
+            }
+        )
+    return out
+
+
+def write_html(rows: list[Row], out_html: str | Path, pareto: dict[str, bytes], latency: dict[str, bytes], mlflow_ui: str) -> None:
+    page_dir = Path(out_html).parent
+    targets = list(dict.fromkeys(r.target for r in rows))
+    models = list(dict.fromkeys(r.model for r in rows))
+    context = {
+        "targets": targets,
+        "models": models,
+        "random_models": sorted({r.model for r in rows if r.ok and r.manifest.random}),
+        "failed": [_failure(r) for r in rows if not r.ok],
+        "total": len(rows),
+        "target_sections": [target_section(t, [r for r in rows if r.target == t], pareto.get(t), page_dir, mlflow_ui) for t in targets],
+        "model_sections": [model_section(m, [r for r in rows if r.model == m], latency.get(m)) for m in models],
+        "simulator": simulator_section(targets),
+        "eval_metrics": EVAL_METRICS,
+    }
+    page = _environment().get_template("report.html.j2").render(**context)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page)
