@@ -68,7 +68,7 @@ def main() -> int:
     store = Path(tempfile.mkdtemp(prefix="npuflow-trackbench-"))
     try:
         uri = f"sqlite:///{store}/mlflow.db"
-        init_store(uri, "bench", store / "init.json")
+        init_store(uri=uri, experiment="bench", out_json=store / "init.json")
         client = _client(uri)
         exp_id = client.get_experiment_by_name("bench").experiment_id
         times = []
@@ -83,7 +83,7 @@ def main() -> int:
             client, exp_id, {**spec, "benchmark_nonce": last}, targets[last % len(targets)], files[targets[last % len(targets)]]
         )
         reuse_s = time.perf_counter() - start
-        assert reused["reused"] and not reused["registered"]
+        assert reused.reused and not reused.registered
     finally:
         shutil.rmtree(store, ignore_errors=True)
     steady = times[1:] or times

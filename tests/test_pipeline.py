@@ -1,6 +1,7 @@
 """End to end: Snakemake on tests/config.tiny.yaml (one small timm model, two targets), offline."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO, mlflow_runs, snakemake, snakemake_command
+from npuflow.records import BuildReport, EvalReport, TrackReport
 
 
 def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
@@ -29,7 +31,12 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
             and "SIMULATION" in tags["mlflow.note.content"]
             and tags["npuflow.latency"] == "simulated"
         )
-        assert metrics["latency_ms"] > 0 and metrics["fps"] > 0 and 0.5 < metrics["cosine"] <= 1.0
+        build = BuildReport.read(pipeline / "results" / "efficientvit_m0" / "build" / tags["target"] / "build.json")
+        evaluation = EvalReport.read(pipeline / "results" / "efficientvit_m0" / "eval" / f"{build.precision_recipe}.json")
+        assert (metrics["latency_ms"], metrics["fps"]) == (build.latency_ms, build.fps) and metrics["cosine"] == evaluation.metrics[
+            "cosine"
+        ]
+        assert metrics["cosine"] > 0.5
         assert metrics["host_fp32_ms"] > 0 and metrics["host_int8_ms"] > 0 and metrics["params"] == 2_349_436
         assert metrics["onnx_bytes"] > metrics["int8_bytes"] > 0 and metrics["macs"] > 0 and metrics["subgraphs"] >= 1
         # Not applicable is absent, never 0: no segmentation figure, no accuracy without labels.
@@ -54,10 +61,24 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
             "onnx/model.surgery.onnx",
             "plots/latency.png",
         } <= artifacts
+        # The calibration and evaluation images, as the run's dataset inputs (the UI's Dataset column).
+        inputs = {i.tags[0].value: i.dataset for i in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"calibration", "evaluation"} and {d.name for d in inputs.values()} == {"samples"}
+        assert inputs["calibration"].digest != inputs["evaluation"].digest and inputs["calibration"].source_type == "code"
+        assert "astronaut" in inputs["calibration"].source and "astronaut" not in inputs["evaluation"].source
+        assert json.loads(inputs["evaluation"].profile)["images"] == 4
         # The quantised model: a logged model of the run, registered as <model>-<target>@current.
         version = client.get_model_version_by_alias(f"efficientvit_m0-{tags['target']}", "current")
         assert version.run_id == r.info.run_id and version.source == f"models:/{tags['npuflow.model_id']}"
         assert client.get_logged_model(tags["npuflow.model_id"]).source_run_id == r.info.run_id
+
+
+def test_the_experiment_is_a_model_training_one(pipeline):
+    """MLflow's UI opens an experiment by its kind; without one it opened npuflow's on the GenAI overview."""
+    from npuflow.track import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    client, runs = mlflow_runs(pipeline)
+    assert client.get_experiment(runs[0].info.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
 
 
 def test_filter_for_one_target_as_in_the_readme(pipeline):
@@ -70,17 +91,33 @@ def test_summary_and_report_cover_every_pair(pipeline):
     with open(pipeline / "results" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], r["target"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3"), ("efficientvit_m0", "rdk-x5")]
+    track = TrackReport.read(pipeline / "results" / "efficientvit_m0" / "track.json")
     for r in rows:
-        assert r["status"] == "ok" and r["weights"] == "random" and float(r["latency_ms"]) > 0 and float(r["host_int8_ms"]) > 0
-        assert 0 < float(r["cosine"]) <= 1 and r["run_id"] and r["pareto"] == "true"  # alone on its target: on the front
+        files = track.runs[r["target"]].files
+        build, evaluation = BuildReport.read(pipeline / files["build"]), EvalReport.read(pipeline / files["evaluate"])
+        assert r["status"] == "ok" and r["weights"] == "random" and r["run_id"] == track.runs[r["target"]].run_id
+        assert (float(r["latency_ms"]), float(r["host_int8_ms"])) == (build.latency_ms, evaluation.metrics["host_int8_ms"])
+        assert float(r["cosine"]) == evaluation.metrics["cosine"] and r["pareto"] == "true"  # alone on its target: on the front
         assert r["pixel_agreement"] == "" and r["registered_model"] == f"efficientvit_m0-{r['target']}"
+        # The worst layer is the lowest-SQNR row of the target's per-layer table.
+        with open(pipeline / files["layers"]) as f:
+            table = [row for row in csv.DictReader(f) if row["sqnr_db"] not in ("", "inf", "nan")]
+        worst = min(table, key=lambda row: float(row["sqnr_db"]))
+        assert (r["worst_layer"], float(r["worst_layer_sqnr_db"])) == (worst["node"], float(worst["sqnr_db"]))
     x5 = next(r for r in rows if r["target"] == "rdk-x5")
     assert int(x5["subgraphs"]) == 1 and x5["precision_recipe"] == "int8_Softmax-int16"  # the model's recipe keeps Softmax on the BPU
     page = (pipeline / "results" / "report.html").read_text()
     assert "RANDOM WEIGHTS" in page and "ax650n-npu3" in page and "SIMULATED" in page and "SIMULATION" in page
     assert page.count("data:image/png;base64,") == 3  # two Pareto plots, one latency breakdown
-    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+    assert "<script" not in page and 'src="http' not in page  # self-contained: nothing is loaded from elsewhere
     assert "Simulated latency by op type" in page and "Worst layers, quantised vs float (rdk-x5)" in page
+    assert page.count("How to read this.") >= 5
+    # Each row links its build summary, its trace (relative to the page) and its MLflow run.
+    for target, run in track.runs.items():
+        assert f'href="efficientvit_m0/build/{target}/summary.txt"' in page and f'href="efficientvit_m0/build/{target}/trace.json"' in page
+        assert f'href="http://127.0.0.1:5000/#/experiments/{track.experiment_id}/runs/{run.run_id}?workflowType=machine_learning"' in page
+    # Columns empty on every row (no labels: no accuracy; a classifier: no pixel agreement) are left out.
+    assert "top-1 %" not in page and "mIoU" not in page and "pixel agr." not in page and "top-1 agr. %" in page
     assert sorted(p.name for p in (pipeline / "results" / "plots").iterdir()) == ["pareto.ax650n-npu3.png", "pareto.rdk-x5.png"]
 
 
@@ -112,12 +149,12 @@ def test_second_run_does_nothing(pipeline):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_forced_logging_reuses_runs(pipeline):
-    proc = snakemake(pipeline, "--forcerun", "track")
+def test_forced_logging_reuses_runs(pipeline_copy):
+    proc = snakemake(pipeline_copy, "--forcerun", "track")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    client, runs = mlflow_runs(pipeline)
+    client, runs = mlflow_runs(pipeline_copy)
     assert len(runs) == 2
-    runs = yaml.safe_load((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]
+    runs = yaml.safe_load((pipeline_copy / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]
     assert sorted(runs) == ["ax650n-npu3", "rdk-x5"] and all(r["reused"] and not r["registered"] for r in runs.values())
     for target in runs:  # registration is idempotent: still one version
         assert [v.version for v in client.search_model_versions(f"name = 'efficientvit_m0-{target}'")] == [1]
@@ -132,7 +169,7 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
     from npuflow.track import CURRENT_TAG, _client, init_store, log_run
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    init_store(uri, "t", tmp_path / "init.json")
+    init_store(uri=uri, experiment="t", out_json=tmp_path / "init.json")
     client = _client(uri)
     exp_id = client.get_experiment_by_name("t").experiment_id
     track = json.loads((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]["rdk-x5"]
@@ -141,8 +178,8 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
 
     first = log_run(client, exp_id, spec, "rdk-x5", files)
     again = log_run(client, exp_id, spec, "rdk-x5", files)
-    assert (first["version"], first["registered"]) == ("1", True)
-    assert again["run_id"] == first["run_id"] and again["reused"] and (again["version"], again["registered"]) == ("1", False)
+    assert (first.version, first.registered) == ("1", True)
+    assert again.run_id == first.run_id and again.reused and (again.version, again.registered) == ("1", False)
 
     ev = json.loads(Path(files["evaluate"]).read_text())
     (tmp_path / "eval.json").write_text(json.dumps({**ev, "cosine": 0.5}))
@@ -154,33 +191,12 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
     changed = log_run(
         client, exp_id, spec, "rdk-x5", {**files, "evaluate": str(tmp_path / "eval.json"), "layers": str(tmp_path / "layers.csv")}
     )
-    assert changed["run_id"] != first["run_id"] and (changed["version"], changed["registered"]) == ("2", True)
-    assert client.get_model_version_by_alias("efficientvit_m0-rdk-x5", "current").run_id == changed["run_id"]
-    old, new = client.get_run(first["run_id"]), client.get_run(changed["run_id"])
-    assert old.data.tags[CURRENT_TAG] == "false" and old.data.tags["npuflow.superseded_by"] == changed["run_id"]
+    assert changed.run_id != first.run_id and (changed.version, changed.registered) == ("2", True)
+    assert client.get_model_version_by_alias("efficientvit_m0-rdk-x5", "current").run_id == changed.run_id
+    old, new = client.get_run(first.run_id), client.get_run(changed.run_id)
+    assert old.data.tags[CURRENT_TAG] == "false" and old.data.tags["npuflow.superseded_by"] == changed.run_id
     assert new.data.metrics["cosine"] == 0.5 and new.data.metrics["layers_min_sqnr_db"] == 9.25 and new.data.metrics["layers_analysed"] == 2
-    assert "precision/layers.csv" in {a.path for a in client.list_artifacts(changed["run_id"], "precision")}
-
-
-def test_report_shows_the_worst_layers_when_the_table_is_listed(pipeline, tmp_path):
-    import json
-
-    from npuflow.report import report
-
-    track = json.loads((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())
-    (tmp_path / "layers.csv").write_text(
-        "tensor,node,op_type,shape,dtype,quantized_dtype,cosine,sqnr_db,mse\n"
-        "a,/conv1/Conv,Conv,1x8x8x8,float32,int8,0.999,31.5,1e-5\n"
-        "b,/attn/Softmax,Softmax,1x4x49x49,float32,int8,0.91,9.25,3e-3\n"
-    )
-    for run in track["runs"].values():
-        run["files"] = {**{k: str(pipeline / v) for k, v in run["files"].items()}, "layers": str(tmp_path / "layers.csv")}
-    (tmp_path / "results" / "efficientvit_m0").mkdir(parents=True)
-    (tmp_path / "results" / "efficientvit_m0" / "track.json").write_text(json.dumps(track))
-    rows = report([("efficientvit_m0", "rdk-x5")], tmp_path / "s.csv", tmp_path / "r.html", tmp_path / "results")
-    assert rows[0]["worst_layer"] == "/attn/Softmax" and rows[0]["worst_layer_sqnr_db"] == 9.25
-    page = (tmp_path / "r.html").read_text()
-    assert "Worst layers" in page and page.index("/attn/Softmax") < page.index("/conv1/Conv")
+    assert "precision/layers.csv" in {a.path for a in client.list_artifacts(changed.run_id, "precision")}
 
 
 def planned_jobs(workdir, configfile) -> set[tuple[str, str]]:
@@ -254,16 +270,16 @@ def test_bad_config_fails_dry_run_before_any_job(tmp_path, edit, where, expected
     assert "Job stats" not in out and "rule fetch" not in out and not (tmp_path / "results").exists()
 
 
-def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline):
+def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline_copy):
     """A logging job killed after creating its run leaves it RUNNING; the next logging retires it."""
     from npuflow.track import CURRENT_TAG
 
-    client, runs = mlflow_runs(pipeline)
+    client, runs = mlflow_runs(pipeline_copy)
     exp_id = runs[0].info.experiment_id
     orphan = client.create_run(exp_id, tags={"model": "efficientvit_m0", "target": "rdk-x5", CURRENT_TAG: "true"})
-    proc = snakemake(pipeline, "--forcerun", "track")
+    proc = snakemake(pipeline_copy, "--forcerun", "track")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _, runs = mlflow_runs(pipeline)
+    _, runs = mlflow_runs(pipeline_copy)
     current = [r for r in runs if r.data.tags.get(CURRENT_TAG) == "true"]
     assert sorted(r.data.tags["target"] for r in current) == ["ax650n-npu3", "rdk-x5"]
     assert all(r.info.status == "FINISHED" for r in current)
@@ -323,17 +339,17 @@ def mlflow_server(tmp_path):
             proc.wait()
 
 
-def test_logs_to_a_remote_tracking_server_when_asked(pipeline, mlflow_server, monkeypatch):
+def test_logs_to_a_remote_tracking_server_when_asked(pipeline_copy, mlflow_server, monkeypatch):
     import json
     import urllib.request
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     # snakemake_env() drops MLFLOW_TRACKING_URI; here it is the point, so the environment is passed whole.
     env_run = subprocess.run(
-        snakemake_command(pipeline),
+        snakemake_command(pipeline_copy),
         capture_output=True,
         text=True,
-        cwd=pipeline,
+        cwd=pipeline_copy,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
     )
     assert env_run.returncode == 0, env_run.stderr[-2000:]

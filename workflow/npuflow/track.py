@@ -5,10 +5,13 @@ The SQLite store is created once (`init_store`) before any logging job: several 
 creating a fresh SQLite database at once corrupt it. Runs are keyed by the hash of their inputs:
 an unchanged (model, target) reuses its run; a changed one gets a new run and the old one is
 tagged superseded. The quantised model of each run is an MLflow logged model, registered as
-`<model>-<target>` with the alias `current` on the version of the current run."""
+`<model>-<target>` with the alias `current` on the version of the current run. The experiment is
+marked as a model-training one (so MLflow's UI opens on its runs, not on its GenAI overview), and
+each run records its calibration and evaluation images as its dataset inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -16,10 +19,27 @@ import math
 import os
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from .evaluate import EVAL_METRICS
-from .io import read_json, write_json
+from .io import read_json
+from .layout import ARTIFACTS, HASHED, STAGES
+from .records import (
+    EVAL_METRICS,
+    BuildReport,
+    CalibrationReport,
+    EvalReport,
+    ExportReport,
+    Manifest,
+    MixedReport,
+    QuantReport,
+    ReferenceReport,
+    RunRecord,
+    SimplifyReport,
+    StoreReport,
+    TrackReport,
+)
 
 CURRENT_TAG = "npuflow.current"
 HASH_TAG = "npuflow.inputs_hash"
@@ -28,28 +48,28 @@ ALIAS = "current"
 LOGGED_MODEL_NAME = "quantized"
 # Part of every run's inputs hash: bump it when what a run holds changes, so runs logged by older
 # code are superseded by complete ones instead of being reused.
-RUN_FORMAT = 3
-# Stage reports whose content (less timings) keys a run; big binaries are summarised by them.
-HASHED_REPORTS = ("manifest", "export", "simplify", "surgery", "calibration", "quantize", "build", "evaluate", "mixed")
-# Run artifacts: files name -> path in the run. The quantised ONNX is the logged model instead.
-ARTIFACTS = {
-    "manifest": "reports/manifest.json",
-    "export": "reports/export.json",
-    "simplify": "reports/simplify.json",
-    "surgery": "reports/surgery.json",
-    "calibration": "reports/calibration.json",
-    "quantize": "reports/quantize.json",
-    "evaluate": "reports/evaluate.json",
-    "build": "reports/build.json",
-    "trace": "reports/trace.json",
-    "build_summary": "reports/build_summary.txt",
-    "layers": "precision/layers.csv",
-    "mixed": "precision/mixed_precision.json",
-    "plot": "plots/latency.png",
-    "onnx_float": "onnx/model.onnx",
-    "onnx_sim": "onnx/model.sim.onnx",
-    "onnx_surgery": "onnx/model.surgery.onnx",
-}
+RUN_FORMAT = 4
+# MLflow's UI opens an experiment by its kind: without one it guesses, and opens an experiment
+# that has no traces on its GenAI overview. npuflow's runs are model development.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+# MLflow 3.17's UI opens every experiment by the sidebar's workflow switch (GenAI by default, kept
+# by the browser), whatever the experiment's kind; a link that names the model-training view
+# opens on the runs.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_VIEW}"
+
+
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of one run."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+
+
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow")
 
 
@@ -73,15 +93,21 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def init_store(uri: str, experiment: str, out_json: str | Path) -> dict:
-    """Create (and migrate) the tracking store and the experiment, once."""
+def init_store(*, uri: str, experiment: str, out_json: str | Path) -> StoreReport:
+    """Create (and migrate) the tracking store and the experiment, once; mark the experiment as
+    model development (an experiment of an older npuflow gets the mark too)."""
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=_artifact_root(uri))
-    report = {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id}
-    write_json(out_json, report)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, artifact_location=_artifact_root(uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    report = StoreReport(tracking_uri=uri, experiment=experiment, experiment_id=exp_id)
+    report.write(out_json)
     return report
 
 
@@ -89,13 +115,14 @@ def inputs_hash(spec: dict, files: dict) -> str:
     """What a run is made of: the logged spec fields, the stage reports (timings aside: they differ
     between identical re-runs) and the per-layer table when there is one."""
     h = hashlib.sha256(json.dumps({"format": RUN_FORMAT, "spec": spec}, sort_keys=True).encode())
-    for name in (n for n in HASHED_REPORTS if n in files):  # `mixed` only where mixed precision chose the recipe
+    for name in (n for n in HASHED if files.get(n)):  # `mixed` only where mixed precision chose the recipe
+        if not files[name].endswith(".json"):
+            h.update(Path(files[name]).read_bytes())
+            continue
         data = read_json(files[name])
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k != "seconds"}
         h.update(json.dumps(data, sort_keys=True).encode())
-    if files.get("layers"):
-        h.update(Path(files["layers"]).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -116,40 +143,69 @@ def _installed_versions() -> dict[str, str]:
     return versions
 
 
-def tool_versions(export: dict, simplify: dict) -> dict[str, str]:
+def tool_versions(export: ExportReport, simplify: SimplifyReport) -> dict[str, str]:
     """Versions of the tools: the producing stage's record where it keeps one, else the installed
     package's (the pipeline runs in one environment)."""
     versions = dict(_installed_versions())
-    versions.update({t: export[f"{t}_version"] for t in ("torch", "timm", "transformers") if f"{t}_version" in export})
-    versions["onnxsim"] = simplify.get("onnxsim_version", versions["onnxsim"]).lstrip("v")
+    versions.update(export.tool_versions())
+    versions["onnxsim"] = simplify.onnxsim_version.lstrip("v")
     return versions
 
 
-def run_params(spec: dict, target: str, files: dict) -> dict[str, str]:
-    export, calib, quant = read_json(files["export"]), read_json(files["calibration"]), read_json(files["quantize"])
-    build, ev, simplify = read_json(files["build"]), read_json(files["evaluate"]), read_json(files["simplify"])
+@dataclass(frozen=True)
+class RunReports:
+    """The stage reports of one (model, target) run, read once."""
+
+    manifest: Manifest
+    export: ExportReport
+    simplify: SimplifyReport
+    calibration: CalibrationReport
+    reference: ReferenceReport | None
+    quantize: QuantReport
+    build: BuildReport
+    evaluate: EvalReport
+    mixed: MixedReport | None
+
+    @classmethod
+    def read(cls, files: dict) -> RunReports:
+        return cls(
+            manifest=Manifest.read(files["manifest"]),
+            export=ExportReport.read(files["export"]),
+            simplify=SimplifyReport.read(files["simplify"]),
+            calibration=CalibrationReport.read(files["calibration"]),
+            reference=ReferenceReport.read(files["reference"]) if files.get("reference") else None,
+            quantize=QuantReport.read(files["quantize"]),
+            build=BuildReport.read(files["build"]),
+            evaluate=EvalReport.read(files["evaluate"]),
+            mixed=MixedReport.read(files["mixed"]) if files.get("mixed") else None,
+        )
+
+
+def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
+    calib, quant, build = reports.calibration, reports.quantize, reports.build
     params = {
         "source": spec["source"],
         "task": spec["task"],
         "target": target,
-        "chip": build["chip"],
-        "chip_mode": build["mode"],
-        "opset": export["opset"],
+        "chip": build.chip,
+        "chip_mode": build.mode,
+        "opset": reports.export.opset,
         "input_shape": "x".join(map(str, spec["input"]["shape"])),
         "surgery": ",".join(spec.get("surgery", [])) or "none",
-        "calibration_method": calib["method"],
-        "calibration_images": calib["images"],
-        "calibration_dataset": calib["dataset"],
-        "calibration_chosen": json.dumps({**calib.get("chosen", {}), **calib.get("quantization", {})}, sort_keys=True),
-        "precision_recipe": build["precision_recipe"],
-        "precision_recipe_spec": json.dumps(quant["recipe"], sort_keys=True),
-        "quant_format": quant["format"],
-        "quant_weights": quant["weights"],
-        "quant_activations": quant["activations"],
-        "evaluation_images": ev["images"],
-        "sim_batch": build["batch"],
-        "sim_profile_fitted": build["profile_fitted"],
-        **{f"{tool}_version": v for tool, v in tool_versions(export, simplify).items()},
+        "calibration_method": calib.method,
+        "calibration_images": calib.images,
+        "calibration_dataset": calib.dataset,
+        "calibration_chosen": json.dumps({**calib.chosen, **calib.quantization}, sort_keys=True),
+        "precision_recipe": build.precision_recipe,
+        "precision_recipe_spec": json.dumps(quant.recipe, sort_keys=True),
+        "quant_format": quant.format,
+        "quant_weights": quant.weights,
+        "quant_activations": quant.activations,
+        "evaluation_images": reports.evaluate.images,
+        "evaluation_dataset": reports.evaluate.dataset,
+        "sim_batch": build.batch,
+        "sim_profile_fitted": build.profile_fitted,
+        **{f"{tool}_version": v for tool, v in tool_versions(reports.export, reports.simplify).items()},
     }
     return {k: str(v) for k, v in params.items()}
 
@@ -158,9 +214,9 @@ def layer_metrics(layers_csv: str | Path | None) -> dict[str, float]:
     """Summary of the per-layer precision table: the worst layer's figures and the layer count."""
     if not layers_csv:
         return {}
-    from .report import read_layers
+    from .layers import read_layers_csv
 
-    rows = read_layers(layers_csv)
+    rows = read_layers_csv(layers_csv)
     out = {"layers_analysed": float(len(rows))}
     for col in ("cosine", "sqnr_db"):
         values = [r[col] for r in rows if isinstance(r.get(col), float) and math.isfinite(r[col])]
@@ -169,50 +225,39 @@ def layer_metrics(layers_csv: str | Path | None) -> dict[str, float]:
     return out
 
 
-def mixed_metrics(mixed_json: str | Path | None) -> dict[str, float]:
+def mixed_metrics(mixed: MixedReport | None) -> dict[str, float]:
     """What automatic mixed precision chose, when it chose this run's recipe."""
-    if not mixed_json:
+    if mixed is None:
         return {}
-    mixed = read_json(mixed_json)
     return {
-        "mixed_goal_met": float(mixed["goal_met"]),
-        "mixed_steps": float(len(mixed["curve"]) - 1),
-        "mixed_latency_increase_pct": mixed["chosen"]["latency_increase_pct"],
-        "mixed_nodes_promoted": float(len(mixed["curve"][mixed["chosen"]["step"]]["promoted"])),
+        "mixed_goal_met": float(mixed.goal_met),
+        "mixed_steps": float(len(mixed.curve) - 1),
+        "mixed_latency_increase_pct": mixed.chosen.latency_increase_pct,
+        "mixed_nodes_promoted": float(len(mixed.chosen_point.promoted)),
     }
 
 
-def run_metrics(files: dict) -> dict[str, float]:
+def run_metrics(reports: RunReports, files: dict) -> dict[str, float]:
     """The run's metrics under uniform names. A figure that does not apply to this model or
     evaluation is absent, never 0; non-finite values (SQNR of an exact match) are left out."""
-    build, ev, manifest = read_json(files["build"]), read_json(files["evaluate"]), read_json(files["manifest"])
-    export, quant, simplify = read_json(files["export"]), read_json(files["quantize"]), read_json(files["simplify"])
+    export, quant, simplify = reports.export, reports.quantize, reports.simplify
     metrics = {
-        "latency_ms": build["latency_ms"],
-        "fps": build["fps"],
-        "fps_batch1": build["fps_batch1"],
-        "subgraphs": build["subgraphs"],
-        "cpu_ops": build["cpu_ops"],
-        "ddr_bytes_per_frame": build["ddr_bytes_per_frame"],
-        "macs": build["macs"],
-        "tensor_utilisation": build["tensor_utilisation"],
-        "params": manifest["params"],
-        "onnx_bytes": export["onnx_bytes"],
-        "int8_bytes": quant["int8_bytes"],
-        "quantize_nodes": quant["quantize_nodes"],
-        "export_max_abs_diff": export["max_abs_diff_vs_torch"],
-        "nodes_exported": simplify["nodes_before"],
-        "nodes_simplified": simplify["nodes_after"],
-        **{k: ev[k] for k in EVAL_METRICS if isinstance(ev.get(k), (int, float))},
-        **{f"unit_ms_{u}": t for u, t in build["unit_time_ms"].items()},
-        **{f"unit_share_{u}": s for u, s in build["unit_share"].items()},
+        **reports.build.metrics(),
+        "params": reports.manifest.params,
+        "onnx_bytes": export.onnx_bytes,
+        "int8_bytes": quant.int8_bytes,
+        "quantize_nodes": quant.quantize_nodes,
+        "export_max_abs_diff": export.max_abs_diff_vs_torch,
+        "nodes_exported": simplify.nodes_before,
+        "nodes_simplified": simplify.nodes_after,
+        **{k: v for k, v in reports.evaluate.metrics.items() if k in EVAL_METRICS and isinstance(v, (int, float))},
         **layer_metrics(files.get("layers")),
-        **mixed_metrics(files.get("mixed")),
+        **mixed_metrics(reports.mixed),
     }
     return {k: float(v) for k, v in metrics.items() if not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def log_model_runs(uri: str, experiment: str, spec: dict, runs: dict[str, dict], out_json: str | Path) -> dict:
+def log_model_runs(*, uri: str, experiment: str, spec: dict, runs: dict[str, dict], out_json: str | Path) -> TrackReport:
     """Log (or reuse) the run of each (model, target) in `runs` ({target: files}); one job per
     model, so MLflow's import and connection are paid once, not once per target."""
     start = time.perf_counter()
@@ -220,15 +265,17 @@ def log_model_runs(uri: str, experiment: str, spec: dict, runs: dict[str, dict],
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise RuntimeError(f"MLflow experiment {experiment!r} is missing at {uri}: run the init_mlflow job first")
-    report = {"model": spec["name"], "experiment_id": exp.experiment_id, "tracking_uri": uri, "runs": {}}
-    for target, files in runs.items():
-        report["runs"][target] = {**log_run(client, exp.experiment_id, spec, target, files), "files": files}
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(out_json, report)
+    logged = {
+        target: dataclasses.replace(log_run(client, exp.experiment_id, spec, target, files), files=files) for target, files in runs.items()
+    }
+    report = TrackReport(
+        model=spec["name"], experiment_id=exp.experiment_id, tracking_uri=uri, runs=logged, seconds=round(time.perf_counter() - start, 3)
+    )
+    report.write(out_json)
     return report
 
 
-def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str, str | Path]) -> dict:
+def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str, str | Path]) -> RunRecord:
     """Log (or reuse) the run of one (model, target) and register its quantised model.
     `files` holds the stage reports and artifacts by name (see ARTIFACTS; `layers` is optional)."""
     files = {k: v for k, v in files.items() if v}
@@ -253,34 +300,63 @@ def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str
                 client.set_tag(r.info.run_id, CURRENT_TAG, "false")
                 client.set_tag(r.info.run_id, "npuflow.superseded_by", run_id)
     version, registered = register(client, model, target, run_id, model_id, key)
-    return {
-        "run_id": run_id,
-        "reused": reused is not None,
-        "inputs_hash": key,
-        "model_id": model_id,
-        "registered_model": registered_name(model, target),
-        "version": version,
-        "registered": registered,
-    }
+    return RunRecord(
+        run_id=run_id,
+        reused=reused is not None,
+        inputs_hash=key,
+        model_id=model_id,
+        registered_model=registered_name(model, target),
+        version=version,
+        registered=registered,
+    )
 
 
-def _run_note(spec: dict, target: str, build: dict, manifest: dict) -> str:
-    note = f"{spec['name']} on {target}. SIMULATION: latency/FPS come from npuflow's NPU model of {build['chip']}, not from a device."
-    if manifest["weights"] == "random":
-        note += f" Weights are RANDOM ({manifest['weights_detail']}): fidelity is real for these weights, accuracy is meaningless."
+def _run_note(spec: dict, target: str, build: BuildReport, manifest: Manifest) -> str:
+    note = f"{spec['name']} on {target}. SIMULATION: latency/FPS come from npuflow's NPU model of {build.chip}, not from a device."
+    if manifest.random:
+        note += f" Weights are RANDOM ({manifest.weights_detail}): fidelity is real for these weights, accuracy is meaningless."
     return note
+
+
+def dataset_input(context: str, dataset: str, images: int, sources: list[str]):
+    """The images a run was calibrated or evaluated on, as an MLflow dataset input: named by the
+    dataset, with a digest of exactly which images, and where they come from (the built-in sample
+    photos of scikit-image, or the user dataset's prepared folder)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from .data import DATASETS
+
+    index = Path(STAGES.dataset.output("index", dataset=dataset))
+    identity = {"dataset": dataset, "images": sources}
+    if dataset in DATASETS:
+        source = CodeDatasetSource(
+            {"npuflow.dataset": dataset, "photos": "scikit-image sample photos (skimage.data): " + ", ".join(sources)}
+        )
+    else:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(index.parent.resolve()))
+        identity["index"] = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else ""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    profile = json.dumps({"images": images, "split": context})
+    meta = MetaDataset(source, name=dataset, digest=digest).to_dict()
+    return DatasetInput(Dataset(**meta, profile=profile), tags=[InputTag(DATASET_CONTEXT_TAG, context)])
 
 
 def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, key: str) -> tuple[str, str]:
     from mlflow.entities import Metric, Param, RunTag
 
-    manifest, build = read_json(files["manifest"]), read_json(files["build"])
+    reports = RunReports.read(files)
+    manifest, build = reports.manifest, reports.build
     tags = {
         "model": spec["name"],
         "target": target,
         "task": spec["task"],
-        "family": manifest.get("family", "unknown"),
-        "weights": manifest["weights"],
+        "family": manifest.family,
+        "weights": manifest.weights,
         "source": spec["source"],
         CURRENT_TAG: "true",
         HASH_TAG: key,
@@ -290,17 +366,18 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
     }
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
-        params = run_params(spec, target, files)
+        params = run_params(spec, target, reports)
         model_id = _log_quantized(client, experiment_id, run_id, files["onnx_quant"], params, tags)
         # Metrics after the model and linked to it: logged before, MLflow would re-read each
         # metric's history to link it (one query per metric).
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
-            metrics=[Metric(k, v, now, 0, model_id=model_id) for k, v in run_metrics(files).items()],
+            metrics=[Metric(k, v, now, 0, model_id=model_id) for k, v in run_metrics(reports, files).items()],
             params=[Param(k, v) for k, v in params.items()],
             tags=[RunTag(MODEL_ID_TAG, model_id)],
         )
+        client.log_inputs(run_id, datasets=run_datasets(reports))
         with tempfile.TemporaryDirectory(prefix="npuflow-artifacts-") as tmp:
             # Symlinks in one tree, one upload: the store copies each file once.
             for name, rel in ARTIFACTS.items():
@@ -314,6 +391,15 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
         client.set_tag(run_id, CURRENT_TAG, "false")
         raise
     return run_id, model_id
+
+
+def run_datasets(reports: RunReports) -> list:
+    """The run's calibration images and evaluation images, as MLflow dataset inputs."""
+    calib, ref = reports.calibration, reports.reference
+    inputs = [dataset_input("calibration", calib.dataset, calib.images, calib.image_sources)]
+    if ref is not None:
+        inputs.append(dataset_input("evaluation", ref.dataset, ref.images, ref.image_sources))
+    return inputs
 
 
 def _log_quantized(client, experiment_id: str, run_id: str, onnx_path: str | Path, params: dict, run_tags: dict) -> str:
