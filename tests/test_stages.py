@@ -90,7 +90,7 @@ def test_failed_surgery_leaves_no_output(segmenter, tmp_path):
     _, p = segmenter
     out = tmp_path / "x.onnx"
     with pytest.raises(SurgeryError, match="fold_head_bn: found no BatchNormalization"):
-        surgery(p["sim"], ["fold_head_bn"], out, tmp_path / "x.json")
+        surgery(p["sim"], passes=["fold_head_bn"], out_onnx=out, out_json=tmp_path / "x.json")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -110,7 +110,14 @@ def quantized(classifier, tmp_path_factory):
 
     _, p = classifier
     d = tmp_path_factory.mktemp("quant")
-    report = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, d / "q.onnx", d / "q.json")
+    report = quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=INT8,
+        out_onnx=d / "q.onnx",
+        out_json=d / "q.json",
+    )
     return d / "q.onnx", report
 
 
@@ -129,6 +136,39 @@ def test_quantize_writes_int8_qdq_with_per_channel_weights(quantized, classifier
     assert report["int8_bytes"] < 0.5 * classifier[1]["onnx"].stat().st_size
 
 
+def test_quantize_leaves_onnxruntime_and_logging_as_it_found_them_and_its_faster_renaming_changes_no_byte(
+    classifier, tmp_path, monkeypatch
+):
+    import logging
+
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    import npuflow.quantize as q
+
+    _, p = classifier
+    original, root = ONNXModel.replace_input_of_all_nodes, logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.INFO)
+    q.quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=INT8,
+        out_onnx=tmp_path / "a.onnx",
+        out_json=tmp_path / "a.json",
+    )
+    assert ONNXModel.replace_input_of_all_nodes is original and root.level == logging.INFO
+    monkeypatch.setattr(q, "_replace_input_indexed", original)  # onnxruntime's own (quadratic) renaming
+    q.quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=INT8,
+        out_onnx=tmp_path / "b.onnx",
+        out_json=tmp_path / "b.json",
+    )
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
 def test_quantize_reuses_ranges_without_recalibrating(classifier, tmp_path, monkeypatch):
     import sys
 
@@ -141,28 +181,65 @@ def test_quantize_reuses_ranges_without_recalibrating(classifier, tmp_path, monk
 
     monkeypatch.setattr(ortq, "create_calibrator", no_calibration)
     _, p = classifier
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=INT8,
+        out_onnx=tmp_path / "q.onnx",
+        out_json=tmp_path / "q.json",
+    )
     assert (tmp_path / "q.onnx").exists()
+
+
+def _outputs(model, images) -> np.ndarray:
+    """The model's (first) output on each image, stacked: computed here, apart from evaluate."""
+    return np.concatenate([run_onnx(model, {"input": img[None]})[0] for img in images])
+
+
+def _cosine_per_image(f: np.ndarray, q: np.ndarray) -> np.ndarray:
+    f, q = f.reshape(len(f), -1).astype(np.float64), q.reshape(len(q), -1).astype(np.float64)
+    return np.sum(f * q, axis=1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1))
 
 
 def test_evaluate_compares_int8_to_float_on_held_out_images(quantized, classifier, tmp_path):
     spec, p = classifier
     ref, report = reference_and_evaluate(quantized[0], spec, p, tmp_path)
     assert set(ref["image_sources"]).isdisjoint(read_json(p["calibration"])["image_sources"])
-    assert 0.9 < report["cosine"] <= 1.0 and report["sqnr_db"] > 5
-    assert 0 <= report["top1_agreement"] <= report["top5_agreement"] <= 1
+    images = np.load(tmp_path / "r.npz")["images"]
+    f, q = _outputs(p["surgery_onnx"], images), _outputs(quantized[0], images)
+    top5 = np.argsort(-q, axis=1)[:, :5]
+    assert report["top1_agreement"] == np.mean(f.argmax(1) == q.argmax(1))
+    assert report["top5_agreement"] == np.mean([c in t for c, t in zip(f.argmax(1), top5)])
+    assert report["cosine"] == pytest.approx(np.mean(_cosine_per_image(f, q)), rel=1e-9) and report["cosine"] > 0.9
+    assert report["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(f.astype(np.float64) ** 2) / np.sum((f - q.astype(np.float64)) ** 2)))
     assert report["host_fp32_ms"] > 0 and report["host_int8_ms"] > 0 and report["weights"] == "random"
 
 
 def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
+    from npuflow.evaluate import expose_logits
     from npuflow.quantize import quantize
 
     spec, p = segmenter
-    quantize(p["surgery_onnx"], p["ranges"], p["calibration"], INT8, tmp_path / "q.onnx", tmp_path / "q.json")
+    quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=INT8,
+        out_onnx=tmp_path / "q.onnx",
+        out_json=tmp_path / "q.json",
+    )
     _, report = reference_and_evaluate(tmp_path / "q.onnx", spec, p, tmp_path)
-    assert 0 <= report["pixel_agreement"] <= 1 and "top1_agreement" not in report
-    assert read_json(p["manifest"])["family"] == "segformer"
-    assert -1 <= report["cosine"] <= 1
+    assert "top1_agreement" not in report and read_json(p["manifest"])["family"] == "segformer"
+    images = np.load(tmp_path / "r.npz")["images"]
+    float_ids, quant_ids = _outputs(p["surgery_onnx"], images), _outputs(tmp_path / "q.onnx", images)  # the ArgMax head: class ids
+    assert float_ids.dtype == np.int64 and report["pixel_agreement"] == np.mean(float_ids == quant_ids)
+    # Fidelity is measured on the logits under the ArgMax.
+    logits = [
+        np.concatenate([run_onnx(expose_logits(onnx.load(str(m))), {"input": i[None]})[1] for i in images])
+        for m in (p["surgery_onnx"], tmp_path / "q.onnx")
+    ]
+    assert report["cosine"] == pytest.approx(np.mean(_cosine_per_image(*logits)), rel=1e-9)
 
 
 def test_fidelity_metrics_values():
@@ -192,7 +269,14 @@ def test_int16_recipe_quantises_activations_to_int16(classifier, tmp_path):
     from npuflow.quantize import quantize
 
     _, p = classifier
-    report = quantize(p["surgery_onnx"], p["ranges"], p["calibration"], {"default": "int16"}, tmp_path / "q.onnx", tmp_path / "q.json")
+    report = quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe={"default": "int16"},
+        out_onnx=tmp_path / "q.onnx",
+        out_json=tmp_path / "q.json",
+    )
     model = onnx.load(str(tmp_path / "q.onnx"))
     inits = {i.name: i.data_type for i in model.graph.initializer}
     zp = {inits.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
