@@ -387,3 +387,6 @@ class FileSource(_CheckpointSource):
 def source_for(spec: dict) -> ModelSource:
     return SOURCES.get(spec["source"].split(":", 1)[0])()
 
+
+# The sources with modules of their own register on import (they import this module's base class).
+from . import source_torchvision  # noqa: E402, F401
