@@ -389,4 +389,4 @@ def source_for(spec: dict) -> ModelSource:
 
 
 # The sources with modules of their own register on import (they import this module's base class).
-from . import source_torchvision  # noqa: E402, F401
+from . import source_torchvision, source_ultralytics  # noqa: E402, F401
