@@ -154,6 +154,10 @@ def _check_semantics(config: dict) -> None:
         for t in entry.get("precision", {}):
             if t not in model_targets:
                 problems.append(f"{where}.precision.{t}: not one of this model's targets ({', '.join(model_targets)})")
+        if "mixed_precision" in entry and entry["task"] == "detection":
+            problems.append(
+                f"{where}.mixed_precision: not available for task: detection yet (its goal metrics are for classifier and segmenter outputs)"
+            )
         for t in entry.get("mixed_precision", {}).get("targets", []):
             if t not in model_targets:
                 problems.append(f"{where}.mixed_precision.targets: {t!r} is not one of this model's targets ({', '.join(model_targets)})")

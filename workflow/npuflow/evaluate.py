@@ -37,6 +37,20 @@ EVAL_METRICS = (
     "float_pixel_accuracy",
     "host_fp32_ms",
     "host_int8_ms",
+    # detection (npuflow.detect_eval): int8 boxes against the float model's, then against labels
+    "box_agreement",
+    "box_iou_mean",
+    "map50_vs_float",
+    "map50_95_vs_float",
+    "boxes_per_image",
+    "float_boxes_per_image",
+    "mask_iou_mean",
+    "keypoint_oks_mean",
+    "map50",
+    "map50_95",
+    "float_map50",
+    "float_map50_95",
+    "host_decode_nms_ms",
 )
 
 # Host latency is a median of timed runs; long models get fewer runs, never fewer than this.
@@ -130,6 +144,10 @@ def reference(
     datasets_dir: str | Path = "results/datasets",
     cache_dir: str | Path | None = None,
 ) -> dict:
+    if spec["task"] == "detection":
+        from . import detect_eval
+
+        return detect_eval.reference(float_onnx, manifest_json, spec, out_npz, out_json, threads, datasets_dir, cache_dir)
     start = time.perf_counter()
     manifest = read_json(manifest_json)
     ev = spec["evaluation"]
@@ -202,6 +220,11 @@ def evaluate(
     latency, and the per-layer precision analysis (`out_layers`, JSON rows)."""
     from .layers import analyse_layers
 
+    if spec["task"] == "detection":
+        from . import detect_eval
+
+        args = (quant_onnx, float_onnx, reference_npz, reference_json, manifest_json, spec, recipe, out_json, out_layers, threads)
+        return detect_eval.evaluate(*args)
     start = time.perf_counter()
     ref = np.load(reference_npz)
     ref_report = read_json(reference_json)
