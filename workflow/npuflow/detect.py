@@ -40,7 +40,7 @@ class Detections:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + e^-x), without overflow
 
 
 def _dfl(box: np.ndarray, reg_max: int) -> np.ndarray:
@@ -138,10 +138,15 @@ def _masks(coeffs: np.ndarray, proto: np.ndarray, boxes: np.ndarray, input_hw) -
     return masks & inside
 
 
+def candidates(outputs: dict, head: dict, conf: float):
+    """Every anchor whose best class clears `conf`, decoded, before NMS, in anchor order (scale by
+    scale): (boxes xyxy, scores, classes, extras: mask coefficients or keypoints, or None)."""
+    return (_candidates_full if "output" in outputs else _candidates_split)(outputs, head, conf)
+
+
 def postprocess(outputs: dict, head: dict, input_hw, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET) -> Detections:
     """One image's model outputs ({name: array with batch 1}) to its detections."""
-    full = "output" in outputs
-    boxes, scores, classes, extra = (_candidates_full if full else _candidates_split)(outputs, head, conf)
+    boxes, scores, classes, extra = candidates(outputs, head, conf)
     if len(scores) > MAX_NMS:
         top = np.argsort(-scores, kind="stable")[:MAX_NMS]
         boxes, scores, classes, extra = boxes[top], scores[top], classes[top], None if extra is None else extra[top]

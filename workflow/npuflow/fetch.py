@@ -85,8 +85,10 @@ def _preprocessing(spec, source, module) -> dict:
 
 def load_model(spec: dict, fetch_dir: str | Path):
     """The fetched model: architecture rebuilt offline, weights from the stage's safetensors."""
+    import torch
     from safetensors.torch import load_file
 
-    module = build_model(spec, spec["seed"])
+    torch.manual_seed(spec["seed"])
+    module = source_for(spec).architecture(spec)
     module.load_state_dict(load_file(str(Path(fetch_dir) / WEIGHTS_FILE)), strict=True)
     return module.eval()

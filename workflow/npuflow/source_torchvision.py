@@ -1,7 +1,9 @@
-"""`torchvision:<name>`: torchvision's classification and segmentation builders (mobilenet_v2,
-googlenet, squeezenet1_1, resnet18, lraspp_mobilenet_v3_large, deeplabv3_mobilenet_v3_large, …).
+"""`torchvision:<name>[.<weights>]`: torchvision's classification and segmentation builders
+(mobilenet_v2, googlenet, squeezenet1_1, resnet18, lraspp_mobilenet_v3_large,
+deeplabv3_mobilenet_v3_large, …), with one of the builder's weights (`mobilenet_v2.IMAGENET1K_V1`;
+default: torchvision's DEFAULT entry, e.g. IMAGENET1K_V2 for mobilenet_v2).
 
-Pretrained weights are the builder's default weights enum entry: the file torchvision would fetch,
+Pretrained weights are that weights enum entry's file, as torchvision would fetch it,
 looked for first in torch's hub cache (`$TORCH_HOME/hub/checkpoints/<file>`, where torchvision
 keeps it), downloaded there when download.pytorch.org answers, checked against the sha256 prefix
 its name carries, and loaded weights-only. The architecture is always built the way torchvision
@@ -11,6 +13,7 @@ training-only auxiliary heads, so random and pretrained weights share one deploy
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from .checkpoints import CheckpointError, load_state_dict_file
 from .download import DownloadError, DownloadUnavailable, download
@@ -59,12 +62,13 @@ def hub_checkpoints() -> Path:
 
 @SOURCES.register("torchvision")
 class TorchvisionSource(ModelSource):
-    syntax = "torchvision:<builder>"
+    syntax = "torchvision:<builder>[.<weights>]"
     tasks = ("classification", "segmentation")
     hub = HUB
+    example: ClassVar[dict] = {"source": "torchvision:squeezenet1_1", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
 
     def _name(self, spec) -> str:
-        name = spec["source"].split(":", 1)[1]
+        name = spec["source"].split(":", 1)[1].split(".", 1)[0]
         classifiers, segmenters = _names()
         where = f"models.{spec['name']}"
         if name not in classifiers and name not in segmenters:
@@ -74,25 +78,33 @@ class TorchvisionSource(ModelSource):
             raise FetchError(f"{where}.task: torchvision's {name} is a {task} model, not {spec['task']}")
         return name
 
-    def _weights(self, name: str):
+    def _weights(self, spec):
+        """The weights enum entry the source names (after the builder's name), else DEFAULT; None
+        for a builder without pretrained weights."""
         from torchvision import models
 
+        name = self._name(spec)
+        tag = spec["source"].split(":", 1)[1].partition(".")[2] or "DEFAULT"
         try:
-            return models.get_model_weights(name).DEFAULT
+            enum = models.get_model_weights(name)
         except (ValueError, AttributeError):
             return None
+        if tag not in enum.__members__ and tag != "DEFAULT":
+            raise FetchError(f"models.{spec['name']}.source: {unknown_name_message(f'{enum.__name__} entry', tag, enum.__members__)}")
+        return enum[tag] if tag != "DEFAULT" else enum.DEFAULT
 
     def build(self, spec):
         from torchvision import models
 
         name = self._name(spec)
+        self._weights(spec)  # a weights name the builder lacks is an error whatever the weights policy
         if spec["task"] == "segmentation":
             return _segmentation_logits(models.get_model(name, weights=None, **SEGMENTATION_KWARGS))
         return models.get_model(name, weights=None, **DEPLOY_KWARGS.get(name, {})).eval()
 
     def load_pretrained(self, spec, cache_dir):
         name = self._name(spec)
-        weights = self._weights(name)
+        weights = self._weights(spec)
         where = f"models.{spec['name']}"
         if weights is None:
             raise WeightsUnavailable(f"torchvision has no pretrained weights for {name}")
@@ -125,7 +137,7 @@ class TorchvisionSource(ModelSource):
 
     def preprocessing(self, spec, module):
         """The weights' own eval transform: resize, centre crop share, mean/std, interpolation."""
-        weights = self._weights(spec["source"].split(":", 1)[1])
+        weights = self._weights(spec)
         t = weights.transforms() if weights is not None else None
         crop, resize = getattr(t, "crop_size", None), getattr(t, "resize_size", None)
         return {

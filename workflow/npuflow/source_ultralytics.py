@@ -85,7 +85,7 @@ def known_names() -> dict[str, str]:
     return names
 
 
-def _batch_norm_statistics(model, size: int = 256):
+def _batch_norm_statistics(model, size: int = 192):
     """Running statistics of the random network's BatchNorms estimated on the sample photos
     (the calibration ones, letterboxed; one train-mode pass). Left at their initial values (mean
     0, variance 1), a random YOLO's activations shrink layer after layer until every head output
@@ -182,6 +182,7 @@ class UltralyticsSource(ModelSource):
     syntax = "ultralytics:<name> (AGPL-3.0)"
     tasks = ("detection", "classification")
     hub = "https://github.com"
+    example: ClassVar[dict] = {"source": "ultralytics:yolo11n", "task": "detection", "input": {"shape": [1, 3, 64, 64]}}
     fields: ClassVar[dict[str, dict]] = {
         "head": {
             "description": (
@@ -211,6 +212,9 @@ class UltralyticsSource(ModelSource):
         return name, names[name]
 
     def build(self, spec):
+        return _batch_norm_statistics(self.architecture(spec))
+
+    def architecture(self, spec):
         tasks = _ultralytics()
         _, definition = self._name(spec)
         cfg = tasks.yaml_model_load(f"{definition}.yaml")
@@ -221,7 +225,7 @@ class UltralyticsSource(ModelSource):
             "pose": tasks.PoseModel,
             "classify": tasks.ClassificationModel,
         }[kind]
-        return _batch_norm_statistics(cls(cfg, nc=RELEASE_CLASSES[kind], verbose=False))
+        return cls(cfg, nc=RELEASE_CLASSES[kind], verbose=False).eval()
 
     def load_pretrained(self, spec, cache_dir):
         name, _ = self._name(spec)
@@ -243,7 +247,7 @@ class UltralyticsSource(ModelSource):
             state = module_state_dict(inert, where)
         except CheckpointError as e:
             raise FetchError(str(e)) from e
-        module = self.build(spec)
+        module = self.architecture(spec)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:

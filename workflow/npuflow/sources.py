@@ -82,6 +82,8 @@ class ModelSource:
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # where pretrained weights come from: probed (3 s at most) before loading, or None
     hub: ClassVar[str | None] = None
+    # a small entry of this source that builds offline in seconds (the tests run every source's)
+    example: ClassVar[dict] = {}
 
     def check(self, entry: dict, where: str) -> list[str]:
         """Config-time problems of an entry (each `<field path>: <problem>`), beyond the schema.
@@ -95,6 +97,11 @@ class ModelSource:
     def build(self, spec: dict):
         """The architecture with freshly initialised weights (the caller seeds torch)."""
         raise NotImplementedError
+
+    def architecture(self, spec: dict):
+        """The architecture whose weights are about to be loaded (the fetched ones): `build`,
+        unless initialising costs work that loading would throw away."""
+        return self.build(spec)
 
     def load_pretrained(self, spec: dict, cache_dir: Path):
         """The architecture with pretrained weights; raise WeightsUnavailable if they can't be had.
@@ -186,6 +193,7 @@ class _HFHubSource(ModelSource):
 @SOURCES.register("timm")
 class TimmSource(_HFHubSource):
     syntax = "timm:<name>"
+    example: ClassVar[dict] = {"source": "timm:mobilenetv3_small_050", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
 
     def _arch(self, spec) -> tuple[str, str]:
         """(timm model name, config field it comes from)."""
@@ -249,6 +257,20 @@ class HFSource(_HFHubSource):
         }
     }
     tasks = ("classification", "segmentation")
+    example: ClassVar[dict] = {
+        "source": "hf:example/tiny-segformer",
+        "hf_config": {
+            "model_type": "segformer",
+            "architectures": ["SegformerForSemanticSegmentation"],
+            "depths": [1, 1, 1, 1],
+            "hidden_sizes": [8, 16, 24, 32],
+            "num_attention_heads": [1, 1, 1, 1],
+            "decoder_hidden_size": 32,
+            "num_labels": 5,
+        },
+        "task": "segmentation",
+        "input": {"shape": [1, 3, 64, 64]},
+    }
 
     def _config(self, spec):
         import transformers
@@ -338,6 +360,12 @@ class _CheckpointSource(TimmSource):
 @SOURCES.register("url")
 class URLSource(_CheckpointSource):
     syntax = "url:<https URL> (with arch)"
+    example: ClassVar[dict] = {
+        "source": "url:https://127.0.0.1:9/mobilenetv3_small_050.pth",
+        "arch": "mobilenetv3_small_050",
+        "task": "classification",
+        "input": {"shape": [1, 3, 64, 64]},
+    }
     fields: ClassVar[dict[str, dict]] = {
         "arch": ARCH_FIELD,
         "sha256": SHA256_FIELD,
@@ -372,6 +400,12 @@ class URLSource(_CheckpointSource):
 @SOURCES.register("file")
 class FileSource(_CheckpointSource):
     syntax = "file:<path> (with arch)"
+    example: ClassVar[dict] = {
+        "source": "file:/nonexistent/mobilenetv3_small_050.pth",
+        "arch": "mobilenetv3_small_050",
+        "task": "classification",
+        "input": {"shape": [1, 3, 64, 64]},
+    }
     fields: ClassVar[dict[str, dict]] = {"arch": ARCH_FIELD, "sha256": SHA256_FIELD, "state_dict_key": STATE_DICT_KEY_FIELD}
 
     def _checkpoint(self, spec, cache_dir):
