@@ -109,11 +109,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS: indices kept, best first; a box overlapping a kept one by more than `iou` goes."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS: indices kept, best first; a box overlapping a kept one by more than `iou` goes.
+    Stops once `max_keep` boxes are kept (the rest would be cut anyway)."""
     order = np.argsort(-scores, kind="stable")
     keep = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         i = order[0]
         keep.append(i)
         if order.size == 1:
@@ -150,7 +151,7 @@ def postprocess(outputs: dict, head: dict, input_hw, conf: float = CONF, iou: fl
     if len(scores) > MAX_NMS:
         top = np.argsort(-scores, kind="stable")[:MAX_NMS]
         boxes, scores, classes, extra = boxes[top], scores[top], classes[top], None if extra is None else extra[top]
-    keep = nms(boxes + classes[:, None] * CLASS_OFFSET, scores, iou)[:max_det]
+    keep = nms(boxes + classes[:, None] * CLASS_OFFSET, scores, iou, max_det)
     found = Detections(boxes[keep], scores[keep], classes[keep])
     if head["kind"] == "segment":
         found.masks = _masks(extra[keep], outputs["proto"][0], found.boxes, input_hw)

@@ -31,14 +31,15 @@ def fixed_input(shape, seed: int = 0) -> np.ndarray:
 
 
 def export_module(
-    module, shape, opset: int, out_onnx: str | Path, where: str, threads: int = 1, output_names: list[str] | None = None
+    module, shape, opset: int, out_onnx: str | Path, where: str, threads: int = 1, output_names: list[str] | None = None, x=None
 ) -> tuple[float, list[list[int]]]:
     """Export a torch module to ONNX (batch as in `shape`) and check it against torch on a fixed
-    input. Returns (max abs difference, the outputs' shapes); nothing is left behind if it fails."""
+    input (`x`, default `fixed_input`). Returns (max abs difference, the outputs' shapes); nothing
+    is left behind if it fails."""
     import torch
 
     names = output_names or [OUTPUT_NAME]
-    x = fixed_input(shape)
+    x = fixed_input(shape) if x is None else x
     with torch.no_grad():
         out = module(torch.from_numpy(x))
     expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
@@ -108,9 +109,11 @@ def export(spec: dict, fetch_dir: str | Path, out_onnx: str | Path, out_json: st
     torch.set_num_threads(threads)
     start = time.perf_counter()
     module = load_model(spec, fetch_dir)
-    module, output_names = source_for(spec).export_form(module, spec)
+    source = source_for(spec)
+    module, output_names = source.export_form(module, spec)
     shape = spec["input"]["shape"]
-    max_abs, out_shapes = export_module(module, shape, spec["opset"], out_onnx, f"models.{spec['name']}", threads, output_names)
+    where = f"models.{spec['name']}"
+    max_abs, out_shapes = export_module(module, shape, spec["opset"], out_onnx, where, threads, output_names, source.check_input(shape))
     report = {
         "model": spec["name"],
         "opset": spec["opset"],

@@ -85,9 +85,9 @@ def known_names() -> dict[str, str]:
     return names
 
 
-def _batch_norm_statistics(model, size: int = 192):
+def _batch_norm_statistics(model, hw, images: int = 8):
     """Running statistics of the random network's BatchNorms estimated on the sample photos
-    (the calibration ones, letterboxed; one train-mode pass). Left at their initial values (mean
+    (the calibration ones, letterboxed to the model's input; one train-mode pass). Left at their initial values (mean
     0, variance 1), a random YOLO's activations shrink layer after layer until every head output
     is its bias: nothing to quantise or detect. Estimated, each layer sees inputs of the scale a
     trained network's do."""
@@ -96,7 +96,7 @@ def _batch_norm_statistics(model, size: int = 192):
     from .data import image_batches
 
     prep = {"mean": [0.0] * 3, "std": [1.0] * 3, "resize": "letterbox", "pad": 114}
-    photos = torch.from_numpy(image_batches("samples", "calibration", 8, [1, 3, size, size], prep, seed=0).images)
+    photos = torch.from_numpy(image_batches("samples", "calibration", images, [1, 3, *hw], prep, seed=0).images)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:
         m.reset_running_stats()
@@ -212,7 +212,7 @@ class UltralyticsSource(ModelSource):
         return name, names[name]
 
     def build(self, spec):
-        return _batch_norm_statistics(self.architecture(spec))
+        return _batch_norm_statistics(self.architecture(spec), spec["input"]["shape"][2:])
 
     def architecture(self, spec):
         tasks = _ultralytics()
@@ -261,6 +261,12 @@ class UltralyticsSource(ModelSource):
         if spec["task"] == "classification":
             return {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "crop_pct": 1.0, "interpolation": "bilinear"}
         return {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "resize": "letterbox", "pad": 114, "interpolation": "bilinear"}
+
+    def check_input(self, shape):
+        """An image as YOLO takes it: RGB in 0..1 (seeded)."""
+        import numpy as np
+
+        return np.random.default_rng(0).random(shape, dtype=np.float32)
 
     def export_form(self, module, spec):
         head = self.head(module)

@@ -115,6 +115,13 @@ class ModelSource:
         """The module as deployed (reparameterised), or the module itself if it has no such form."""
         return module
 
+    def check_input(self, shape):
+        """The fixed input the export is checked on, in the range the model's inputs take
+        (normalised images: about standard normal)."""
+        from .export import fixed_input
+
+        return fixed_input(shape)
+
     def export_form(self, module, spec: dict):
         """(module to export, its output names): the deploy form when `reparameterize` is on."""
         return (self.deploy_form(module) if spec.get("reparameterize", True) else module), [DEFAULT_OUTPUT]
