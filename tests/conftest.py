@@ -218,7 +218,7 @@ def real_mobilenet(torch_hub_with_mobilenet, tmp_path_factory):
         mnv2={"source": "torchvision:mobilenet_v2.IMAGENET1K_V1", "task": "classification", "input": {"shape": [1, 3, 224, 224]}},
     )
     config["weights"] = "pretrained"
-    config["calibration"]["images"] = 16
+    config["calibration"]["images"] = 8
     spec = model_spec(config, "mnv2")
     paths = run_front(spec, tmp_path_factory.mktemp("real-mobilenet"))
     quant = paths["surgery_onnx"].parent / "quant" / "int8.onnx"
