@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import make_config, run_front
-from npuflow.config import model_spec
+from npuflow.config import model_spec, stage_spec
 from npuflow.detect import Detections, box_iou, candidates, nms, postprocess
 from npuflow.detmetrics import agreement, average_precision, match
 
@@ -59,9 +59,13 @@ def yolo(tmp_path_factory, labelled_photos):
     paths = run_front(spec, root)
     d = root / "y"
     quantize(paths["surgery_onnx"], paths["ranges"], paths["calibration"], {"default": "int8"}, d / "int8.onnx", d / "int8.json")
-    reference(paths["surgery_onnx"], paths["manifest"], spec, d / "r.npz", d / "r.json", datasets_dir=labelled_photos)
+    # each stage gets only the spec fields the workflow passes it
+    reference(
+        paths["surgery_onnx"], paths["manifest"], stage_spec(spec, "reference"), d / "r.npz", d / "r.json", datasets_dir=labelled_photos
+    )
+    ev_spec = stage_spec(spec, "evaluate")
     report = evaluate(
-        d / "int8.onnx", paths["surgery_onnx"], d / "r.npz", d / "r.json", paths["manifest"], spec, "int8", d / "e.json", d / "l.json"
+        d / "int8.onnx", paths["surgery_onnx"], d / "r.npz", d / "r.json", paths["manifest"], ev_spec, "int8", d / "e.json", d / "l.json"
     )
     built = build(d / "int8.onnx", load_targets({}).get("rdk-x5"), d / "build", "y", "random")
     paths.update(quantize=d / "int8.json", build=d / "build" / "build.json", evaluate=d / "e.json", quant=d / "int8.onnx")

@@ -138,7 +138,7 @@ def evaluate(
     start = time.perf_counter()
     ref = np.load(reference_npz)
     ref_report, manifest = read_json(reference_json), read_json(manifest_json)
-    head, settings, hw = manifest["head"], _settings(spec), spec["input"]["shape"][2:]
+    head, settings, hw = manifest["head"], _settings(spec), ref["images"].shape[2:]  # the stage reads no `input`
     sess, name, names, runs = _run(load(quant_onnx), ref["images"], threads)
     int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"])
     float_runs = [{k: ref[f"out_{k}"][i : i + 1] for k in names} for i in range(len(runs))]
