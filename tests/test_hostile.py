@@ -88,7 +88,8 @@ def checkpoint_spec(source: str, weights: str = "pretrained", **extra) -> dict:
     from conftest import classifier_entry, make_config
     from npuflow.config import model_spec
 
-    config = make_config(m=classifier_entry(source=source, arch="efficientvit_m0", allow_http=True, **extra))
+    http = {"allow_http": True} if source.startswith("url:") else {}  # a url: field; a file: entry may not carry it
+    config = make_config(m=classifier_entry(source=source, arch="efficientvit_m0", **http, **extra))
     config["weights"] = weights
     return model_spec(config, "m")
 

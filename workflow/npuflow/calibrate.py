@@ -150,14 +150,19 @@ def save_ranges(ranges: dict[str, tuple[float, float]], path: str | Path) -> Non
         save_tensors_data(TensorsData(OrtMethod.MinMax, data), tmp)
 
 
+def _float_output(outputs: list[np.ndarray]) -> np.ndarray:
+    """A model's float outputs as one vector (a detection head's per-scale outputs, together)."""
+    return np.concatenate([o.ravel() for o in outputs if np.issubdtype(o.dtype, np.floating)])
+
+
 def output_cosine(model, images: np.ndarray, reference: list[np.ndarray]) -> float:
-    """Mean cosine of the model's first float output against the float model's, per image."""
+    """Mean cosine of the model's float outputs against the float model's, per image."""
     sess = session(model, 2)
     name = input_name(model)
     cos = []
     for img, ref in zip(images, reference):
-        out = next(o for o in sess.run(None, {name: img[None]}) if np.issubdtype(o.dtype, np.floating))
-        f, q = ref.ravel().astype(np.float64), out.ravel().astype(np.float64)
+        out = _float_output(sess.run(None, {name: img[None]}))
+        f, q = ref.ravel().astype(np.float64), out.astype(np.float64)
         cos.append(float(f @ q / (np.linalg.norm(f) * np.linalg.norm(q) + 1e-30)))
     return float(np.mean(cos))
 
@@ -165,7 +170,7 @@ def output_cosine(model, images: np.ndarray, reference: list[np.ndarray]) -> flo
 def float_outputs(model, images: np.ndarray) -> list[np.ndarray]:
     sess = session(model, 2)
     name = input_name(model)
-    return [next(o for o in sess.run(None, {name: img[None]}) if np.issubdtype(o.dtype, np.floating)) for img in images]
+    return [_float_output(sess.run(None, {name: img[None]})) for img in images]
 
 
 def auto_calibrate(model_onnx, stats: dict, calib: dict, selection: np.ndarray, recipe: dict) -> tuple[dict, dict, list[dict]]:

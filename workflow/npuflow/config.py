@@ -16,8 +16,6 @@ from .layout import STAGES, reserved_names
 from .targets import load_targets
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-# Sources whose checkpoint is loaded into a timm architecture named by the entry's `arch`.
-SOURCES_NEEDING_ARCH = ("url", "file")
 # Entries of results/ that are not model folders: a model of one of these names would write into
 # them (results/mlflow.db/… would break the tracking store). From the stage table.
 RESERVED_MODEL_NAMES = reserved_names()
@@ -30,7 +28,19 @@ MAX_CONFIG_NODES = 1_000_000
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The schema file, with what the model-source registry says of sources: the kinds in the
+    `source` description and each source's own fields (one registry entry per source)."""
+    from .sources import SOURCES, source_fields
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    model = schema["$defs"]["model"]["properties"]
+    kinds = ", ".join(SOURCES.get(k).syntax for k in SOURCES.names())
+    model["source"]["description"] = f"{kinds}. {model['source']['description']}"
+    for name, field in source_fields().items():
+        if name in model:
+            raise ValueError(f"model source field {name!r} clashes with a common model field of the schema")
+        model[name] = field
+    return schema
 
 
 def _defaults_filling_validator():
@@ -71,6 +81,7 @@ def _expected(error: jsonschema.ValidationError) -> str:
 def _check_semantics(config: dict) -> None:
     # Imported here: the registries pull in onnx; validation of the schema alone stays light.
     from .calibrate import CALIBRATION_METHODS
+    from .sources import check_entry
     from .surgery import SURGERY_PASSES
 
     problems = []
@@ -107,15 +118,7 @@ def _check_semantics(config: dict) -> None:
             values = entry["input"].get(field, [])
             if not all(math.isfinite(v) for v in values):
                 problems.append(f"{where}.input.{field}: expected finite numbers, got {values}")
-        kind = entry["source"].split(":", 1)[0]
-        if kind in SOURCES_NEEDING_ARCH and "arch" not in entry:
-            problems.append(f"{where}.arch: a {kind}: source needs `arch`, the timm architecture to load it into")
-        if kind == "url":
-            url = entry["source"][4:]
-            if url.startswith("http://") and not entry["allow_http"]:
-                problems.append(f"{where}.source: plain http is refused; use https, or set allow_http: true")
-            elif not url.startswith(("https://", "http://")):
-                problems.append(f"{where}.source: expected url:https://…, got {entry['source']!r}")
+        problems += check_entry(entry, where)
         batch = entry["input"]["shape"][0]
         if batch != 1:
             problems.append(f"{where}.input.shape: batch must be 1 (edge deployment runs batch 1), got {batch}")
@@ -135,6 +138,10 @@ def _check_semantics(config: dict) -> None:
         for t in entry.get("precision", {}):
             if t not in model_targets:
                 problems.append(f"{where}.precision.{t}: not one of this model's targets ({', '.join(model_targets)})")
+        if "mixed_precision" in entry and entry["task"] == "detection":
+            problems.append(
+                f"{where}.mixed_precision: not available for task: detection yet (its goal metrics are for classifier and segmenter outputs)"
+            )
         for t in entry.get("mixed_precision", {}).get("targets", []):
             if t not in model_targets:
                 problems.append(f"{where}.mixed_precision.targets: {t!r} is not one of this model's targets ({', '.join(model_targets)})")

@@ -36,12 +36,15 @@ class DatasetError(NpuflowError):
 
 
 class Sample:
-    """One image (uint8 HWC RGB), its class label (or None) and its mask (uint8 HW, or None)."""
+    """One image (uint8 HWC RGB), its class label (or None), its mask (uint8 HW, or None) and its
+    object boxes (float [n, 5]: class, x1, y1, x2, y2 in image pixels; or None)."""
 
-    __slots__ = ("image", "label", "mask", "name")
+    __slots__ = ("boxes", "image", "label", "mask", "name")
 
-    def __init__(self, name: str, image: np.ndarray, label: int | None = None, mask: np.ndarray | None = None):
-        self.name, self.image, self.label, self.mask = name, image, label, mask
+    def __init__(
+        self, name: str, image: np.ndarray, label: int | None = None, mask: np.ndarray | None = None, boxes: np.ndarray | None = None
+    ):
+        self.name, self.image, self.label, self.mask, self.boxes = name, image, label, mask, boxes
 
 
 class ImageSet:
@@ -97,7 +100,8 @@ class IndexedImages(ImageSet):
                         mask = np.where(mask > IGNORE_LABEL, IGNORE_LABEL, mask).astype(np.uint8)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise DatasetError(f"dataset {self.index['name']}: cannot read {path}: {e}") from None
-            out.append(Sample(item["path"], image, item.get("label"), mask))
+            boxes = np.asarray(item["boxes"], np.float64).reshape(-1, 5) if "boxes" in item else None
+            out.append(Sample(item["path"], image, item.get("label"), mask, boxes))
         return out
 
 
@@ -148,10 +152,13 @@ def index_images(name: str, root: Path, entry: dict) -> dict:
             classes = None  # folder names are the class indices
         else:
             classes = folders
+    boxes = _box_labels(name, root, entry, paths)
     images = []
     for p in paths:
         rel = p.relative_to(root)
         item = {"path": rel.as_posix()}
+        if boxes is not None:
+            item["boxes"] = boxes.get(rel.as_posix(), [])
         if labelled == "folders":
             folder = rel.parts[0]
             item["label"] = int(folder) if classes is None else classes.index(folder)
@@ -167,8 +174,64 @@ def index_images(name: str, root: Path, entry: dict) -> dict:
         "labels": labelled,
         "classes": classes,
         "masks": masks_dir is not None,
+        "boxes": boxes is not None,
         "images": images,
     }
+
+
+def _box_labels(name: str, root: Path, entry: dict, paths: list[Path]) -> dict[str, list] | None:
+    """{image path: [[class, x1, y1, x2, y2], …] in pixels} from YOLO txt labels (`yolo_labels`:
+    a folder holding <image path>.txt, `images/` mapped to that folder as Ultralytics lays
+    datasets out; lines `class cx cy w h`, normalised) or a COCO json (`coco_json`: categories in
+    id order are the model's classes 0, 1, …; crowd regions left out). None without either."""
+    from PIL import Image
+
+    where = f"datasets.{name}"
+    if entry.get("yolo_labels"):
+        folder = root / entry["yolo_labels"]
+        if not folder.is_dir():
+            raise DatasetError(f"{where}.yolo_labels: no folder {folder}")
+        out = {}
+        for p in paths:
+            rel = p.relative_to(root)
+            candidates = [folder / rel.with_suffix(".txt")]
+            if rel.parts[0] == "images" and len(rel.parts) > 1:
+                candidates.append(folder / Path(*rel.parts[1:]).with_suffix(".txt"))
+            label = next((c for c in candidates if c.is_file()), None)
+            if label is None:
+                continue  # no label file: an image without objects, as Ultralytics reads it
+            with Image.open(p) as im:
+                w, h = im.size
+            rows = []
+            for n, line in enumerate(label.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    c, cx, cy, bw, bh = (float(v) for v in line.split()[:5])
+                except ValueError:
+                    raise DatasetError(f"{where}.yolo_labels: {label}:{n}: expected `class cx cy w h`, got {line.strip()[:80]!r}") from None
+                rows.append([int(c), (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+            out[rel.as_posix()] = rows
+        return out
+    if entry.get("coco_json"):
+        path = Path(entry["coco_json"]) if Path(entry["coco_json"]).is_absolute() else root / entry["coco_json"]
+        try:
+            coco = json.loads(path.read_text())
+            classes = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+            files = {im["id"]: im["file_name"] for im in coco["images"]}
+            by_name = {p.relative_to(root).as_posix(): p.relative_to(root).as_posix() for p in paths}
+            by_name.update({p.name: p.relative_to(root).as_posix() for p in paths})
+            out = {by_name[f]: [] for f in files.values() if f in by_name}
+            for a in coco["annotations"]:
+                rel = by_name.get(files.get(a["image_id"], ""))
+                if rel is None or a.get("iscrowd"):
+                    continue
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+                out[rel].append([classes[a["category_id"]], x, y, x + bw, y + bh])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"{where}.coco_json: cannot read {path} as COCO annotations: {type(e).__name__}: {e}") from None
+        return out
+    return None
 
 
 def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
@@ -237,11 +300,48 @@ def preprocess(img: np.ndarray, hw: tuple[int, int], prep: dict, rng: np.random.
     return chw, np.asarray(Image.fromarray(np.ascontiguousarray(mcrop)).resize((hw[1], hw[0]), Image.NEAREST), dtype=np.uint8)
 
 
-class Batch:
-    """Preprocessed images [N, C, H, W], where each came from, and labels/masks when the set has them."""
+def letterbox(img: np.ndarray, hw: tuple[int, int], prep: dict, rng: np.random.Generator | None, boxes: np.ndarray | None = None):
+    """uint8 HWC RGB -> normalised float32 CHW of size hw, as Ultralytics' LetterBox feeds YOLO:
+    scaled to fit (aspect kept), centred on a grey (`pad`, 114) canvas; boxes ([n, 5], pixels)
+    mapped alike. With `rng`, first a light augmentation (random crop of 60-100% of the area at
+    the image's aspect, horizontal flip). Resampling is PIL's (bilinear), not OpenCV's."""
+    from PIL import Image
 
-    def __init__(self, images: np.ndarray, names: list[str], labels: np.ndarray | None, masks: np.ndarray | None):
-        self.images, self.names, self.labels, self.masks = images, names, labels, masks
+    h, w = img.shape[:2]
+    if rng is not None:
+        scale = np.sqrt(rng.uniform(0.6, 1.0))
+        ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = img[top : top + ch, left : left + cw]
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        boxes = None  # calibration images carry no boxes
+        h, w = ch, cw
+    r = min(hw[0] / h, hw[1] / w)
+    new_w, new_h = round(w * r), round(h * r)
+    dw, dh = (hw[1] - new_w) / 2, (hw[0] - new_h) / 2
+    top, left = round(dh - 0.1), round(dw - 0.1)
+    canvas = np.full((hw[0], hw[1], 3), prep.get("pad", 114), np.uint8)
+    resample = Image.BICUBIC if prep.get("interpolation") == "bicubic" else Image.BILINEAR
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((new_w, new_h), resample))
+    chw = ((canvas.astype(np.float32) / 255.0 - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)).transpose(
+        2, 0, 1
+    )
+    if boxes is not None:
+        boxes = boxes.astype(np.float64).copy()
+        boxes[:, [1, 3]] = boxes[:, [1, 3]] * r + left
+        boxes[:, [2, 4]] = boxes[:, [2, 4]] * r + top
+    return np.ascontiguousarray(chw, np.float32), boxes
+
+
+class Batch:
+    """Preprocessed images [N, C, H, W], where each came from, and labels/masks/boxes when the set
+    has them (boxes: one [n, 5] array per image, in input pixels)."""
+
+    def __init__(
+        self, images: np.ndarray, names: list[str], labels: np.ndarray | None, masks: np.ndarray | None, boxes: list | None = None
+    ):
+        self.images, self.names, self.labels, self.masks, self.boxes = images, names, labels, masks, boxes
 
 
 def image_batches(
@@ -259,32 +359,50 @@ def image_batches(
     `cache_dir` by everything that determines them."""
     source = open_dataset(dataset, datasets_dir)
     hw = (shape[2], shape[3])
-    prep = {k: preprocessing.get(k) for k in ("mean", "std", "crop_pct", "interpolation")}
+    prep = {k: preprocessing.get(k) for k in ("mean", "std", "crop_pct", "interpolation", "resize", "pad")}
     key = hashlib.sha256(json.dumps([source.key, split, count, hw, prep, seed], sort_keys=True).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"{dataset}-{split}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         with np.load(cached, allow_pickle=False) as z:
-            return Batch(z["images"], list(z["names"]), z["labels"] if "labels" in z else None, z["masks"] if "masks" in z else None)
+            boxes = None
+            if "boxes" in z:
+                boxes = [z["boxes"][z["boxes"][:, 0] == i, 1:] for i in range(len(z["images"]))]
+            return Batch(z["images"], list(z["names"]), z["labels"] if "labels" in z else None, z["masks"] if "masks" in z else None, boxes)
     samples = source.samples(split)
     if not samples:
         raise DatasetError(f"dataset {dataset}: no images for {split}")
     rng = np.random.default_rng(seed)
-    arrays, names, labels, masks = [], [], [], []
+    arrays, names, labels, masks, boxes = [], [], [], [], []
     for i in range(count):
         s = samples[i % len(samples)]
-        chw, mask = preprocess(s.image, hw, prep, rng if i >= len(samples) else None, s.mask)
+        augment = rng if i >= len(samples) else None
+        if prep.get("resize") == "letterbox":
+            chw, box = letterbox(s.image, hw, prep, augment, s.boxes)
+            mask = None
+        else:
+            (chw, mask), box = preprocess(s.image, hw, prep, augment, s.mask), None
         arrays.append(chw)
         names.append(s.name if i < len(samples) else f"{s.name}#aug{i // len(samples)}")
         labels.append(-1 if s.label is None else s.label)
         masks.append(mask)
+        boxes.append(box)
     batch = Batch(
         np.stack(arrays),
         names,
         np.asarray(labels) if any(lb >= 0 for lb in labels) else None,
         np.stack(masks) if all(m is not None for m in masks) else None,
+        boxes if all(b is not None for b in boxes) else None,
     )
     if cached is not None:
         with atomic_path(cached) as tmp, open(tmp, "wb") as f:
             extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
+            if batch.boxes is not None:
+                extra["boxes"] = stack_boxes(batch.boxes)
             np.savez(f, images=batch.images, names=np.asarray(names), **extra)
     return batch
+
+
+def stack_boxes(boxes: list[np.ndarray]) -> np.ndarray:
+    """Per-image [n, 5] boxes as one [N, 6] array (image index first), for an .npz."""
+    rows = [np.column_stack([np.full(len(b), i), b]) for i, b in enumerate(boxes) if len(b)]
+    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 6))

@@ -111,6 +111,19 @@ def reference(
     datasets_dir: str | Path = "results/datasets",
     cache_dir: str | Path | None = None,
 ) -> dict:
+    if spec["task"] == "detection":
+        from . import detect_eval
+
+        return detect_eval.reference(
+            float_onnx,
+            manifest_json=manifest_json,
+            spec=spec,
+            out_npz=out_npz,
+            out_json=out_json,
+            threads=threads,
+            datasets_dir=datasets_dir,
+            cache_dir=cache_dir,
+        )
     start = time.perf_counter()
     manifest = Manifest.read(manifest_json)
     ev = spec["evaluation"]
@@ -185,6 +198,21 @@ def evaluate(
     latency, and the per-layer precision analysis (`out_layers`, JSON rows)."""
     from .layers import analyse_layers
 
+    if spec["task"] == "detection":
+        from . import detect_eval
+
+        return detect_eval.evaluate(
+            quant_onnx,
+            float_onnx=float_onnx,
+            reference_npz=reference_npz,
+            reference_json=reference_json,
+            manifest_json=manifest_json,
+            spec=spec,
+            recipe=recipe,
+            out_json=out_json,
+            out_layers=out_layers,
+            threads=threads,
+        )
     start = time.perf_counter()
     ref = np.load(reference_npz)
     ref_report = ReferenceReport.read(reference_json)

@@ -23,14 +23,21 @@ class ExportError(NpuflowError):
     pass
 
 
-def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, threads: int = 1) -> tuple[float, list[int]]:
+def export_module(
+    module, shape, opset: int, out_onnx: str | Path, where: str, threads: int = 1, output_names: list[str] | None = None, x=None
+) -> tuple[float, list[list[int]]]:
     """Export a torch module to ONNX (batch as in `shape`) and check it against torch on a fixed
-    input. Returns (max abs difference, output shape); nothing is left behind if it fails."""
+    input (`x`, default `fixed_input`). Returns (max abs difference, the outputs' shapes); nothing
+    is left behind if it fails."""
     import torch
 
-    x = fixed_input(shape)
+    names = output_names or [OUTPUT_NAME]
+    x = fixed_input(shape) if x is None else x
     with torch.no_grad():
-        expected = module(torch.from_numpy(x)).numpy()
+        out = module(torch.from_numpy(x))
+    expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+    if len(expected) != len(names):
+        raise ExportError(f"{where}: the module returns {len(expected)} outputs, the export names {len(names)}")
     with atomic_path(out_onnx) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow are expected
         try:
@@ -42,16 +49,39 @@ def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, t
                 dynamo=False,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=names,
                 do_constant_folding=True,
             )
         except Exception as e:
             raise ExportError(f"{where}: ONNX export at opset {opset} failed: {type(e).__name__}: {e}") from e
-        (got,) = run_onnx(tmp, {INPUT_NAME: x}, threads=threads)
-        max_abs = max_abs_diff([expected], [got])
-        if not max_abs <= EXPORT_RTOL * magnitude([expected]):
-            raise ExportError(f"{where}: exported ONNX differs from torch by {max_abs:.3g} (outputs up to {magnitude([expected]):.3g})")
-    return max_abs, list(expected.shape)
+        got = run_onnx(tmp, {INPUT_NAME: x}, threads=threads)
+        max_abs = max_abs_diff(expected, got)
+        if not max_abs <= EXPORT_RTOL * magnitude(expected):
+            own = float32_sensitivity(module, x, expected)
+            if not max_abs <= SENSITIVITY_FACTOR * own:
+                raise ExportError(
+                    f"{where}: exported ONNX differs from torch by {max_abs:.3g} (outputs up to {magnitude(expected):.3g};"
+                    f" torch itself in float32 vs float64: {own:.3g})"
+                )
+    return max_abs, [list(e.shape) for e in expected]
+
+
+# A network can be so sensitive that float32 rounding alone moves its outputs more than the
+# tolerance (random weights with saturated attention softmaxes: yolo12's area attention). Then
+# the export is judged against torch's own float32-vs-float64 difference on the same input.
+SENSITIVITY_FACTOR = 4.0
+
+
+def float32_sensitivity(module, x, expected: list) -> float:
+    """Max abs difference between the module's float32 outputs and its float64 ones."""
+    import copy
+
+    import torch
+
+    with torch.no_grad():
+        out = copy.deepcopy(module).double()(torch.from_numpy(x).double())
+    exact = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+    return max_abs_diff(expected, exact)
 
 
 def package_versions(*names: str) -> dict[str, str]:
@@ -72,21 +102,25 @@ def export(spec: dict, *, fetch_dir: str | Path, out_onnx: str | Path, out_json:
     torch.set_num_threads(threads)
     start = time.perf_counter()
     module = load_model(spec, fetch_dir)
-    if spec.get("reparameterize", True):
-        module = source_for(spec).deploy_form(module)
+    source = source_for(spec)
+    module, output_names = source.export_form(module, spec)
     shape = spec["input"]["shape"]
-    max_abs, out_shape = export_module(module, shape, spec["opset"], out_onnx, f"models.{spec['name']}", threads)
+    where = f"models.{spec['name']}"
+    max_abs, out_shapes = export_module(module, shape, spec["opset"], out_onnx, where, threads, output_names, source.check_input(shape))
     report = {
         "model": spec["name"],
         "opset": spec["opset"],
         "input_shape": shape,
-        "output_shape": out_shape,
+        "output_shape": out_shapes[0],
+        **({"outputs": dict(zip(output_names, out_shapes))} if len(out_shapes) > 1 else {}),
+        **({"head": spec.get("head", "split")} if spec["task"] == "detection" else {}),
         "reparameterized": bool(spec.get("reparameterize", True)),
         "max_abs_diff_vs_torch": max_abs,
         "ops": op_counts(out_onnx),
         "onnx_bytes": Path(out_onnx).stat().st_size,
         "torch_version": torch.__version__,
-        **package_versions("timm", "transformers"),
+        **package_versions("timm", "transformers", "torchvision"),
+        **{k.replace("-opencv-headless", ""): v for k, v in package_versions("ultralytics-opencv-headless").items()},
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_json, report)

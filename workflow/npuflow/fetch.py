@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .io import atomic_path, sha256_file, write_json
-from .sources import FetchError, WeightsUnavailable, set_hub_offline_unless_reachable, source_for
+from .sources import FetchError, WeightsUnavailable, source_for
 
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -26,8 +26,8 @@ def fetch(spec: dict, out_dir: str | Path, cache_dir: str | Path = "results") ->
     start = time.perf_counter()
     out_dir = Path(out_dir)
     policy = spec["weights"]
-    hub_online = set_hub_offline_unless_reachable() if spec["source"].startswith(("timm:", "hf:")) else None
     source = source_for(spec)
+    hub_online = source.probe_hub() if policy != "random" else None
     details, reason = {}, None
     module = None
     if policy in ("pretrained", "auto"):
@@ -60,6 +60,7 @@ def fetch(spec: dict, out_dir: str | Path, cache_dir: str | Path = "results") ->
         "params": int(sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))),
         "weights_sha256": sha256_file(out_dir / WEIGHTS_FILE),
         "preprocessing": _preprocessing(spec, source, module),
+        **({"head": head} if (head := source.head(module)) is not None else {}),
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
@@ -74,6 +75,8 @@ def _preprocessing(spec, source, module) -> dict:
         "std": given.get("std", default["std"]),
         "crop_pct": default.get("crop_pct", 1.0),
         "interpolation": default.get("interpolation", "bilinear"),
+        "resize": default.get("resize", "crop"),
+        **({"pad": default["pad"]} if "pad" in default else {}),
         "layout": "NCHW",
         "color": "RGB",
         "scale": "0..1",
@@ -82,8 +85,10 @@ def _preprocessing(spec, source, module) -> dict:
 
 def load_model(spec: dict, fetch_dir: str | Path):
     """The fetched model: architecture rebuilt offline, weights from the stage's safetensors."""
+    import torch
     from safetensors.torch import load_file
 
-    module = build_model(spec, spec["seed"])
+    torch.manual_seed(spec["seed"])
+    module = source_for(spec).architecture(spec)
     module.load_state_dict(load_file(str(Path(fetch_dir) / WEIGHTS_FILE)), strict=True)
     return module.eval()

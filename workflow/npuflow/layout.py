@@ -21,8 +21,15 @@ RESULTS = "results"
 # The recipe id of the quantised model that automatic mixed precision chose for a target.
 MIXED_RECIPE = "mixed-{target}"
 
+
+def _source_fields() -> tuple[str, ...]:
+    from .sources import source_fields  # each registered source's own config fields
+
+    return ("name", "source", "weights", "seed", "task", "input", *source_fields())
+
+
 # What fetch reads of a model spec (the source and how to build it); export reads more.
-SOURCE_FIELDS = ("name", "source", "arch", "sha256", "state_dict_key", "allow_http", "hf_config", "weights", "seed", "task", "input")
+SOURCE_FIELDS = _source_fields()
 
 
 @dataclass(frozen=True)

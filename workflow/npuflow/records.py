@@ -39,6 +39,20 @@ EVAL_METRICS = (
     "float_pixel_accuracy",
     "host_fp32_ms",
     "host_int8_ms",
+    # detection (npuflow.detect_eval): int8 boxes against the float model's, then against labels
+    "box_agreement",
+    "box_iou_mean",
+    "map50_vs_float",
+    "map50_95_vs_float",
+    "boxes_per_image",
+    "float_boxes_per_image",
+    "mask_iou_mean",
+    "keypoint_oks_mean",
+    "map50",
+    "map50_95",
+    "float_map50",
+    "float_map50_95",
+    "host_decode_nms_ms",
 )
 # Task accuracy of the float model, as the reference stage measures it.
 FLOAT_ACCURACY = tuple(m for m in EVAL_METRICS if m.startswith("float_"))
@@ -131,6 +145,7 @@ class Manifest(Record):
     params: int
     weights_sha256: str
     preprocessing: dict
+    head: dict | None = None  # detection: the exported head's outputs, strides and decoding (npuflow.detect)
     seconds: float
 
     @property
@@ -144,6 +159,8 @@ class ExportReport(Record):
     opset: int
     input_shape: list[int]
     output_shape: list[int]
+    outputs: dict[str, list[int]] | None = None  # several outputs (a YOLO's per-scale head): name -> shape
+    head: str | None = None  # detection: "split" (the NPU graph ends at the head's outputs) or "full"
     reparameterized: bool
     max_abs_diff_vs_torch: float
     ops: dict[str, int]
@@ -151,11 +168,19 @@ class ExportReport(Record):
     torch_version: str
     timm_version: str | None = None
     transformers_version: str | None = None
+    torchvision_version: str | None = None
+    ultralytics_version: str | None = None
     seconds: float
 
     def tool_versions(self) -> dict[str, str]:
-        """The versions of torch, timm and transformers the export ran with (where recorded)."""
-        found = {"torch": self.torch_version, "timm": self.timm_version, "transformers": self.transformers_version}
+        """The versions of the model libraries the export ran with (where recorded)."""
+        found = {
+            "torch": self.torch_version,
+            "timm": self.timm_version,
+            "transformers": self.transformers_version,
+            "torchvision": self.torchvision_version,
+            "ultralytics": self.ultralytics_version,
+        }
         return {k: v for k, v in found.items() if v}
 
 

@@ -1,6 +1,13 @@
-"""Model sources: where a model's architecture and weights come from (`timm:`, `hf:`, `url:`,
-`file:`). Each source builds the architecture offline with random weights, and loads pretrained
-weights when they can be had; `fetch` decides which by the weights policy."""
+"""Model sources: where a model's architecture and weights come from. A source is one registry
+entry (`SOURCES`, keyed by the prefix of `source: <prefix>:<reference>`) that carries what the rest
+of npuflow needs to know of it: the config fields it reads (their JSON Schema, which the config
+schema takes from here), which of them it requires, the tasks it serves, the hub it loads
+pretrained weights from (probed quickly, so offline is noticed in seconds), and its own config
+checks. Each source builds the architecture offline with random weights and loads pretrained
+weights when they can be had; `fetch` decides which by the weights policy.
+
+Built in: `timm:`, `hf:`, `url:`, `file:` here; `torchvision:` and `ultralytics:` in their own
+modules (imported at the end of this one, so that they register)."""
 
 from __future__ import annotations
 
@@ -9,16 +16,19 @@ import json
 import os
 import urllib.parse
 from pathlib import Path
+from typing import ClassVar
 
+from .checkpoints import CheckpointError, load_state_dict_file
 from .download import ChecksumMismatch, DownloadError, DownloadUnavailable, download, reachable
 from .errors import NpuflowError
 from .io import sha256_file
 from .registry import Registry, unknown_name_message
 
-SOURCES: Registry[ModelSource] = Registry("model source")
+SOURCES: Registry[type[ModelSource]] = Registry("model source")
 HF_CONFIG_DIR = Path(__file__).resolve().parent / "hf_configs"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+DEFAULT_OUTPUT = "output"
 
 
 class FetchError(NpuflowError):
@@ -45,12 +55,53 @@ def set_hub_offline_unless_reachable() -> bool:
     return online
 
 
+# Config fields shared by several sources: one definition each (the schema takes them from here).
+ARCH_FIELD = {"description": "timm architecture a url: or file: checkpoint is loaded into.", "type": "string"}
+SHA256_FIELD = {
+    "description": "Expected sha256 of a url: or file: checkpoint.",
+    "type": "string",
+    "pattern": "^[0-9a-fA-F]{64}$",
+}
+STATE_DICT_KEY_FIELD = {
+    "description": "Key of the state dict inside the checkpoint (e.g. `model` for the EfficientViT release).",
+    "type": "string",
+}
+
+
 class ModelSource:
-    """A kind of model source. `spec` is the resolved model spec (npuflow.config.model_spec)."""
+    """A kind of model source: the registry entry of one prefix. `spec` is the resolved model
+    spec (npuflow.config.model_spec); `entry` the model's config entry as validated."""
+
+    # `<prefix>:…` as the schema's description shows it
+    syntax: ClassVar[str] = ""
+    # config fields this source reads, beyond the common ones: name -> JSON Schema
+    fields: ClassVar[dict[str, dict]] = {}
+    # fields an entry of this source must give, with why
+    required: ClassVar[dict[str, str]] = {}
+    # tasks its models can serve
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    # where pretrained weights come from: probed (3 s at most) before loading, or None
+    hub: ClassVar[str | None] = None
+    # a small entry of this source that builds offline in seconds (the tests run every source's)
+    example: ClassVar[dict] = {}
+
+    def check(self, entry: dict, where: str) -> list[str]:
+        """Config-time problems of an entry (each `<field path>: <problem>`), beyond the schema.
+        No heavy imports here: this runs at every Snakemake start."""
+        return []
+
+    def probe_hub(self) -> bool | None:
+        """Whether the hub answers (None: this source uses none)."""
+        return reachable(self.hub) if self.hub else None
 
     def build(self, spec: dict):
         """The architecture with freshly initialised weights (the caller seeds torch)."""
         raise NotImplementedError
+
+    def architecture(self, spec: dict):
+        """The architecture whose weights are about to be loaded (the fetched ones): `build`,
+        unless initialising costs work that loading would throw away."""
+        return self.build(spec)
 
     def load_pretrained(self, spec: dict, cache_dir: Path):
         """The architecture with pretrained weights; raise WeightsUnavailable if they can't be had.
@@ -64,9 +115,55 @@ class ModelSource:
         """The module as deployed (reparameterised), or the module itself if it has no such form."""
         return module
 
+    def check_input(self, shape):
+        """The fixed input the export is checked on, in the range the model's inputs take
+        (normalised images: about standard normal)."""
+        from .onnxutil import fixed_input
+
+        return fixed_input(shape)
+
+    def export_form(self, module, spec: dict):
+        """(module to export, its output names): the deploy form when `reparameterize` is on."""
+        return (self.deploy_form(module) if spec.get("reparameterize", True) else module), [DEFAULT_OUTPUT]
+
+    def head(self, module) -> dict | None:
+        """What the host needs to post-process the outputs (detection heads), for the manifest."""
+        return None
+
     def family(self, module) -> str:
         """The architecture family (timm's model module, e.g. efficientvit_msra), for grouping runs."""
         return type(module).__module__.rsplit(".", 1)[-1]
+
+
+def source_fields() -> dict[str, dict]:
+    """Every registered source's config fields (name -> JSON Schema); a field two sources share
+    must be defined alike."""
+    merged: dict[str, dict] = {}
+    for prefix in SOURCES.names():
+        for name, schema in SOURCES.get(prefix).fields.items():
+            if merged.setdefault(name, schema) != schema:
+                raise ValueError(f"model source {prefix!r} defines field {name!r} differently from another source")
+    return merged
+
+
+def sources_using(field: str) -> list[str]:
+    return [p for p in SOURCES.names() if field in SOURCES.get(p).fields]
+
+
+def check_entry(entry: dict, where: str) -> list[str]:
+    """The source-dependent checks of a model entry: a known prefix, its required fields, no
+    field of another source, a task it serves, and the source's own checks."""
+    kind = entry["source"].partition(":")[0]
+    if kind not in SOURCES:
+        return [f"{where}.source: {SOURCES.unknown_message(kind)}"]
+    cls = SOURCES.get(kind)
+    problems = [f"{where}.{field}: a {kind}: source needs `{field}`, {why}" for field, why in cls.required.items() if field not in entry]
+    for field in source_fields():
+        if field in entry and field not in cls.fields:
+            problems.append(f"{where}.{field}: not read by {kind}: sources (it is for {', '.join(p + ':' for p in sources_using(field))})")
+    if entry["task"] not in cls.tasks:
+        problems.append(f"{where}.task: {kind}: sources serve {', '.join(cls.tasks)}, not {entry['task']}")
+    return problems + cls().check(entry, where)
 
 
 def _ref(spec: dict) -> str:
@@ -89,8 +186,22 @@ def create_timm(name: str, where: str, pretrained: bool = False):
     return timm.create_model(name, pretrained=pretrained).eval()
 
 
+class _HFHubSource(ModelSource):
+    """Sources whose pretrained weights come from the Hugging Face hub (timm's and transformers')."""
+
+    @property
+    def hub(self):
+        return hub_endpoint()
+
+    def probe_hub(self):
+        return set_hub_offline_unless_reachable()
+
+
 @SOURCES.register("timm")
-class TimmSource(ModelSource):
+class TimmSource(_HFHubSource):
+    syntax = "timm:<name>"
+    example: ClassVar[dict] = {"source": "timm:mobilenetv3_small_050", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
+
     def _arch(self, spec) -> tuple[str, str]:
         """(timm model name, config field it comes from)."""
         return _ref(spec), f"models.{spec['name']}.source"
@@ -144,7 +255,30 @@ def hf_config_file(repo: str) -> Path:
 
 
 @SOURCES.register("hf")
-class HFSource(ModelSource):
+class HFSource(_HFHubSource):
+    syntax = "hf:<repo>"
+    fields: ClassVar[dict[str, dict]] = {
+        "hf_config": {
+            "description": "Architecture config for an hf: source (as in its config.json), for random weights offline.",
+            "type": "object",
+        }
+    }
+    tasks = ("classification", "segmentation")
+    example: ClassVar[dict] = {
+        "source": "hf:example/tiny-segformer",
+        "hf_config": {
+            "model_type": "segformer",
+            "architectures": ["SegformerForSemanticSegmentation"],
+            "depths": [1, 1, 1, 1],
+            "hidden_sizes": [8, 16, 24, 32],
+            "num_attention_heads": [1, 1, 1, 1],
+            "decoder_hidden_size": 32,
+            "num_labels": 5,
+        },
+        "task": "segmentation",
+        "input": {"shape": [1, 3, 64, 64]},
+    }
+
     def _config(self, spec):
         import transformers
 
@@ -191,52 +325,6 @@ class HFSource(ModelSource):
         return module.inner.config.model_type
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    """safetensors starts with an 8-byte header length and a JSON header: a URL's file name need
-    not say which format it serves."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
-def _load_failure(e: Exception) -> str:
-    """The part of a loader's error that says why: torch's weights-only refusal is a page of
-    advice to load with weights_only=False, which npuflow never does."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    code = next((line for line in lines if "GLOBAL" in line), None)
-    if code:
-        return f"it would import and run code ({code}); npuflow never runs code from a checkpoint"
-    if lines and lines[0].startswith("Weights only load failed"):
-        why = next((line for line in lines if line.startswith("Unsupported")), lines[-1])
-        return f"truncated, corrupt, not a weights file, or holding more than tensors (the weights-only unpickler says: {why})"
-    return f"truncated, corrupt or not a weights file ({type(e).__name__}: {lines[0][:200] if lines else 'file ended early'})"
-
-
-def load_state_dict_file(path: Path, key: str | None, where: str) -> dict:
-    """Load a checkpoint without executing code from it (safetensors or weights-only pickle)."""
-    import torch
-
-    safetensors = path.suffix == ".safetensors" or _looks_like_safetensors(path)
-    try:
-        if safetensors:
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # each loader has its own error types for a bad file
-        kind = "safetensors file" if safetensors else "weights-only checkpoint"
-        raise FetchError(f"{where}.source: {path} is not a loadable {kind}: {_load_failure(e)}") from e
-    if key:
-        if not isinstance(obj, dict) or key not in obj:
-            keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-            raise FetchError(f"{where}.state_dict_key: no key {key!r} in the checkpoint (top-level keys: {keys})")
-        obj = obj[key]
-    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise FetchError(f"{where}: {path} is not a state dict of tensors (set state_dict_key?)")
-    return obj
-
-
 def load_into_timm(arch: str, state_dict: dict, where: str):
     """Load a state dict into a timm architecture, remapping original-repo layouts with the model
     module's own checkpoint_filter_fn (timm's convention), strictly."""
@@ -254,6 +342,12 @@ def load_into_timm(arch: str, state_dict: dict, where: str):
 class _CheckpointSource(TimmSource):
     """A checkpoint file loaded into the timm architecture named by `arch`."""
 
+    required: ClassVar[dict[str, str]] = {"arch": "the timm architecture to load it into"}
+    hub = None
+
+    def probe_hub(self):
+        return None
+
     def _arch(self, spec):
         return spec["arch"], f"models.{spec['name']}.arch"
 
@@ -263,12 +357,37 @@ class _CheckpointSource(TimmSource):
     def load_pretrained(self, spec, cache_dir):
         path, digest = self._checkpoint(spec, cache_dir)
         where = f"models.{spec['name']}"
-        state_dict = load_state_dict_file(path, spec.get("state_dict_key"), where)
+        try:
+            state_dict = load_state_dict_file(path, spec.get("state_dict_key"), where)
+        except CheckpointError as e:
+            raise FetchError(str(e)) from e
         return load_into_timm(spec["arch"], state_dict, where), {"from": spec["source"], "file_sha256": digest}
 
 
 @SOURCES.register("url")
 class URLSource(_CheckpointSource):
+    syntax = "url:<https URL> (with arch)"
+    example: ClassVar[dict] = {
+        "source": "url:https://127.0.0.1:9/mobilenetv3_small_050.pth",
+        "arch": "mobilenetv3_small_050",
+        "task": "classification",
+        "input": {"shape": [1, 3, 64, 64]},
+    }
+    fields: ClassVar[dict[str, dict]] = {
+        "arch": ARCH_FIELD,
+        "sha256": SHA256_FIELD,
+        "state_dict_key": STATE_DICT_KEY_FIELD,
+        "allow_http": {"description": "Permit a plain-http url: source (otherwise only https is fetched).", "type": "boolean"},
+    }
+
+    def check(self, entry, where):
+        url = entry["source"][4:]
+        if url.startswith("http://") and not entry.get("allow_http", False):
+            return [f"{where}.source: plain http is refused; use https, or set allow_http: true"]
+        if not url.startswith(("https://", "http://")):
+            return [f"{where}.source: expected url:https://…, got {entry['source']!r}"]
+        return []
+
     def _checkpoint(self, spec, cache_dir):
         url = _ref(spec)
         name = Path(urllib.parse.urlsplit(url).path).name
@@ -287,6 +406,15 @@ class URLSource(_CheckpointSource):
 
 @SOURCES.register("file")
 class FileSource(_CheckpointSource):
+    syntax = "file:<path> (with arch)"
+    example: ClassVar[dict] = {
+        "source": "file:/nonexistent/mobilenetv3_small_050.pth",
+        "arch": "mobilenetv3_small_050",
+        "task": "classification",
+        "input": {"shape": [1, 3, 64, 64]},
+    }
+    fields: ClassVar[dict[str, dict]] = {"arch": ARCH_FIELD, "sha256": SHA256_FIELD, "state_dict_key": STATE_DICT_KEY_FIELD}
+
     def _checkpoint(self, spec, cache_dir):
         path = Path(_ref(spec)).expanduser()
         if not path.is_file():
@@ -299,3 +427,7 @@ class FileSource(_CheckpointSource):
 
 def source_for(spec: dict) -> ModelSource:
     return SOURCES.get(spec["source"].split(":", 1)[0])()
+
+
+# The sources with modules of their own register on import (they import this module's base class).
+from . import source_torchvision, source_ultralytics  # noqa: E402, F401
