@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("sim-validate", help="predict published device measurements with the simulator")
-    p.add_argument("csv", help="published measurements (columns: " + "target,model,timm_name,input_hw,batch,metric,value,source)")
+    p.add_argument("csv", help="published measurements (columns: " + "target,model,timm_name,input_hw,batch,metric,value,[precision,]source)")
     p.add_argument("--out", required=True, help="report JSON")
+    p.add_argument(
+        "--cross-validate",
+        choices=["family", "row"],
+        help="refit every target without each model family (or each row) and predict it from that fit",
+    )
     p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
     p.add_argument("--config", default="config.yaml", help="for user target_profiles (if the file exists)")
 
@@ -236,7 +241,7 @@ def _dispatch(args):
         return quantize(args.input, args.ranges, args.calibration, json.loads(args.recipe), args.out, args.report)
     if cmd == "build":
         from .io import read_json
-        from .simulator import build
+        from .sim.build import build
 
         weights = read_json(args.manifest)["weights"] if args.manifest else ""
         rows = read_json(args.layers)["rows"] if args.layers else None
@@ -301,12 +306,12 @@ def _dispatch(args):
         return log_model_runs(tracking_uri(args.tracking_uri), args.experiment, _spec(args), json.loads(args.files), args.out)
     if cmd == "sim-validate":
         from .config import load_config
-        from .simfit import validate
+        from .sim.validate import validate
 
         user = load_config(args.config).get("target_profiles", {}) if Path(args.config).exists() else {}
-        return validate(args.csv, args.out, args.cache_dir, user)["summary"]
+        return validate(args.csv, args.out, args.cache_dir, user, args.cross_validate)["summary"]
     if cmd == "sim-fit":
-        from .simfit import fit
+        from .sim.validate import fit
 
         return {
             t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]}

@@ -49,13 +49,9 @@ def promotion_order(rows: list[dict], groups: dict[str, list[str]]) -> tuple[lis
 
 def fused_groups(model, profile: dict) -> dict[str, list[str]]:
     """{node: the nodes of its fused group} as the simulator maps the model onto the target."""
-    from .simulator import _root, analyse
+    from .sim import analyse
 
-    graph = analyse(model, profile)
-    members: dict[str, list[str]] = {}
-    for op in graph.ops:
-        members.setdefault(_root(graph, op).name, []).append(op.name)
-    return {op.name: members[_root(graph, op).name] for op in graph.ops}
+    return analyse(model, profile).mapping.groups()
 
 
 def mixed_precision(
@@ -75,7 +71,7 @@ def mixed_precision(
 ) -> dict:
     from .evaluate import _run_all, _scores_and_classes, expose_logits
     from .quantize import onnx_opset, quantize_model, write_quantize_report
-    from .simulator import simulate
+    from .sim import analyse, simulate
 
     start = time.perf_counter()
     mp = spec["mixed_precision"]
@@ -112,7 +108,7 @@ def mixed_precision(
             quantize_s = time.perf_counter() - t0
             quantized = load(path)
             fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
-            latency_ms = simulate(quantized, profile, 1)["total_s"] * 1e3
+            latency_ms = simulate(analyse(quantized, profile), profile, 1).total_s * 1e3
             p = {
                 "step": len(curve),
                 "promoted": dict(promoted),
