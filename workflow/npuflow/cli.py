@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("sim-validate", help="predict published device measurements with the simulator")
-    p.add_argument("csv", help="published measurements (columns: " + "target,model,timm_name,input_hw,batch,metric,value,[precision,]source)")
+    p.add_argument(
+        "csv", help="published measurements (columns: " + "target,model,timm_name,input_hw,batch,metric,value,[precision,]source)"
+    )
     p.add_argument("--out", required=True, help="report JSON")
     p.add_argument(
         "--cross-validate",

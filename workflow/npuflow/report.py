@@ -369,9 +369,10 @@ def simulator_accuracy_html(targets: list[str]) -> str:
     for target in targets:
         fit = profiles.get(target).get("fit") if target in profiles else None
         if not fit:
-            parts.append(
-                f"<h3>{html.escape(target)}</h3><p>No published measurements fitted: the profile comes from the chip's specs only.</p>"
-            )
+            from .sim.build import profile_basis
+
+            basis = profile_basis(profiles.get(target)) if target in profiles else "unknown target"
+            parts.append(f"<h3>{html.escape(target)}</h3><p>No published measurements fitted: {html.escape(basis)}.</p>")
             continue
         errs = [abs(r["error_pct"]) for r in fit["residuals"]]
         body = [

@@ -18,7 +18,17 @@ from .passes import Mapping, Op
 UNIT_CODES = {"tensor": 0, "vector": 1, "dma": 2, "cpu": 3}
 PRECISIONS = ("int8", "int16", "float")
 LAYOUT_UNITS = ("tensor", "vector")
-REDUCING_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool")
+REDUCING_OPS = (
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceL2",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "AveragePool",
+    "MaxPool",
+)
 
 
 def pad(x: int, tile: int) -> int:
@@ -129,7 +139,10 @@ def demands(mapping: Mapping, profile: dict) -> Demands:
             cols["reorder_bytes"][i] = sum(
                 graph.tensors[t].numel * eb
                 for t in op.inputs
-                if t in graph.tensors and not graph.tensors[t].weight and producer_unit.get(t, op.unit) in LAYOUT_UNITS and producer_unit.get(t, op.unit) != op.unit
+                if t in graph.tensors
+                and not graph.tensors[t].weight
+                and producer_unit.get(t, op.unit) in LAYOUT_UNITS
+                and producer_unit.get(t, op.unit) != op.unit
             )
         if op.unit == "tensor":
             macs, padded = _tensor_work(mapping, op, ttile)

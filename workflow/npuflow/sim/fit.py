@@ -156,7 +156,11 @@ def fit_order(profiles: dict[str, dict]) -> list[list[str]]:
     order = []
     pending = list(groups.values())
     while pending:
-        ready = [g for g in pending if all((profiles[t].get("transfer_from") in done | set(g)) or not profiles[t].get("transfer_from") for t in g)]
+        ready = [
+            g
+            for g in pending
+            if all((profiles[t].get("transfer_from") in done | set(g)) or not profiles[t].get("transfer_from") for t in g)
+        ]
         if not ready:  # a cycle or a missing source: fit the rest without their transfer
             ready = pending[:1]
         for g in ready:

@@ -139,7 +139,9 @@ class Graph:
             if n.op_type in QDQ_OPS or n.op_type == "Constant":
                 continue
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            node = Node(n.name or f"{n.op_type}_{len(self.nodes)}", n.op_type, [self.resolve(i) for i in n.input if i], list(n.output), attrs)
+            node = Node(
+                n.name or f"{n.op_type}_{len(self.nodes)}", n.op_type, [self.resolve(i) for i in n.input if i], list(n.output), attrs
+            )
             for o in n.output:
                 if o and o not in self.tensors:
                     self.tensors[o] = Tensor(dims.get(o, []), "int8")

@@ -109,7 +109,9 @@ def map_graph(graph: Graph, profile: dict, node_precision: dict[str, str]) -> Ma
         given = [node_precision[n.name] for n in m.members if n.name in node_precision]
         dtype = max(given, key=RANK.get) if given else None
         unit = _place(m.pattern, dtype, units)
-        op = Op(m.root.name, m.pattern, m.root, unit, _precision(graph, m.root, unit, dtype), list(m.members), [], [m.x], list(m.root.outputs))
+        op = Op(
+            m.root.name, m.pattern, m.root, unit, _precision(graph, m.root, unit, dtype), list(m.members), [], [m.x], list(m.root.outputs)
+        )
         op_of.update({n.name: op for n in m.members})
     for node in graph.nodes:
         if node.name in op_of:
@@ -120,7 +122,9 @@ def map_graph(graph: Graph, profile: dict, node_precision: dict[str, str]) -> Ma
             continue
         dtype = node_precision.get(node.name)
         unit = _place(node.op_type, dtype, units)
-        op = Op(node.name, node.op_type, node, unit, _precision(graph, node, unit, dtype), [node], [], list(node.inputs), list(node.outputs))
+        op = Op(
+            node.name, node.op_type, node, unit, _precision(graph, node, unit, dtype), [node], [], list(node.inputs), list(node.outputs)
+        )
         op.head_dim = head_dims.get(id(node), 0)
         op_of[node.name] = op
         ops.append(op)
@@ -160,7 +164,12 @@ def _follow_free(mapping: Mapping, tensor: str) -> tuple[list[Op | None], str]:
     graph = mapping.graph
     while True:
         users = graph.index.users(tensor)
-        if len(users) == 1 and users[0].name not in mapping.op_of and len(users[0].outputs) == 1 and len(graph.activations(users[0].inputs)) == 1:
+        if (
+            len(users) == 1
+            and users[0].name not in mapping.op_of
+            and len(users[0].outputs) == 1
+            and len(graph.activations(users[0].inputs)) == 1
+        ):
             tensor = users[0].outputs[0]
             continue
         return _consumer_ops(mapping, tensor), tensor

@@ -16,7 +16,8 @@ def readable_summary(report: dict) -> str:
         + ".",
         "",
         f"latency (batch 1)      {report['latency_ms']:10.3f} ms",
-        f"throughput (batch {report['batch']})   {report['fps']:10.1f} FPS" + (f" ({report['cores']} cores)" if report["cores"] > 1 else ""),
+        f"throughput (batch {report['batch']})   {report['fps']:10.1f} FPS"
+        + (f" ({report['cores']} cores)" if report["cores"] > 1 else ""),
         f"NPU subgraphs          {report['subgraphs']:10d}   CPU ops: {report['cpu_ops']}",
         f"DDR traffic per frame  {report['ddr_bytes_per_frame'] / 1e6:10.2f} MB",
         f"MACs                   {report['macs'] / 1e6:10.1f} M    tensor-unit utilisation: {100 * report['tensor_utilisation']:.1f} %",

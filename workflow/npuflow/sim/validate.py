@@ -105,8 +105,8 @@ def summarise(results: list[dict]) -> dict:
     summary = figures(results)
     summary["per_target"] = {t: figures([r for r in results if r["target"] == t]) for t in sorted({r["target"] for r in results})}
     summary["per_family"] = {}
-    for fam in sorted({r.get("family") or "unknown" for r in results}):
-        rs = [r for r in results if (r.get("family") or "unknown") == fam]
+    for fam in sorted({r.get("family") or "(not built)" for r in results}):
+        rs = [r for r in results if (r.get("family") or "(not built)") == fam]
         errs = [r["error_pct"] for r in rs if r.get("predicted") is not None]
         summary["per_family"][fam] = {
             "rows": len(rs),
