@@ -241,3 +241,17 @@ def test_cross_validation_predicts_a_held_out_family_from_a_fit_without_it(tiny_
         return max(abs(r["error_pct"]) for r in rows if r["model"] in ("tiny0", "tiny1") and r["target"] == "rdk-x5")
 
     assert err(held) > err(fit)
+
+
+def test_sim_validate_command_takes_the_cross_validation_flag(tiny_csv, tmp_path, capsys):
+    from npuflow.cli import main
+
+    csv, cache = tiny_csv
+    args = ["sim-validate", str(csv), "--cache-dir", str(cache), "--config", str(tmp_path / "none.yaml")]
+    assert main([*args, "--out", str(tmp_path / "plain.json")]) == 0
+    assert main([*args, "--out", str(tmp_path / "cv.json"), "--cross-validate", "family"]) == 0
+    plain, cv = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "cv.json"))
+    assert plain["cross_validation"] is None and cv["cross_validation"]["mode"] == "family"
+    assert '"per_family"' in capsys.readouterr().out  # the summary it prints
+    with pytest.raises(SystemExit):  # argparse refuses a mode it does not know
+        main([*args, "--out", str(tmp_path / "x.json"), "--cross-validate", "model"])
