@@ -50,7 +50,7 @@ def yolo(tmp_path_factory, labelled_photos):
     labelled photos, and a simulated build: (spec, paths, evaluate report, build report)."""
     from npuflow.evaluate import evaluate, reference
     from npuflow.quantize import quantize
-    from npuflow.simulator import build
+    from npuflow.sim.build import build
     from npuflow.targets import load_targets
 
     spec = yolo_spec(images=3)

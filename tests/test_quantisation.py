@@ -112,7 +112,7 @@ def seg_quant(segmenter, tmp_path_factory):
 
 def test_int16_recipe_reaches_the_quantised_model_and_the_simulator(seg_quant):
     from npuflow.precision import embedded_precision
-    from npuflow.simulator import analyse
+    from npuflow.sim import analyse
     from npuflow.targets import load_targets
 
     spec, p, d, q, e = seg_quant
@@ -126,14 +126,14 @@ def test_int16_recipe_reaches_the_quantised_model_and_the_simulator(seg_quant):
     precision = embedded_precision(model)
     assert {precision[n.name] for n in softmax} == {"int16"} and q["node_dtypes"]["int16"] >= len(softmax)
     # rdk-x5's own recipe runs Softmax on the CPU; the model's int16 recipe keeps it on the BPU
-    graph = analyse(model, load_targets().get("rdk-x5"))
-    assert {graph.by_name[n.name].unit for n in softmax} == {"vector"}
-    assert {graph.by_name[n.name].precision for n in softmax} == {"int16"}
+    op_of = analyse(model, load_targets().get("rdk-x5")).mapping.op_of
+    assert {op_of[n.name].unit for n in softmax} == {"vector"}
+    assert {op_of[n.name].precision for n in softmax} == {"int16"}
 
 
 def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_path):
     from npuflow.quantize import quantize
-    from npuflow.simulator import build
+    from npuflow.sim.build import build
     from npuflow.targets import load_targets
 
     spec, p = segmenter
@@ -154,7 +154,7 @@ def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_p
 
 
 def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_quant, tmp_path):
-    from npuflow.simulator import build
+    from npuflow.sim.build import build
     from npuflow.targets import load_targets
 
     spec, p, d, q, e = seg_quant

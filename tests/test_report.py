@@ -141,7 +141,7 @@ def test_published_measurements_are_matched_by_model_input_target_and_batch():
 
     from conftest import REPO
     from npuflow.report.collect import published_figures
-    from npuflow.simfit import read_published
+    from npuflow.sim.published import read_published
 
     published = read_published(REPO / "data" / "published" / "npu_latency_calibration.csv")
     row = next(p for p in published if p.target == "ax650n-npu3" and p.metric == "fps" and p.name == "efficientvit_m0")

@@ -1,4 +1,7 @@
-"""The simulated NPU build: work counting, fusion, partitioning, roofline bounds."""
+"""The simulated NPU build: work counting, patterns, fusion, partitioning, roofline bounds, the
+mechanisms each profile family models, the build's files and its trace."""
+
+import itertools
 
 import numpy as np
 import onnx
@@ -6,26 +9,40 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from npuflow.io import read_json
-from npuflow.simulator import build, simulate
+from npuflow.precision import resolve_precision
+from npuflow.sim import analyse, simulate
+from npuflow.sim.build import build
+from npuflow.sim.graph import Graph
+from npuflow.sim.patterns import PATTERNS, find
 from npuflow.targets import load_targets
 
 TARGETS = load_targets()
 INT8 = {"default": "int8"}
 
 
-def conv_model(cin=16, cout=32, hw=56, k=3, softmax=False):
-    """input → Conv(+Relu) [→ Softmax]: a graph whose work is known by hand."""
-    w = numpy_helper.from_array(np.zeros((cout, cin, k, k), np.float32), "w")
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], pads=[k // 2] * 4, name="conv"),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-    ]
+def conv_model(cin=16, cout=32, hw=56, k=3, softmax=False, group=1, act="Relu"):
+    """input → Conv(+act) [→ Softmax → Conv]: a graph whose work is known by hand."""
+    w = numpy_helper.from_array(np.zeros((cout, cin // group, k, k), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[k // 2] * 4, group=group, name="conv")]
+    if act == "Gelu":  # as torch exports it below opset 20
+        consts = {"sqrt2": 1.4142135, "one": 1.0, "half": 0.5}
+        nodes += [
+            helper.make_node("Div", ["c", "sqrt2"], ["d"], name="div"),
+            helper.make_node("Erf", ["d"], ["e"], name="erf"),
+            helper.make_node("Add", ["e", "one"], ["a"], name="add"),
+            helper.make_node("Mul", ["c", "a"], ["m"], name="mul"),
+            helper.make_node("Mul", ["m", "half"], ["r"], name="half"),
+        ]
+    else:
+        consts = {}
+        nodes.append(helper.make_node(act, ["c"], ["r"], name="relu"))
     out = "r"
     if softmax:
         nodes.append(helper.make_node("Softmax", ["r"], ["s"], axis=1, name="softmax"))
         nodes.append(helper.make_node("Conv", ["s", "w2"], ["y"], name="conv2"))
         out = "y"
     inits = [w] + ([numpy_helper.from_array(np.zeros((cout, cout, 1, 1), np.float32), "w2")] if softmax else [])
+    inits += [numpy_helper.from_array(np.float32(v), n) for n, v in consts.items()]
     graph = helper.make_graph(
         nodes,
         "g",
@@ -36,19 +53,73 @@ def conv_model(cin=16, cout=32, hw=56, k=3, softmax=False):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def sim(model, profile, batch=1):
+    return simulate(analyse(model, profile), profile, batch)
+
+
+def build_model(model, profile, tmp_path):
+    path = tmp_path / "m.onnx"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return build(path, profile, tmp_path / "out", "m", "random")
+
+
 def test_conv_macs_counted_and_relu_fused():
-    sim = simulate(conv_model(), TARGETS.get("ax650n-npu3"))
-    conv, relu = sim["graph"].ops
-    assert conv.macs == 32 * 56 * 56 * 16 * 9
-    assert relu.fused_into == "conv" and conv.fused == ["Relu"] and relu.time_s == 0
+    a = analyse(conv_model(), TARGETS.get("ax650n-npu3"))
+    (conv,) = a.ops
+    assert conv.name == "conv" and conv.fused == ["Relu"] and [n.name for n in conv.members] == ["conv", "relu"]
+    assert a.demands.macs[0] == 32 * 56 * 56 * 16 * 9
+    assert a.mapping.groups()["relu"] == ["conv", "relu"]
 
 
 def test_alignment_padding_costs_small_channel_counts_more():
     profile = TARGETS.get("ax650n-npu3")
-    aligned = simulate(conv_model(cin=16, cout=32), profile)["graph"].ops[0]
-    ragged = simulate(conv_model(cin=3, cout=32), profile)["graph"].ops[0]
+    aligned = analyse(conv_model(cin=16, cout=32), profile).demands
+    ragged = analyse(conv_model(cin=3, cout=32), profile).demands
     # 3 input channels pad to the 8-channel tile: same padded work as 8 channels, 3/8 useful
-    assert ragged.work_unpadded / ragged.work == pytest.approx(3 / 8 * aligned.work_unpadded / aligned.work)
+    assert ragged.tensor_useful[0] / ragged.tensor_ops[0] == pytest.approx(3 / 8 * aligned.tensor_useful[0] / aligned.tensor_ops[0])
+
+
+@pytest.mark.parametrize("target", ["ax650n-npu3", "rdk-x5"])
+def test_a_depthwise_conv_keeps_one_input_lane_per_output_channel_busy(target):
+    """A depthwise conv fills 1 of the profile's cin_grouped input lanes: 32 on AXERA's NPU, 64 on
+    the Bayes-e BPU, so the same MACs cost that many times the work of a dense conv's."""
+    profile = TARGETS.get(target)
+    lanes = profile["units"]["tensor"]["tile"]["cin_grouped"]
+    dw = analyse(conv_model(cin=64, cout=64, group=64), profile).demands
+    assert dw.macs[0] == 64 * 56 * 56 * 9 and dw.tensor_ops[0] / dw.tensor_useful[0] == pytest.approx(lanes * 64 / 56)
+
+
+def test_lookup_table_activations_occupy_the_bpu_vector_unit_but_not_axeras():
+    """GELU fused after a conv is still evaluated by the Bayes-e vector unit's lookup table (the
+    op takes the slower of the two); AXERA's conv engines apply it on their output for free."""
+    model = conv_model(cin=64, cout=64, act="Gelu")
+    x5, ax = analyse(model, TARGETS.get("rdk-x5")), analyse(model, TARGETS.get("ax650n-npu3"))
+    assert [op.fused for op in x5.ops] == [["Gelu"]] == [op.fused for op in ax.ops]
+    assert x5.demands.vector_ops[0] >= 64 * 56 * 56 * 8 and ax.demands.vector_ops[0] == 0
+
+
+@pytest.mark.parametrize("name", PATTERNS.names())
+def test_every_pattern_is_found_once_and_seen_by_precision_and_fusion_alike(name):
+    """One recognition serves both: a recipe naming the pattern sets all its nodes, and the
+    simulator runs a collapsing pattern as one op (an annotating one keeps its nodes as ops)."""
+    pattern = PATTERNS.get(name)()
+    model = pattern.example()
+    (match,) = [m for m in find(Graph(model, shapes=False)) if m.pattern == name]
+    members = {n.name for n in match.members}
+    precision = resolve_precision(model, {"default": "int8", "op_types": {name: "int16"}})
+    assert {precision[n] for n in members} == {"int16"} and set(precision) - members <= {n for n in precision if precision[n] == "int8"}
+    a = analyse(model, TARGETS.get("ax650n-npu3"), recipe={"default": "int8", "op_types": {name: "int16"}})
+    ops = {a.mapping.op_of[n].name for n in members if n in a.mapping.op_of}
+    if match.collapse:
+        assert len(ops) == 1 and {op.precision for op in a.ops if op.name in ops} == {"int16"}
+    else:
+        assert len(ops) > 1
+
+
+def test_attention_records_its_head_dimension_on_its_matmuls():
+    a = analyse(PATTERNS.get("Attention").example(), TARGETS.get("rdk-x5"))
+    assert {op.head_dim for op in a.ops if op.op_type == "MatMul"} == {8}
 
 
 @pytest.mark.parametrize("target", TARGETS.names())
@@ -57,15 +128,8 @@ def test_prediction_never_beats_peak_throughput(target, tmp_path):
     report = build_model(conv_model(cin=64, cout=64, hw=112), profile, tmp_path)
     peak = profile["units"]["tensor"]["peak_ops_per_s"]["int8"]
     assert report["latency_ms"] / 1e3 >= 2 * report["macs"] / peak
-    assert report["fps"] <= peak / (2 * report["macs"])
+    assert report["fps"] <= report["cores"] * peak / (2 * report["macs"])
     assert 0 < report["tensor_utilisation"] <= 1
-
-
-def build_model(model, profile, tmp_path):
-    path = tmp_path / "m.onnx"
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return build(path, profile, tmp_path / "out", "m", "random")
 
 
 def test_cpu_fallback_splits_the_graph_into_subgraphs(tmp_path):
@@ -77,25 +141,63 @@ def test_cpu_fallback_splits_the_graph_into_subgraphs(tmp_path):
     assert ax["cpu_ops"] == 0 and ax["subgraphs"] == 1
 
 
-def test_build_writes_report_and_chrome_trace(tmp_path):
+def test_a_cpu_op_pays_the_conversion_of_every_tensor_it_hands_over():
+    """Softmax on the CPU dequantises and re-lays-out its input and quantises its output back:
+    boundary_ops_per_element CPU operations per element each way, on top of its own math."""
+    profile = TARGETS.get("rdk-x5")
+    a = analyse(conv_model(softmax=True), profile)
+    (i,) = [k for k, op in enumerate(a.ops) if op.unit == "cpu"]
+    elements = 32 * 56 * 56
+    per = profile["vector_ops_per_element"]["Softmax"] + 2 * profile["units"]["cpu"]["boundary_ops_per_element"]
+    assert a.demands.cpu_ops[i] == elements * per
+
+
+def test_build_writes_report_and_a_trace_that_adds_up_to_the_latency(tmp_path):
     report = build_model(conv_model(softmax=True), TARGETS.get("rdk-x5"), tmp_path)
     on_disk = read_json(tmp_path / "out" / "build.json")
     assert on_disk["simulated"] is True and on_disk["latency_ms"] == report["latency_ms"] > 0
     assert set(on_disk["unit_time_ms"]) == {"tensor", "vector", "dma", "cpu", "overhead"}
     assert sum(on_disk["unit_time_ms"].values()) == pytest.approx(on_disk["latency_ms"])
+    assert all("time_s" not in p for p in on_disk["partition"])
+    assert sum(p["time_ms"] for p in on_disk["partition"]) <= on_disk["latency_ms"]
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "SIMULATION" in summary and f"{report['latency_ms']:10.3f} ms" in summary and "cpu " in summary
-    trace = read_json(tmp_path / "out" / "trace.json")
-    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    assert [s["name"] for s in spans] == ["Conv+Relu", "Softmax", "Conv"]
-    assert spans[1]["ts"] == pytest.approx(spans[0]["ts"] + spans[0]["dur"])
+    spans = [e for e in read_json(tmp_path / "out" / "trace.json")["traceEvents"] if e["ph"] == "X"]
+    assert [s["name"] for s in spans if s["name"] != "overhead"] == ["Conv+Relu", "Softmax", "Conv"]
+    kinds = {s["args"]["kind"] for s in spans if s["name"] == "overhead"}
+    assert kinds == {"input transfer", "subgraph launch", "op dispatch", "output transfer"}
+    for a, b in itertools.pairwise(spans):  # end to end, no gaps
+        assert b["ts"] == pytest.approx(a["ts"] + a["dur"])
+    assert sum(s["dur"] for s in spans) / 1e3 == pytest.approx(report["latency_ms"], rel=1e-9)
+    assert spans[-1]["ts"] + spans[-1]["dur"] == pytest.approx(report["latency_ms"] * 1e3)
+    overhead_ms = sum(s["dur"] for s in spans if s["name"] == "overhead") / 1e3
+    assert overhead_ms == pytest.approx(report["unit_time_ms"]["overhead"])
 
 
 def test_batch_throughput_loads_weights_once_per_batch():
     profile = TARGETS.get("ax650n-npu1")
-    one = simulate(conv_model(cin=256, cout=256, hw=7), profile, 1)["total_s"]
-    eight = simulate(conv_model(cin=256, cout=256, hw=7), profile, 8)["total_s"]
-    assert eight < 8 * one  # weight traffic and overheads are shared by the batch
+    one = sim(conv_model(cin=256, cout=256, hw=7), profile, 1).total_s
+    eight = sim(conv_model(cin=256, cout=256, hw=7), profile, 8).total_s
+    assert eight < 8 * one  # weight traffic and launches are shared by the batch
+
+
+def test_a_dual_core_chip_runs_a_stream_of_frames_on_each_core(tmp_path):
+    j5 = TARGETS.get("j5")
+    report = build_model(conv_model(cin=64, cout=64), j5, tmp_path)
+    assert report["cores"] == 2 and report["fps_batch1"] == pytest.approx(2e3 / report["latency_ms"])
+
+
+@pytest.mark.parametrize("target", ["ax630c", "ax620q", "rdk-x3"])
+def test_datasheet_chips_say_so_and_take_their_familys_fitted_architecture(target, tmp_path):
+    profile = TARGETS.get(target)
+    source = TARGETS.get(profile["transfer_from"])
+    assert not profile.get("fit") and profile["datasheet_only"] and source.get("fit")
+    for path in profile["fit_parameters"]:  # the fitted physics transfers; the spec figures are its own
+        assert profile["transferred"]["parameters"][path] == source["fit"]["parameters"][path]
+    assert profile["units"]["tensor"]["peak_ops_per_s"] != source["units"]["tensor"]["peak_ops_per_s"]
+    report = build_model(conv_model(), profile, tmp_path)
+    assert report["profile_fitted"] is False and report["profile_basis"] == "not fitted, datasheet only"
+    assert "not fitted, datasheet only" in (tmp_path / "out" / "summary.txt").read_text()
 
 
 def test_quantised_model_builds_on_every_target(classifier, tmp_path):
@@ -136,13 +238,15 @@ def test_transpose_chain_is_one_data_move_and_unit_switches_cost_a_reorder():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [w, shape],
     )
-    ops = {
-        op.name: op
-        for op in simulate(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), TARGETS.get("ax650n-npu3"))["graph"].ops
-    }
-    assert ops["t2"].fused_into == "t1" and ops["t1"].fused == ["Transpose"] and ops["reshape"].unit == "free"
-    assert ops["softmax"].reorder_bytes == 8 * 32 * 32 and ops["conv2"].reorder_bytes == 8 * 32 * 32  # int8 tensors
-    assert ops["conv1"].reorder_bytes == 0  # fed by a data move, not by the vector unit
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = analyse(model, TARGETS.get("ax650n-npu3"))
+    op_of, d = a.mapping.op_of, a.demands
+    assert op_of["t2"] is op_of["t1"] and op_of["t1"].fused == ["Transpose"] and "reshape" not in op_of
+    reorder = {op.name: d.reorder_bytes[i] for i, op in enumerate(a.ops)}
+    assert reorder["softmax"] == 8 * 32 * 32 and reorder["conv2"] == 8 * 32 * 32  # int8 tensors
+    assert reorder["conv1"] == 0  # fed by a data move, not by the vector unit
+    # the Bayes-e vector unit reads the tensor unit's layout as it is
+    assert not analyse(model, TARGETS.get("rdk-x5")).demands.reorder_bytes.any()
 
 
 def _unknown_op_model(op: str, quantised: bool):

@@ -173,7 +173,7 @@ def test_torchvision_segmenter_through_export_to_build(tmp_path):
     """LR-ASPP MobileNetV3 (random weights): export, simplify, ArgMax surgery, calibrate, quantise,
     simulated build."""
     from npuflow.quantize import quantize
-    from npuflow.simulator import build
+    from npuflow.sim.build import build
     from npuflow.targets import load_targets
 
     entry = {

@@ -312,7 +312,7 @@ class Build(Command):
 
     def run(self, args):
         from .records import LayerAnalysis, Manifest
-        from .simulator import build
+        from .sim.build import build
 
         report = build(
             args.input,
@@ -441,15 +441,22 @@ class SimValidate(Command):
     help = "predict published device measurements with the simulator"
 
     def add_arguments(self, p):
-        p.add_argument("csv", help="published measurements (columns: target,model,timm_name,input_hw,batch,metric,value,source)")
+        p.add_argument(
+            "csv", help="published measurements (columns: target,model,timm_name,input_hw,batch,metric,value,[precision,]source)"
+        )
         p.add_argument("--out", required=True, help="report JSON")
+        p.add_argument(
+            "--cross-validate",
+            choices=["family", "row"],
+            help="refit every target without each model family (or each row) and predict it from that fit",
+        )
         p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
         p.add_argument("--config", default="config.yaml", help="for user target_profiles (if the file exists)")
 
     def run(self, args):
-        from .simfit import validate
+        from .sim.validate import validate
 
-        return validate(args.csv, args.out, args.cache_dir, user_profiles(args.config))["summary"]
+        return validate(args.csv, args.out, args.cache_dir, user_profiles(args.config), args.cross_validate)["summary"]
 
 
 @command
@@ -463,7 +470,7 @@ class SimFit(Command):
         p.add_argument("--profile-dir", help="where the fitted profiles are written (default: the built-in profiles)")
 
     def run(self, args):
-        from .simfit import fit
+        from .sim.validate import fit
 
         return {
             t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]}

@@ -26,9 +26,10 @@ LATENCY_BUDGET_S = 5.0
 def expose_logits(model):
     """If the model's sole output is an ArgMax of logits (segmentation surgery), add the logits
     as a second output, so fidelity is measured on the scores and agreement on the class ids."""
+    from .sim.graph import Index
+
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    node = producer.get(graph.output[0].name)
+    node = Index.of_onnx(graph).producer.get(graph.output[0].name)
     if len(graph.output) == 1 and node is not None and node.op_type == "ArgMax":
         import onnx
 

@@ -50,13 +50,9 @@ def promotion_order(rows: list[dict], groups: dict[str, list[str]]) -> tuple[lis
 
 def fused_groups(model, profile: dict) -> dict[str, list[str]]:
     """{node: the nodes of its fused group} as the simulator maps the model onto the target."""
-    from .simulator import _root, analyse
+    from .sim import analyse
 
-    graph = analyse(model, profile)
-    members: dict[str, list[str]] = {}
-    for op in graph.ops:
-        members.setdefault(_root(graph, op).name, []).append(op.name)
-    return {op.name: members[_root(graph, op).name] for op in graph.ops}
+    return analyse(model, profile).mapping.groups()
 
 
 def mixed_precision(
@@ -77,7 +73,7 @@ def mixed_precision(
 ) -> MixedReport:
     from .evaluate import expose_logits, run_model, scores_and_classes
     from .quantize import onnx_opset, quantize_model, quantize_report
-    from .simulator import simulate
+    from .sim import analyse, simulate
 
     start = time.perf_counter()
     mp = spec["mixed_precision"]
@@ -114,7 +110,7 @@ def mixed_precision(
             quantize_s = time.perf_counter() - t0
             quantized = load(path)
             fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
-            latency_ms = simulate(quantized, profile, 1)["total_s"] * 1e3
+            latency_ms = simulate(analyse(quantized, profile), profile, 1).total_s * 1e3
             p = {
                 "step": len(curve),
                 "promoted": dict(promoted),

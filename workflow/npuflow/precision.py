@@ -73,43 +73,28 @@ def check_recipe(recipe: dict, where: str) -> list[str]:
     return problems
 
 
-def _gelu_nodes(graph) -> set[str]:
-    """Nodes of GELU written out as x * 0.5 * (1 + erf(x / sqrt(2))) (torch's export before
-    opset 20): a recipe's `Gelu` covers them, as the vendor compilers treat them as one op."""
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    found = set()
-    for n in graph.node:
-        if n.op_type != "Erf":
-            continue
-        group = [n]
-        pre = producer.get(n.input[0])
-        if pre is not None and pre.op_type in ("Div", "Mul"):
-            group.append(pre)
-        node = n
-        for _ in range(3):  # (+1) then (*x) then (*0.5), in either order
-            users = consumers.get(node.output[0], [])
-            if len(users) != 1 or users[0].op_type not in ("Add", "Mul"):
-                break
-            node = users[0]
-            group.append(node)
-        found |= {g.name for g in group}
+def _pattern_nodes(model, graph=None) -> dict[str, set[str]]:
+    """{pattern op type: its nodes} for the fusion patterns found in the model (npuflow.sim.patterns):
+    a recipe's `op_types: {Gelu: int16}` covers every node of each GELU written out with Erf, as the
+    vendor compilers treat it as one op."""
+    from .sim.graph import Graph
+    from .sim.patterns import find
+
+    found: dict[str, set[str]] = {}
+    for m in find(graph if graph is not None else Graph(model, shapes=False)):
+        found.setdefault(m.pattern, set()).update(n.name for n in m.members)
     return found
 
 
 def _subgraph_nodes(graph, start: list[str], end: list[str]) -> set[str]:
     """Nodes on a path from any start tensor to any end tensor (inclusive of the end's producer)."""
-    consumers: dict[str, list] = {}
-    producer = {o: n for n in graph.node for o in n.output}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    from .sim.graph import Index
+
+    index = Index.of_onnx(graph)
+    producer = index.producer
     forward, stack = set(), list(start)
     while stack:
-        for n in consumers.get(stack.pop(), []):
+        for n in index.users(stack.pop()):
             if n.name not in forward:
                 forward.add(n.name)
                 stack.extend(n.output)
@@ -123,9 +108,10 @@ def _subgraph_nodes(graph, start: list[str], end: list[str]) -> set[str]:
     return forward & backward
 
 
-def resolve_precision(model, recipe: dict, where: str = "precision") -> dict[str, str]:
-    """{node name: dtype} for every arithmetic node of `model` under `recipe`."""
-    graph = model.graph
+def resolve_precision(model, recipe: dict, where: str = "precision", graph=None) -> dict[str, str]:
+    """{node name: dtype} for every arithmetic node of `model` under `recipe`. `graph`: the
+    simulator's view of the model when the caller has one (patterns are found on it)."""
+    sim_graph, graph = graph, model.graph
     nodes = [n for n in graph.node if n.op_type not in _UNQUANTISED]
     names = {n.name for n in nodes}
     tensors = {t for n in graph.node for t in list(n.input) + list(n.output)} | {i.name for i in graph.input}
@@ -144,12 +130,19 @@ def resolve_precision(model, recipe: dict, where: str = "precision") -> dict[str
         for name in _subgraph_nodes(graph, list(sub["start"]), list(sub["end"])) & names:
             precision[name] = sub["dtype"]
     op_types = dict(recipe.get("op_types") or {})
-    gelu = _gelu_nodes(graph) if "Gelu" in op_types else set()
+    # op types a recipe names that are patterns (Gelu, Swish, …) rather than single ONNX ops
+    from .sim.patterns import PATTERNS
+
+    patterned = {}
+    if any(op_type in PATTERNS for op_type in op_types):
+        for op_type, members in _pattern_nodes(model, sim_graph).items():
+            if op_type in op_types:
+                patterned.update(dict.fromkeys(members, op_types[op_type]))
     for n in nodes:
         if n.op_type in op_types:
             precision[n.name] = op_types[n.op_type]
-        elif n.name in gelu:
-            precision[n.name] = op_types["Gelu"]
+        elif n.name in patterned:
+            precision[n.name] = patterned[n.name]
     precision.update(recipe.get("layers") or {})
     return precision
 

@@ -340,6 +340,8 @@ class BuildReport(Record):
     mode: str
     simulated: bool
     profile_fitted: bool
+    profile_basis: str  # what the profile's rates rest on: fitted to N measurements, or datasheet only
+    cores: int  # NPU cores the FPS figure uses (latency is one core's)
     weights: str
     precision_recipe: str
     latency_ms: float  # batch 1

@@ -205,6 +205,7 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "evaluation_dataset": reports.evaluate.dataset,
         "sim_batch": build.batch,
         "sim_profile_fitted": build.profile_fitted,
+        "sim_profile_basis": build.profile_basis,
         **{f"{tool}_version": v for tool, v in tool_versions(reports.export, reports.simplify).items()},
     }
     return {k: str(v) for k, v in params.items()}

@@ -50,7 +50,7 @@ def report(
 
     published = []
     if published_csv and Path(published_csv).exists():
-        from ..simfit import read_published
+        from ..sim.published import read_published
 
         published = read_published(published_csv)
     rows = collect(pairs, published, load_targets(target_profiles or {}))

@@ -209,7 +209,10 @@ def simulator_section(targets: list[str]) -> list[dict]:
     for target in targets:
         fit = profiles.get(target).get("fit") if target in profiles else None
         if not fit:
-            out.append({"target": target, "fitted": False})
+            from ..sim.build import profile_basis
+
+            basis = profile_basis(profiles.get(target)) if target in profiles else "a profile of the config's own"
+            out.append({"target": target, "fitted": False, "basis": basis})
             continue
         errs = [abs(r["error_pct"]) for r in fit["residuals"]]
         body = [

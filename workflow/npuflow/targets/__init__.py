@@ -38,7 +38,9 @@ def _resolve(name: str, raw: dict, seen: tuple = ()) -> dict:
     if base not in raw or base in seen:
         raise ConfigError(f"{where}.base: {'unknown' if base not in raw else 'circular'} base profile {base!r}")
     inherited = _resolve(base, raw, seen + (name,))
-    inherited.pop("fit", None)  # a fit belongs to the target it was fitted on, not to derived ones
+    # a fit belongs to the target it was fitted on, not to derived ones; nor does "datasheet only"
+    inherited.pop("fit", None)
+    inherited.pop("datasheet_only", None)
     return deep_merge(inherited, {k: v for k, v in prof.items() if k != "base"})
 
 
@@ -68,7 +70,9 @@ def _check(name: str, prof: dict, where: str) -> None:
             node = node[part]
         return node
 
-    problems = check_recipe(prof.get("precision", {}), f"{where}.precision")
+    from ..sim.fit import check_fit_parameters  # the simulator's own checks of a profile's fit section
+
+    problems = check_recipe(prof.get("precision", {}), f"{where}.precision") + check_fit_parameters(prof, where)
     if problems:
         raise ConfigError("\n  ".join(problems))
     for unit in REQUIRED_UNITS:
@@ -92,15 +96,27 @@ def _check(name: str, prof: dict, where: str) -> None:
 
 def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> Registry[dict]:
     """All target profiles, resolved and checked, by name (names starting with _ are bases).
-    A profile's `fit.parameters` (from `npuflow sim-fit`) replace the values at their paths."""
+    A profile's `fit.parameters` (from `npuflow sim-fit`) replace the values at their paths; a
+    profile without a fit that names `transfer_from: <target>` takes that target's fitted values
+    for the parameters it declares (recorded under `transferred`)."""
+    from ..sim.fit import transferred
+
     raw = _raw_profiles(user_profiles or {})
+    resolved = {name: _resolve(name, raw) for name in raw if not name.startswith("_")}
     targets: Registry[dict] = Registry("target")
-    for name in raw:
-        if name.startswith("_"):
-            continue
-        prof = _resolve(name, raw)
+    for name, prof in resolved.items():
+        source = prof.get("transfer_from")
+        if source is not None and source not in resolved:
+            from ..config import ConfigError
+
+            raise ConfigError(f"{raw[name][1]}.transfer_from: unknown target {source!r}")
         if apply_fit:
-            for path, value in get_path(prof, "fit.parameters", {}).items():
+            values = dict(get_path(prof, "fit.parameters", {}))
+            if source is not None and get_path(resolved[source], "fit.parameters"):
+                moved = transferred(prof, resolved[source]["fit"]["parameters"])
+                prof["transferred"] = {"from": source, "parameters": moved}
+                values = {**moved, **values}  # its own fit, if any, on top
+            for path, value in values.items():
                 set_path(prof, path, value)
         _check(name, prof, raw[name][1])
         prof["name"] = name

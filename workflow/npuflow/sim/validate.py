@@ -1,0 +1,249 @@
+"""`npuflow sim-validate` and `npuflow sim-fit`: the simulator against published measurements.
+
+sim-validate builds every row's model with random weights (latency does not depend on weight
+values), in the row's precision recipe, predicts the row's metric and reports per-row error and a
+summary (MAPE, shares within ±10 % and ±20 %, Spearman rank correlation; per target and per model
+family). With `cross_validate="family"` (or "row"), each model family (or row) is held out in
+turn: every target with rows is refitted without it from the profiles' spec values, and the
+held-out rows are predicted with that fit — the measure of how the simulator does on models it
+was never fitted to. A row that cannot be predicted is a failure with its reason, never dropped.
+
+sim-fit fits each target's declared parameters to the CSV's rows and stores the fit, with its
+residuals and the CSV's sha256, in the built-in profile."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path, write_json
+from ..progress import log, progress, timed
+from .fit import fit_profiles, fitted_profile, predict
+from .published import METRICS, Row, SimFitError, model_family, model_onnx, read_published
+
+CV_MODES = ("family", "row")
+
+
+class Prepared:
+    """Each row's analysis (or why it has none) and family; every model exported and its graph
+    read once, shared by the targets that use it."""
+
+    def __init__(self, rows: list[Row], targets, cache_dir, desc: str = "sim-validate"):
+        import onnx
+
+        from ..precision import merge_recipe
+        from . import analyse
+        from .graph import Graph
+
+        self.rows = rows
+        self.analyses: dict[int, object] = {}
+        self.errors: dict[int, str] = {}
+        self.families: dict[int, str] = {}
+        graphs: dict = {}
+        for i, row in enumerate(progress(rows, desc, unit="row")):
+            if row.error:
+                self.errors[i] = row.error
+                continue
+            if row.target not in targets:
+                self.errors[i] = targets.unknown_message(row.target)
+            try:
+                key = (row.name, row.hw)
+                if key not in graphs:
+                    model = onnx.load(str(model_onnx(row.name, row.hw, cache_dir)))
+                    graphs[key] = (model, Graph(model), model_family(row.name, row.hw, cache_dir))
+                model, graph, self.families[i] = graphs[key]
+                if i in self.errors:
+                    continue
+                profile = targets.get(row.target)
+                recipe = merge_recipe(profile.get("precision"), row.recipe_override())
+                self.analyses[i] = analyse(model, profile, graph, recipe)
+            except Exception as e:  # a row that cannot be built is a reported failure
+                self.errors.setdefault(i, f"{type(e).__name__}: {str(e)[:300]}")
+
+    def usable(self, indices) -> list[int]:
+        return [i for i in indices if i in self.analyses]
+
+
+def _spearman(a, b) -> float | None:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def ms_per_frame(metric: str, value: float, batch: int) -> float:
+    """Latency and FPS rows on one scale (they rank in opposite directions otherwise)."""
+    return value / batch if metric == "latency_ms" else 1e3 / value
+
+
+def figures(rs: list[dict]) -> dict:
+    ok = [r for r in rs if r.get("predicted") is not None]
+    errs = [abs(r["error_pct"]) for r in ok]
+    by_metric = {
+        m: _spearman([r["published"] for r in ok if r["metric"] == m], [r["predicted"] for r in ok if r["metric"] == m]) for m in METRICS
+    }
+    return {
+        "rows": len(rs),
+        "failures": len(rs) - len(ok),
+        "mape_pct": float(np.mean(errs)) if errs else None,
+        "within_10pct_share": sum(e <= 10 for e in errs) / len(rs) if rs else None,  # a failure counts as a miss
+        "within_20pct_share": sum(e <= 20 for e in errs) / len(rs) if rs else None,
+        # rank correlation of the time per frame, published vs predicted, over all rows
+        "spearman": _spearman(
+            [ms_per_frame(r["metric"], r["published"], r["batch"]) for r in ok],
+            [ms_per_frame(r["metric"], r["predicted"], r["batch"]) for r in ok],
+        ),
+        "spearman_by_metric": {m: v for m, v in by_metric.items() if v is not None},
+    }
+
+
+def summarise(results: list[dict]) -> dict:
+    summary = figures(results)
+    summary["per_target"] = {t: figures([r for r in results if r["target"] == t]) for t in sorted({r["target"] for r in results})}
+    summary["per_family"] = {}
+    for fam in sorted({r.get("family") or "(not built)" for r in results}):
+        rs = [r for r in results if (r.get("family") or "(not built)") == fam]
+        errs = [r["error_pct"] for r in rs if r.get("predicted") is not None]
+        summary["per_family"][fam] = {
+            "rows": len(rs),
+            "failures": len(rs) - len(errs),
+            "mape_pct": float(np.mean(np.abs(errs))) if errs else None,
+            "worst_error_pct": max(errs, key=abs) if errs else None,
+        }
+    return summary
+
+
+def _folds(prep: Prepared, mode: str) -> list[list[int]]:
+    usable = prep.usable(range(len(prep.rows)))
+    if mode == "row":
+        return [[i] for i in usable]
+    by_family: dict[str, list[int]] = {}
+    for i in usable:
+        by_family.setdefault(prep.families[i], []).append(i)
+    return list(by_family.values())
+
+
+def _fit_on(prep: Prepared, train: list[int], unfitted, stored: dict, refit: set[str]) -> dict[str, dict]:
+    rows_by, analyses_by = {}, {}
+    for i in train:
+        t = prep.rows[i].target
+        rows_by.setdefault(t, []).append(prep.rows[i])
+        analyses_by.setdefault(t, []).append(prep.analyses[i])
+    profiles = {t: unfitted.get(t) for t in unfitted.names()}
+    return fit_profiles(profiles, rows_by, analyses_by, refit, stored)
+
+
+def cross_validated(prep: Prepared, mode: str, user_profiles: dict | None = None) -> tuple[dict[int, float], dict]:
+    """{row index: prediction with a fit that did not see its fold}, and a record of the folds."""
+    from ..targets import load_targets
+
+    if mode not in CV_MODES:
+        raise SimFitError(f"cross-validation {mode!r}: expected one of {', '.join(CV_MODES)}")
+    unfitted = load_targets(user_profiles, apply_fit=False)
+    fitted = load_targets(user_profiles)
+    stored = {t: fitted.get(t).get("fit") for t in fitted.names()}
+    refit = {prep.rows[i].target for i in prep.usable(range(len(prep.rows))) if stored.get(prep.rows[i].target)}
+    folds = _folds(prep, mode)
+    all_rows = [i for fold in folds for i in fold]
+    start = time.perf_counter()
+    full = _fit_on(prep, all_rows, unfitted, stored, refit)  # a fold without a target's rows reuses its fit
+    predictions = {}
+    for fold in progress(folds, f"cross-validation by {mode}", unit="fold"):
+        held = set(fold)
+        touched = {prep.rows[i].target for i in fold}
+        train = [i for i in all_rows if i not in held]
+        fits = _fit_on(prep, train, unfitted, stored, refit) if touched & refit else full
+        for i in fold:
+            row = prep.rows[i]
+            profile = fitted_profile(unfitted.get(row.target), fits.get(row.target)) if row.target in refit else fitted.get(row.target)
+            predictions[i] = predict(prep.analyses[i], profile, row.batch, row.metric)
+    record = {"mode": mode, "folds": len(folds), "refitted_targets": sorted(refit), "seconds": round(time.perf_counter() - start, 1)}
+    return predictions, record
+
+
+def validate(
+    csv_path: str | Path, out_json: str | Path, cache_dir: str | Path, user_profiles: dict | None = None, cross_validate: str | None = None
+) -> dict:
+    from ..targets import load_targets
+    from .build import profile_basis
+
+    start = time.perf_counter()
+    targets = load_targets(user_profiles)
+    rows = read_published(csv_path)
+    prep = Prepared(rows, targets, cache_dir)
+    cv = None
+    if cross_validate:
+        preds, cv = cross_validated(prep, cross_validate, user_profiles)
+    else:
+        preds = {i: predict(a, targets.get(rows[i].target), rows[i].batch, rows[i].metric) for i, a in prep.analyses.items()}
+    results = []
+    for i, row in enumerate(rows):
+        rec = {
+            "target": row.target,
+            "model": row.model,
+            "timm_name": row.name,
+            "family": prep.families.get(i, ""),
+            "input_hw": f"{row.hw[0]}x{row.hw[1]}",
+            "batch": row.batch,
+            "metric": row.metric,
+            "precision": row.precision,
+            "published": row.value,
+            "source": row.source,
+        }
+        if i in prep.errors:
+            rec.update(predicted=None, error=prep.errors[i])
+        else:
+            rec.update(predicted=preds[i], error_pct=100.0 * (preds[i] - row.value) / row.value)
+        results.append(rec)
+    named = sorted({r.target for r in rows if r.target in targets})
+    report = {
+        "csv": str(csv_path),
+        "simulated": True,
+        "cross_validation": cv,
+        "rows": results,
+        "summary": summarise(results),
+        "profiles_fitted": {t: bool(targets.get(t).get("fit")) for t in named},
+        "profile_basis": {t: profile_basis(targets.get(t)) for t in named},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(out_json, report)
+    return report
+
+
+def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | None = None) -> dict:
+    """Fit every target of the CSV (built-in profiles) and write each fit into its profile."""
+    import yaml
+
+    from ..targets import PROFILE_DIR, load_targets
+
+    profile_dir = Path(profile_dir or PROFILE_DIR)
+    targets = load_targets(apply_fit=False)  # start from the spec values, not an earlier fit
+    rows = read_published(csv_path)
+    bad = [f"{r.model or r.line}: {r.error or targets.unknown_message(r.target)}" for r in rows if r.error or r.target not in targets]
+    if bad:
+        raise SimFitError(f"{csv_path}: rows that cannot be fitted:\n  " + "\n  ".join(bad))
+    digest = hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()
+    prep = Prepared(rows, targets, cache_dir, "sim-fit")
+    if prep.errors:
+        raise SimFitError(f"{csv_path}: cannot build " + "; ".join(f"{rows[i].model}: {e}" for i, e in prep.errors.items()))
+    with timed(f"sim-fit: least squares over {len(rows)} rows"):
+        fits = _fit_on(prep, list(range(len(rows))), targets, {}, {r.target for r in rows})
+    out = {}
+    for target, result in fits.items():
+        if "residuals" not in result:  # a transfer to a target without measurements: applied at load
+            continue
+        result["data"] = {"csv": Path(csv_path).name, "sha256": digest, "rows": len(result["residuals"])}
+        path = profile_dir / f"{target}.yaml"
+        text = (path if path.exists() else PROFILE_DIR / f"{target}.yaml").read_text()
+        marker = "\n# --- fitted by `npuflow sim-fit`"
+        text = text.split(marker)[0].rstrip("\n") + "\n"
+        text += marker + " (do not edit by hand; re-run the fit) ---\n" + yaml.safe_dump({"fit": result}, sort_keys=False, width=120)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        log(f"sim-fit {target}: rms log error {result['rms_log_error']}, parameters {result['parameters']}")
+        out[target] = result
+    return out
