@@ -115,11 +115,13 @@ def mlflow_server_at(folder: Path):
 
 def pytest_collection_finish(session):
     """The Slurm test's runs wait on the scheduler most of the time, so they start as soon as the
-    tests are collected and go on beside the others (tests/slurm_run.py)."""
-    if any("slurm_run" in getattr(item, "fixturenames", ()) for item in session.items):
-        import slurm_run
+    tests are collected and go on beside the others (tests/slurm_runs.py)."""
+    if session.config.option.collectonly:
+        return
+    if any(item.path.name == "test_slurm.py" and "slurm" in getattr(item, "fixturenames", ()) for item in session.items):
+        import slurm_runs
 
-        slurm_run.start(session.config)
+        slurm_runs.start(session.config)
 
 
 def reference_and_evaluate(quant_onnx, spec: dict, paths: dict, d: Path, recipe: str = "int8") -> tuple[dict, dict]:

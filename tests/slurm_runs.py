@@ -68,7 +68,7 @@ class Outcome:
     main: Run | None = None
     cancelled_job: str | None = None  # the Slurm job id `scancel`led mid-run
     down: Run | None = None
-    down_reason: str | None = None  # squeue's reason for the queued job once the node was DOWN
+    down_reason: str | None = None  # squeue's reason for the queued job after the node went DOWN
 
 
 def command(*args) -> str:
@@ -123,6 +123,8 @@ class SlurmRuns:
         self.stack = contextlib.ExitStack()
         self.started_cluster = False
         self.procs: list[subprocess.Popen] = []
+        self.closing = threading.Event()  # the session is ending: start nothing more
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="slurm-runs", daemon=True)
 
     # --- the background thread -------------------------------------------------------------
@@ -130,7 +132,8 @@ class SlurmRuns:
         try:
             if self._prepare():
                 self._main_run()
-                self._down_run()
+                if not self.closing.is_set():
+                    self._down_run()
         except Exception:
             self.outcome.error = traceback.format_exc()
 
@@ -163,19 +166,22 @@ class SlurmRuns:
         return True
 
     def _snakemake(self, workdir: Path, args: list[str], timeout: float, during=None) -> Run:
-        """Run snakemake in `workdir`; `during(proc)` is called every 0.5 s while it runs."""
+        """Run snakemake in `workdir`; `during(proc, log)` is called every 0.5 s while it runs."""
         workdir.mkdir()
         env = {**snakemake_env(), "MLFLOW_TRACKING_URI": self.outcome.mlflow_url}
         log = workdir / "snakemake.out"
         since = datetime.now() - timedelta(minutes=1)
         start = time.monotonic()
         with open(log, "w") as out:
-            proc = subprocess.Popen(
-                snakemake_slurm(workdir, *args), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
-            )
-            self.procs.append(proc)
+            with self.lock:
+                if self.closing.is_set():
+                    raise RuntimeError("the test session ended before this run")
+                proc = subprocess.Popen(
+                    snakemake_slurm(workdir, *args), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
+                )
+                self.procs.append(proc)
             try:
-                while proc.poll() is None and time.monotonic() - start < timeout:
+                while proc.poll() is None and time.monotonic() - start < timeout and not self.closing.is_set():
                     if during is not None:
                         during(proc, log)
                     time.sleep(0.5)
@@ -187,6 +193,10 @@ class SlurmRuns:
                     except subprocess.TimeoutExpired:
                         os.killpg(proc.pid, signal.SIGKILL)
                         proc.wait()
+                    # Whatever it left queued or running (e.g. where SIGINT was ignored).
+                    found = re.search(r"SLURM run ID: (\S+)", log.read_text())
+                    if found:
+                        subprocess.run(["scancel", f"--name={found.group(1)}"], capture_output=True)
         seconds = time.monotonic() - start
         output = log.read_text()
         run = Run(proc.returncode if seconds < timeout else None, output, seconds)
@@ -238,8 +248,10 @@ class SlurmRuns:
 
             def down_when_queued(proc, log):
                 if downed:
-                    if o.down_reason is None and time.monotonic() - downed[0] > 3:
-                        o.down_reason = next((j["reason"] for j in squeue() if j["comment"].startswith("rule_fetch_")), "")
+                    # Slurm gives the queued job its new reason at its next scheduling pass.
+                    if not o.down_reason or "DOWN" not in o.down_reason:
+                        reasons = [j["reason"] for j in squeue() if j["comment"].startswith("rule_fetch_") and j["state"] == "PENDING"]
+                        o.down_reason = reasons[0] if reasons else o.down_reason
                     return
                 if any(j["comment"].startswith("rule_fetch_") and j["state"] == "PENDING" for j in squeue()):
                     command("scontrol", "update", f"nodename={node}", "state=down", "reason=npuflow-test")
@@ -267,12 +279,15 @@ class SlurmRuns:
         return self.outcome
 
     def close(self):
+        with self.lock:
+            self.closing.set()
+        # A run still going (the session was cut short) ends as on Ctrl-C, cancelling its jobs.
+        if self.thread.ident is not None:
+            self.thread.join(90)
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if self.thread.ident is not None:
-            self.thread.join(60)
         self.stack.close()
         if self.started_cluster:
             subprocess.run([str(CLUSTER), "down"], capture_output=True)
