@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -94,6 +95,70 @@ def pipeline_copy(pipeline, tmp_path):
             con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
     con.close()
     return dest
+
+
+@contextlib.contextmanager
+def mlflow_server_at(folder: Path):
+    """A real `mlflow server` on 127.0.0.1 and a free port, its SQLite store and artifacts in
+    `folder`; yields its URL and stops every process it started."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/server.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError as e:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not start") from e
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def pytest_collection_finish(session):
+    """The Slurm test's runs wait on the scheduler most of the time, so they start as soon as the
+    tests are collected and go on beside the others (tests/slurm_runs.py)."""
+    if session.config.option.collectonly:
+        return
+    if any(item.path.name == "test_slurm.py" and "slurm" in getattr(item, "fixturenames", ()) for item in session.items):
+        import slurm_runs
+
+        slurm_runs.start(session.config)
 
 
 def reference_and_evaluate(quant_onnx, spec: dict, paths: dict, d: Path, recipe: str = "int8") -> tuple[dict, dict]:

@@ -4,6 +4,7 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
+from npuflow.cluster import job_limits, partition_name, slurm_node
 from npuflow.config import ConfigError, load_yaml, validate_config
 from npuflow.layout import IMAGE_CACHE, STAGES
 from npuflow.memory import local_mem_mb
@@ -32,9 +33,25 @@ MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
 # memory free now holds, unless `--resources mem_mb=…` says otherwise. The executor is not known yet
 # while the Snakefile is read (workflow.non_local_exec is always False here); `--jobs` (`_nodes`) is
 # what cluster and cloud executors require and what the local one turns into `--cores`. On a
-# cluster each job asks its scheduler for its own mem_mb instead.
-if workflow.global_resources["_nodes"].value is None and "mem_mb" not in workflow.global_resources:
-    workflow.register_resource("mem_mb", local_mem_mb())
+# cluster each job asks its scheduler for its own mem_mb instead, and no job asks for more CPUs or
+# memory than the largest Slurm node offers (npuflow.cluster): Snakemake's --max-threads and the
+# mem_mb limit (per job on a cluster, not summed) take the node's figures. Read once, by the
+# process that submits; the jobs get --max-threads from it.
+if workflow.global_resources["_nodes"].value is None:
+    if "mem_mb" not in workflow.global_resources:
+        workflow.register_resource("mem_mb", local_mem_mb())
+elif workflow.is_main_process:
+    _defaults = workflow.resource_settings.default_resources
+    _partition = _defaults.get("slurm_partition") if _defaults is not None else None
+    _given = workflow.global_resources.get("mem_mb")
+    _limits = job_limits(
+        slurm_node(partition_name(getattr(_partition, "raw", None))),
+        workflow.resource_settings.max_threads,
+        _given.value if _given is not None else None,
+    )
+    workflow.resource_settings.max_threads = _limits.max_threads
+    if _limits.mem_mb is not None:
+        workflow.register_resource("mem_mb", _limits.mem_mb)
 
 
 wildcard_constraints:
