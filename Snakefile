@@ -2,7 +2,10 @@
 # Thin by design: the logic lives in the npuflow package (workflow/npuflow); rules wire files to it.
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+from npuflow.config import ConfigError, load_yaml
 
 min_version("9.0")
 
@@ -12,8 +15,13 @@ report: "workflow/report/workflow.rst"
 
 
 # `--configfile` replaces the default config instead of merging into it (Snakemake would merge
-# the default models into a user's config otherwise).
+# the default models into a user's config otherwise). npuflow's loader reads it first: Snakemake's
+# says only "not valid JSON or YAML", npuflow's names the line.
 if not config:
+    try:
+        load_yaml("config.yaml")
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
 
     configfile: "config.yaml"
 

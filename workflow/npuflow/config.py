@@ -173,7 +173,16 @@ def load_yaml(path: str | Path):
     given twice in one mapping (PyYAML keeps the last, so two models of one name would be one),
     and aliases that expand beyond MAX_CONFIG_NODES."""
     path = Path(path)
-    loader = yaml.SafeLoader(path.read_text())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        where = "" if path.is_absolute() else f" (in {Path.cwd()})"
+        raise ConfigError(f"{path}: no such file{where}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file: {e}") from None
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -182,9 +191,20 @@ def load_yaml(path: str | Path):
             raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES} values once its YAML aliases are expanded; refused")
         return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     finally:
         loader.dispose()
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, the problem, and what it was parsing there."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).split())
+    mark = error.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context and error.context_mark is not None:
+        text += f" ({error.context} from line {error.context_mark.line + 1})"
+    return text
 
 
 def _check_nodes(loader, node, path: Path, where: list[str], sizes: dict) -> int:
