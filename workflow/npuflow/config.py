@@ -27,6 +27,9 @@ WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM"
 # A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
 # A config larger than this once expanded is refused (a "billion laughs" file would hang them).
 MAX_CONFIG_NODES = 1_000_000
+# A job holds all its images at once, preprocessed to float32 (npuflow.data.image_batches): the
+# counts that would need more than this are refused (224×224: 14 266 images; 640×1280: 873).
+MAX_IMAGE_BYTES = 8 * 2**30
 
 
 def load_schema() -> dict:
@@ -71,6 +74,8 @@ def _expected(error: jsonschema.ValidationError) -> str:
 def _check_semantics(config: dict) -> None:
     # Imported here: the registries pull in onnx; validation of the schema alone stays light.
     from .calibrate import CALIBRATION_METHODS
+    from .data import local_path_problems
+    from .sources import entry_problems as source_entry_problems
     from .surgery import SURGERY_PASSES
 
     problems = []
@@ -88,6 +93,8 @@ def _check_semantics(config: dict) -> None:
     for name, entry in config["datasets"].items():
         if "url" in entry and entry["url"].startswith("http://") and not entry["allow_http"]:
             problems.append(f"datasets.{name}.url: plain http is refused; use https, or set allow_http: true")
+        problems += local_path_problems(name, entry)
+    problems += _evaluation_count_problems(config)
     folded = {}
     for name in config["models"]:
         if name in RESERVED_MODEL_NAMES:
@@ -108,6 +115,8 @@ def _check_semantics(config: dict) -> None:
             if not all(math.isfinite(v) for v in values):
                 problems.append(f"{where}.input.{field}: expected finite numbers, got {values}")
         kind = entry["source"].split(":", 1)[0]
+        problems += source_entry_problems(name, entry)
+        problems += _image_memory_problems(name, entry, config)
         if kind in SOURCES_NEEDING_ARCH and "arch" not in entry:
             problems.append(f"{where}.arch: a {kind}: source needs `arch`, the timm architecture to load it into")
         if kind == "url":
@@ -146,6 +155,45 @@ def _check_semantics(config: dict) -> None:
             )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _evaluation_count_problems(config: dict) -> list[str]:
+    """Evaluation images are held out and count once each: a folder dataset must hold as many as
+    asked (an archive's images are counted once it is prepared)."""
+    from .data import folder_image_count
+
+    ev = config["evaluation"]
+    entry = config["datasets"].get(ev["dataset"])
+    held = folder_image_count(entry) if entry else None
+    if held is not None and ev["images"] > held:
+        most = f"so at most {held}" if held else "and it holds none"
+        return [
+            f"evaluation.images: {ev['images']} asked, but datasets.{ev['dataset']} holds {held} images "
+            f"({entry['folder']}); held-out images count once each, {most}"
+        ]
+    return []
+
+
+def _image_memory_problems(name: str, entry: dict, config: dict) -> list[str]:
+    """Counts of images whose float32 tensors one job of this model could not hold (MAX_IMAGE_BYTES)."""
+    h, w = entry["input"]["shape"][2:]
+    per_image = 3 * h * w * 4
+    calib = {**config["calibration"], **entry.get("calibration", {})}
+    calib_where = f"models.{name}.calibration" if "images" in entry.get("calibration", {}) else "calibration"
+    calib_images = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
+    jobs = [(f"{calib_where}.images", calib_images, "calibration"), ("evaluation.images", config["evaluation"]["images"], "evaluation")]
+    if "mixed_precision" in entry:
+        mixed = calib_images + entry["mixed_precision"]["images"]
+        jobs.append((f"models.{name}.mixed_precision.images", mixed, "mixed-precision"))
+    problems = []
+    for where, count, job in jobs:
+        if count * per_image > MAX_IMAGE_BYTES:
+            problems.append(
+                f"{where}: the {job} job of models.{name} would hold {count} images of 3×{h}×{w} at once, "
+                f"{count * per_image / 2**30:.1f} GiB of float32 tensors; at most {MAX_IMAGE_BYTES // per_image} fit "
+                f"in the {MAX_IMAGE_BYTES // 2**30} GiB a job may hold"
+            )
+    return problems
 
 
 def _dataset_names(config: dict):

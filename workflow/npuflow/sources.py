@@ -151,13 +151,10 @@ class HFSource(ModelSource):
         repo = _ref(spec)
         cfg = spec.get("hf_config")
         if cfg is None:
-            path = hf_config_file(repo)
-            if not path.exists():
-                raise FetchError(
-                    f"models.{spec['name']}.hf_config: hf:{repo} has no shipped architecture config; "
-                    "add `hf_config:` (the repo's config.json) so it can be built offline"
-                )
-            cfg = json.loads(path.read_text())
+            problem = hf_config_problem(repo, spec, f"models.{spec['name']}")
+            if problem:
+                raise FetchError(problem)
+            cfg = json.loads(hf_config_file(repo).read_text())
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
         model_type = cfg.pop("model_type", None)
         if not model_type:
@@ -289,8 +286,9 @@ class URLSource(_CheckpointSource):
 class FileSource(_CheckpointSource):
     def _checkpoint(self, spec, cache_dir):
         path = Path(_ref(spec)).expanduser()
-        if not path.is_file():
-            raise FetchError(f"models.{spec['name']}.source: no such file {path}")
+        problem = missing_file_problem(path, f"models.{spec['name']}.source")
+        if problem:
+            raise FetchError(problem)
         digest = sha256_file(path)
         if spec.get("sha256") and digest != spec["sha256"].lower():
             raise FetchError(f"models.{spec['name']}.sha256: {path} has sha256 {digest}, expected {spec['sha256'].lower()}")
@@ -299,3 +297,38 @@ class FileSource(_CheckpointSource):
 
 def source_for(spec: dict) -> ModelSource:
     return SOURCES.get(spec["source"].split(":", 1)[0])()
+
+
+# ------------------------------------------------------------------ checks when the config is read
+def missing_file_problem(path: Path, where: str) -> str | None:
+    """A local checkpoint that is not a readable file, named by the field it comes from."""
+    shown = str(path) if path.is_absolute() else f"{path} (relative to {Path.cwd()})"
+    if path.is_dir():
+        return f"{where}: {shown} is a folder, not a checkpoint file"
+    if not path.is_file():
+        return f"{where}: no such file {shown}"
+    if not os.access(path, os.R_OK):
+        return f"{where}: {shown} cannot be read (permissions)"
+    return None
+
+
+def hf_config_problem(repo: str, entry: dict, where: str) -> str | None:
+    """An hf: source is built from its architecture config (HFSource._config): shipped, or given."""
+    if "hf_config" in entry or hf_config_file(repo).exists():
+        return None
+    return f"{where}.hf_config: hf:{repo} has no shipped architecture config; add `hf_config:` (the repo's config.json) so it can be built offline"
+
+
+def entry_problems(name: str, entry: dict) -> list[str]:
+    """What a model entry's source can be checked for before any job runs, without importing
+    torch or the hubs: a `file:` checkpoint that is not there, an `hf:` model without an
+    architecture config. The fetch job checks the same again."""
+    kind, ref = entry["source"].split(":", 1)
+    where = f"models.{name}"
+    if kind == "file":
+        problem = missing_file_problem(Path(ref).expanduser(), f"{where}.source")
+    elif kind == "hf":
+        problem = hf_config_problem(ref, entry, where)
+    else:
+        problem = None
+    return [problem] if problem else []
