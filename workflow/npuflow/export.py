@@ -30,7 +30,10 @@ def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, t
 
     x = fixed_input(shape)
     with torch.no_grad():
-        expected = module(torch.from_numpy(x)).numpy()
+        try:
+            expected = module(torch.from_numpy(x)).numpy()
+        except Exception as e:  # a size the model cannot take: its library says so in its own words
+            raise ExportError(input_size_message(module, shape, where, e)) from e
     with atomic_path(out_onnx) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow are expected
         try:
@@ -52,6 +55,23 @@ def export_module(module, shape, opset: int, out_onnx: str | Path, where: str, t
         if not max_abs <= EXPORT_RTOL * magnitude([expected]):
             raise ExportError(f"{where}: exported ONNX differs from torch by {max_abs:.3g} (outputs up to {magnitude([expected]):.3g})")
     return max_abs, list(expected.shape)
+
+
+def input_size_message(module, shape, where: str, error: Exception) -> str:
+    """One line for a model that does not run on the configured input: the size given, the
+    model's own words, and the size it takes where its library records one."""
+    from .sources import native_input_size
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = f"{type(error).__name__}: {lines[-1][:200] if lines else ''}"
+    native = native_input_size(module)
+    given = "×".join(map(str, shape[2:]))
+    takes = (
+        f"it takes {native[0]}×{native[1]}: set input.shape: [1, 3, {native[0]}, {native[1]}]"
+        if native and tuple(native) != tuple(shape[2:])
+        else "set input.shape to a size it takes"
+    )
+    return f"{where}.input.shape: the model does not run on {given} input ({why}); {takes}"
 
 
 def package_versions(*names: str) -> dict[str, str]:

@@ -295,6 +295,20 @@ class FileSource(_CheckpointSource):
         return path, digest
 
 
+def native_input_size(module) -> tuple[int, int] | None:
+    """The input size (H, W) a model was made for, where its library records it: timm's
+    pretrained_cfg, a transformers config's image_size. None where neither says."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    if cfg.get("input_size"):
+        return tuple(cfg["input_size"][-2:])
+    size = getattr(getattr(getattr(module, "inner", module), "config", None), "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return tuple(size)
+    return None
+
+
 def source_for(spec: dict) -> ModelSource:
     return SOURCES.get(spec["source"].split(":", 1)[0])()
 
