@@ -50,11 +50,20 @@ rule all:
     default_target: True
 
 
-# Jobs on other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite
-# file: refuse before the first job is submitted.
+# Before the first job (not in dry runs): one run per folder (npuflow.runlock: a kernel lock that
+# `--unlock` cannot remove). Jobs on other machines (`--profile profiles/slurm`, any non-local
+# executor) cannot share a SQLite file.
 onstart:
     if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
         raise WorkflowError(
             f"MLflow tracking URI {MLFLOW_URI}: jobs on other machines cannot share a SQLite file; start an `mlflow server` "
             "and set MLFLOW_TRACKING_URI=http://<host>:<port> (README, Scaling out)"
         )
+    try:
+        hold_run_lock()
+    except NpuflowError as e:
+        raise WorkflowError(str(e)) from None
+
+
+onsuccess:
+    release_run_lock()

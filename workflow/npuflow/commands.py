@@ -435,9 +435,23 @@ class Report(Command):
             default="{}",
             help="the config's own target_profiles as JSON (which ops a recipe can move to the NPU)",
         )
+        p.add_argument(
+            "--partial",
+            action="store_true",
+            help="the report of a run that stopped early (the workflow's error handler's): the page says so",
+        )
+        p.add_argument(
+            "--replaces",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a partial report this one replaces: removed once this one is written",
+        )
         _outputs(p, csv="summary CSV to write", html="report HTML to write")
 
     def run(self, args):
+        from pathlib import Path
+
         from .plan import Pair
         from .report import report
 
@@ -449,7 +463,10 @@ class Report(Command):
             mlflow_ui=args.mlflow_ui,
             published_csv=args.published,
             target_profiles=args.target_profiles,
+            partial=args.partial,
         )
+        for stale in args.replaces:
+            Path(stale).unlink(missing_ok=True)
         return {
             "rows": len(rows),
             "failed": [f"{r.model}:{r.target} at {r.failed_stage}" for r in rows if not r.ok],

@@ -5,9 +5,11 @@ import re
 from snakemake.exceptions import WorkflowError
 
 from npuflow.config import ConfigError, load_yaml, validate_config
+from npuflow.errors import NpuflowError
 from npuflow.layout import IMAGE_CACHE, STAGES
 from npuflow.memory import local_mem_mb
 from npuflow.plan import Plan
+from npuflow.runlock import hold_run_lock, release_run_lock
 from npuflow.track import tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
@@ -85,3 +87,11 @@ def profile_json(wildcards):
 def folder_of(output_name):
     """The folder of one of the job's outputs (commands that write several files into one)."""
     return lambda wildcards, output: os.path.dirname(output[output_name])
+
+
+def planned(*rules):
+    """Whether this run has jobs of these rules it has not finished (from Snakemake's DAG)."""
+    try:
+        return any(job.rule.name in rules for job in workflow.dag.needrun_jobs())
+    except AttributeError:  # a Snakemake whose DAG reads otherwise: assume so
+        return True
