@@ -51,8 +51,8 @@ rule all:
 
 
 # Before the first job (not in dry runs): one run per folder (npuflow.runlock: a kernel lock that
-# `--unlock` cannot remove). Jobs on other machines (`--profile profiles/slurm`, any non-local
-# executor) cannot share a SQLite file.
+# `--unlock` cannot remove), and the tracking server there and letting the pipeline in. Jobs on
+# other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite file.
 onstart:
     if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
         raise WorkflowError(
@@ -61,6 +61,8 @@ onstart:
         )
     try:
         hold_run_lock()
+        if planned(*MLFLOW_RULES):
+            preflight(MLFLOW_URI, MLFLOW_EXPERIMENT)
     except NpuflowError as e:
         raise WorkflowError(str(e)) from None
 

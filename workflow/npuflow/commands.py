@@ -350,9 +350,10 @@ class InitMlflow(Command):
         _outputs(p, out="the store record (JSON) to write")
 
     def run(self, args):
-        from .track import init_store, tracking_uri
+        from .track import init_store
+        from .tracking_server import tracking_uri
 
-        return init_store(uri=tracking_uri(args.tracking_uri), experiment=args.experiment, out_json=args.out).to_json()
+        return init_store(uri=tracking_uri(args.tracking_uri, "--tracking-uri"), experiment=args.experiment, out_json=args.out).to_json()
 
 
 @command
@@ -370,10 +371,11 @@ class Track(Command):
         _outputs(p, out="the runs record (JSON) to write")
 
     def run(self, args):
-        from .track import log_model_runs, tracking_uri
+        from .track import log_model_runs
+        from .tracking_server import tracking_uri
 
         report = log_model_runs(
-            uri=tracking_uri(args.tracking_uri),
+            uri=tracking_uri(args.tracking_uri, "--tracking-uri"),
             experiment=args.experiment,
             spec=model_spec_of(args),
             runs=args.files,

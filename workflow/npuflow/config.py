@@ -77,6 +77,7 @@ def _check_semantics(config: dict) -> None:
     from .data import local_path_problems
     from .sources import entry_problems as source_entry_problems
     from .surgery import SURGERY_PASSES
+    from .tracking_server import check_uri
 
     problems = []
     try:
@@ -95,6 +96,10 @@ def _check_semantics(config: dict) -> None:
             problems.append(f"datasets.{name}.url: plain http is refused; use https, or set allow_http: true")
         problems += local_path_problems(name, entry)
     problems += _evaluation_count_problems(config)
+    try:
+        check_uri(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+    except ConfigError as e:
+        problems.append(str(e))
     folded = {}
     for name in config["models"]:
         if name in RESERVED_MODEL_NAMES:

@@ -10,7 +10,7 @@ from npuflow.layout import IMAGE_CACHE, STAGES
 from npuflow.memory import local_mem_mb
 from npuflow.plan import Plan
 from npuflow.runlock import hold_run_lock, release_run_lock
-from npuflow.track import tracking_uri
+from npuflow.tracking_server import preflight, tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -20,15 +20,17 @@ try:
     for path in workflow.configfiles:
         load_yaml(path)
     validate_config(config)
+    # MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
+    # Credentials never go in it (npuflow.tracking_server): the jobs inherit MLflow's variables.
+    MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 # The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.plan's; the
 # paths are the stage table's (npuflow.layout). These rules only wire them together.
 PLAN = Plan(config)
-# MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
-MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
+MLFLOW_RULES = ("init_mlflow", "track")
 
 # Jobs declare the memory they need (npuflow.memory); a local run starts no more of them than the
 # memory free now holds, unless `--resources mem_mb=…` says otherwise. The executor is not known yet
