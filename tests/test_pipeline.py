@@ -2,15 +2,12 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, mlflow_runs, snakemake, snakemake_command
+from conftest import REPO, mlflow_runs, snakemake
 from npuflow.records import BuildReport, EvalReport, TrackReport
 
 
@@ -284,84 +281,3 @@ def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline_copy):
     assert sorted(r.data.tags["target"] for r in current) == ["ax650n-npu3", "rdk-x5"]
     assert all(r.info.status == "FINISHED" for r in current)
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend in a temp dir); stopped with every
-    process it started."""
-    import signal
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError as e:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from e
-                time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def test_logs_to_a_remote_tracking_server_when_asked(pipeline_copy, mlflow_server, monkeypatch):
-    import json
-    import urllib.request
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    # snakemake_env() drops MLFLOW_TRACKING_URI; here it is the point, so the environment is passed whole.
-    env_run = subprocess.run(
-        snakemake_command(pipeline_copy),
-        capture_output=True,
-        text=True,
-        cwd=pipeline_copy,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-    )
-    assert env_run.returncode == 0, env_run.stderr[-2000:]
-    assert "init_mlflow" in env_run.stdout + env_run.stderr and "rule track" in env_run.stdout + env_run.stderr
-    req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=npuflow-tiny")
-    exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
-    body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
-    runs = json.load(
-        urllib.request.urlopen(
-            urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
-        )
-    )["runs"]
-    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
-    assert sorted(t["target"] for t in tags) == ["ax650n-npu3", "rdk-x5"]
-    assert all(r["info"]["status"] == "FINISHED" for r in runs)
