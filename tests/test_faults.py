@@ -89,7 +89,7 @@ def test_a_missing_dataset_folder_stops_snakemake_before_any_job(tmp_path):
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
     config["datasets"] = {"mine": {"folder": str(tmp_path / "not-there")}}
     config["calibration"]["dataset"] = "mine"
-    proc = snakemake(tmp_path, "--cores", "2", configfile=write_config(tmp_path / "c.yaml", config))
+    proc = snakemake(tmp_path, configfile=write_config(tmp_path / "c.yaml", config))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"datasets.mine.folder: no folder {tmp_path}/not-there" in out
     assert "rule fetch" not in out and not (tmp_path / "results").exists()
@@ -235,6 +235,7 @@ def test_a_yaml_syntax_error_names_its_line_in_check_config_and_snakemake(tmp_pa
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a model through fetch and export
 def test_an_input_size_the_model_cannot_take_fails_in_one_line_naming_both_sizes(tmp_path, capsys):
     """deit_tiny_patch16_224 at 256×256: torch's 39-line traceback before; now the export job's one line."""
     from npuflow.cli import main
