@@ -2,7 +2,10 @@
 # Thin by design: the logic lives in the npuflow package (workflow/npuflow); rules wire files to it.
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+from npuflow.config import ConfigError, load_yaml
 
 min_version("9.0")
 
@@ -12,8 +15,13 @@ report: "workflow/report/workflow.rst"
 
 
 # `--configfile` replaces the default config instead of merging into it (Snakemake would merge
-# the default models into a user's config otherwise).
+# the default models into a user's config otherwise). npuflow's loader reads it first: Snakemake's
+# says only "not valid JSON or YAML", npuflow's names the line.
 if not config:
+    try:
+        load_yaml("config.yaml")
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
 
     configfile: "config.yaml"
 
@@ -42,11 +50,22 @@ rule all:
     default_target: True
 
 
-# Jobs on other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite
-# file: refuse before the first job is submitted.
+# Before the first job (not in dry runs): one run per folder (npuflow.runlock: a kernel lock that
+# `--unlock` cannot remove), and the tracking server there and letting the pipeline in. Jobs on
+# other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite file.
 onstart:
     if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
         raise WorkflowError(
             f"MLflow tracking URI {MLFLOW_URI}: jobs on other machines cannot share a SQLite file; start an `mlflow server` "
             "and set MLFLOW_TRACKING_URI=http://<host>:<port> (README, Scaling out)"
         )
+    try:
+        hold_run_lock()
+        if planned(*MLFLOW_RULES):
+            preflight(MLFLOW_URI, MLFLOW_EXPERIMENT)
+    except NpuflowError as e:
+        raise WorkflowError(str(e)) from None
+
+
+onsuccess:
+    release_run_lock()

@@ -82,10 +82,14 @@ def pipeline_copy(pipeline, tmp_path):
     """A copy of the tiny pipeline's working folder (results/ and Snakemake's metadata), for a
     test that runs more jobs or logs more runs: the session's `pipeline` stays as it was, so tests
     that read it pass in any order. The copy's MLflow store points at its own artifacts."""
+    return copy_pipeline(pipeline, tmp_path / "pipeline")
+
+
+def copy_pipeline(pipeline: Path, dest: Path) -> Path:
+    """`pipeline_copy`'s copy, for fixtures of a wider scope."""
     import shutil
     import sqlite3
 
-    dest = tmp_path / "pipeline"
     shutil.copytree(pipeline, dest, symlinks=True)
     old = (pipeline / "results" / "mlartifacts").resolve().as_uri()
     new = (dest / "results" / "mlartifacts").resolve().as_uri()
@@ -98,47 +102,37 @@ def pipeline_copy(pipeline, tmp_path):
 
 
 @contextlib.contextmanager
-def mlflow_server_at(folder: Path):
-    """A real `mlflow server` on 127.0.0.1 and a free port, its SQLite store and artifacts in
-    `folder`; yields its URL and stops every process it started."""
+def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | None = None):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend and artifacts in `folder`), with
+    MLflow's basic authentication when `auth_config` (its ini file) is given; yields its URL and
+    stops it with every process it started."""
     import signal
     import socket
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder}/server.db",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    if auth_config is not None:
+        command += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY="npuflow-tests")
+    with open(folder / "server.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=2)
                 break
             except OSError as e:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from e
+                    raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}") from e
                 time.sleep(0.5)
         yield url
     finally:

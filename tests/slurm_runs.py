@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_CONFIG, mlflow_server_at, snakemake_env
+from conftest import REPO, TINY_CONFIG, mlflow_server, snakemake_env
 
 CLUSTER = REPO / ".ci" / "slurm-cluster"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
@@ -162,7 +162,7 @@ class SlurmRuns:
         o.node = {"name": name, "cpus": int(cpus), "mem_mb": int(mem)}
         o.workdir = Path(tempfile.mkdtemp(prefix="npuflow-slurm-"))
         (o.workdir / "mlflow").mkdir()
-        o.mlflow_url = self.stack.enter_context(mlflow_server_at(o.workdir / "mlflow"))
+        o.mlflow_url = self.stack.enter_context(mlflow_server(o.workdir / "mlflow"))
         return True
 
     def _snakemake(self, workdir: Path, args: list[str], timeout: float, during=None) -> Run:

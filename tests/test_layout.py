@@ -46,6 +46,7 @@ def every_rule(tmp_path_factory):
     every rule of the workflow plans at least one job."""
     d = tmp_path_factory.mktemp("layout")
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    (d / "images").mkdir()
     config["datasets"] = {"mine": {"folder": str(d / "images")}}
     entry = config["models"]["efficientvit_m0"]
     entry["calibration"] = {"dataset": "mine"}

@@ -2,15 +2,12 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, mlflow_runs, mlflow_server_at, snakemake, snakemake_command
+from conftest import REPO, mlflow_runs, snakemake
 from npuflow.records import BuildReport, EvalReport, TrackReport
 
 
@@ -284,37 +281,3 @@ def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline_copy):
     assert sorted(r.data.tags["target"] for r in current) == ["ax650n-npu3", "rdk-x5"]
     assert all(r.info.status == "FINISHED" for r in current)
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    with mlflow_server_at(tmp_path) as url:
-        yield url
-
-
-def test_logs_to_a_remote_tracking_server_when_asked(pipeline_copy, mlflow_server, monkeypatch):
-    import json
-    import urllib.request
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    # snakemake_env() drops MLFLOW_TRACKING_URI; here it is the point, so the environment is passed whole.
-    env_run = subprocess.run(
-        snakemake_command(pipeline_copy),
-        capture_output=True,
-        text=True,
-        cwd=pipeline_copy,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-    )
-    assert env_run.returncode == 0, env_run.stderr[-2000:]
-    assert "init_mlflow" in env_run.stdout + env_run.stderr and "rule track" in env_run.stdout + env_run.stderr
-    req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=npuflow-tiny")
-    exp_id = json.load(urllib.request.urlopen(req))["experiment"]["experiment_id"]
-    body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
-    runs = json.load(
-        urllib.request.urlopen(
-            urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
-        )
-    )["runs"]
-    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
-    assert sorted(t["target"] for t in tags) == ["ax650n-npu3", "rdk-x5"]
-    assert all(r["info"]["status"] == "FINISHED" for r in runs)

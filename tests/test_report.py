@@ -157,9 +157,9 @@ def test_published_measurements_are_matched_by_model_input_target_and_batch():
 
 def test_keep_going_report_marks_failed_models_at_the_stage_that_failed(pipeline, tmp_path):
     """One model fails at fetch (an unknown timm name), one at preparing its calibration dataset (a
-    folder that does not exist); under --keep-going the good one is calibrated, quantised, built,
-    evaluated and logged, and the report written over what exists marks each failed one at its
-    own stage, with that stage's log."""
+    class folder its `classes` do not list); under --keep-going the good one is calibrated,
+    quantised, built, evaluated and logged, and the partial report written over what exists marks
+    each failed one at its own stage, with that stage's log."""
     # The fetch … surgery outputs of the tiny pipeline (same spec) for the good model and the one
     # whose dataset is missing: their remaining jobs still start well after the failures.
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
@@ -174,7 +174,10 @@ def test_keep_going_report_marks_failed_models_at_the_stage_that_failed(pipeline
     config["targets"] = ["rdk-x5"]
     config["calibration"]["images"] = 2
     config["evaluation"] = {"images": 2, "latency_repeats": 3}
-    config["datasets"] = {"missing": {"folder": str(tmp_path / "no-such-folder")}}
+    for cls in ("cat", "dog-not-listed"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        shutil.copy2(pipeline / "results" / "efficientvit_m0" / "plots" / "latency.png", tmp_path / "images" / cls / "a.png")
+    config["datasets"] = {"missing": {"folder": str(tmp_path / "images"), "classes": ["cat"]}}
     config["models"]["broken"] = {"source": "timm:no_such_model_xyz", "task": "classification", "input": {"shape": [1, 3, 224, 224]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 
@@ -183,13 +186,16 @@ def test_keep_going_report_marks_failed_models_at_the_stage_that_failed(pipeline
     _, runs = mlflow_runs(tmp_path)
     assert [(r.data.tags["model"], r.data.tags["target"], r.info.status) for r in runs] == [("efficientvit_m0", "rdk-x5", "FINISHED")]
 
-    with open(tmp_path / "results" / "summary.csv") as f:
+    # The report stage's outputs stay unwritten (the next run must not think it finished): the
+    # error handler's report is the partial one.
+    assert not (tmp_path / "results" / "summary.csv").exists() and not (tmp_path / "results" / "report.html").exists()
+    with open(tmp_path / "results" / "summary.partial.csv") as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}
     assert rows["efficientvit_m0"]["status"] == "ok" and rows["efficientvit_m0"]["run_id"] == runs[0].info.run_id
     broken, nodata = rows["broken"], rows["nodata"]
     assert (broken["status"], broken["failed_stage"], broken["log"]) == ("failed", "fetch", "results/logs/fetch/broken.log")
     assert (nodata["status"], nodata["failed_stage"], nodata["log"]) == ("failed", "dataset", "results/logs/dataset/missing.log")
     assert broken["latency_ms"] == "" and broken["run_id"] == ""
-    page = (tmp_path / "results" / "report.html").read_text()
-    assert "2 of 3 (model, target) pairs FAILED" in page and "FAILED at fetch" in page and "FAILED at dataset" in page
-    assert "no_such_model_xyz" in page and "no-such-folder" in page  # the tails of the failed jobs' logs
+    page = (tmp_path / "results" / "report.partial.html").read_text()
+    assert "INCOMPLETE RUN" in page and "2 of 3 (model, target) pairs FAILED" in page and "FAILED at fetch" in page
+    assert "FAILED at dataset" in page and "no_such_model_xyz" in page and "dog-not-listed" in page  # the tails of the failed jobs' logs

@@ -19,8 +19,8 @@ from npuflow.sources import SOURCES, FetchError, source_fields, source_for
 SOURCE_NAMES = SOURCES.names()
 
 
-def example_spec(prefix: str, weights: str = "random") -> dict:
-    config = make_config(m=copy.deepcopy(SOURCES.get(prefix).example))
+def example_spec(prefix: str, folder, weights: str = "random") -> dict:
+    config = make_config(m=SOURCES.get(prefix).example_entry(folder))
     config["weights"] = weights
     return model_spec(config, "m")
 
@@ -48,35 +48,36 @@ def test_builtin_sources_are_registered():
 
 
 @pytest.mark.parametrize("prefix", SOURCE_NAMES)
-def test_every_source_is_one_registry_entry(prefix):
+def test_every_source_is_one_registry_entry(prefix, tmp_path):
     """Its example validates; the schema has its fields and the fetch/export stages read them;
     each required field is named when missing; another source's field is refused; a task it does
     not serve is refused."""
     cls = SOURCES.get(prefix)
     assert cls.syntax.startswith(f"{prefix}:") and cls.example["source"].startswith(f"{prefix}:")
-    validate_config(make_config(m=copy.deepcopy(cls.example)))
+    example = cls.example_entry(tmp_path)
+    validate_config(make_config(m=copy.deepcopy(example)))
     model_fields = load_schema()["$defs"]["model"]["properties"]
     assert prefix in model_fields["source"]["description"]
     for field in cls.fields:
         assert model_fields[field] == cls.fields[field]
         assert field in STAGE_FIELDS["fetch"] and field in STAGE_FIELDS["export"]
     for field in cls.required:
-        entry = {k: v for k, v in copy.deepcopy(cls.example).items() if k != field}
+        entry = {k: v for k, v in copy.deepcopy(example).items() if k != field}
         with pytest.raises(ConfigError, match=rf"models\.m\.{field}: a {prefix}: source needs `{field}`"):
             make_config(m=entry)
     foreign = next((f for f in source_fields() if f not in cls.fields), None)
     if foreign:
         with pytest.raises(ConfigError, match=rf"models\.m\.{foreign}: not read by {prefix}: sources"):
-            make_config(m={**copy.deepcopy(cls.example), foreign: valid_value(source_fields()[foreign])})
+            make_config(m={**copy.deepcopy(example), foreign: valid_value(source_fields()[foreign])})
     other = next(t for t in ("classification", "segmentation", "detection") if t not in cls.tasks)
     with pytest.raises(ConfigError, match=r"models\.m\.task: "):
-        make_config(m={**copy.deepcopy(cls.example), "task": other})
+        make_config(m={**copy.deepcopy(example), "task": other})
 
 
 @pytest.mark.parametrize("prefix", SOURCE_NAMES)
 def test_every_source_builds_random_weights_offline_and_exports(prefix, offline, tmp_path):
     """Random weights without the network, labelled so; the export has the outputs the source names."""
-    spec = example_spec(prefix)
+    spec = example_spec(prefix, tmp_path)
     manifest = fetch(spec, tmp_path / "fetch", tmp_path)
     assert manifest["weights"] == "random" and manifest["seed"] == 0 and manifest["family"]
     report = export(spec, fetch_dir=tmp_path / "fetch", out_onnx=tmp_path / "m.onnx", out_json=tmp_path / "export.json", threads=2)
@@ -89,7 +90,7 @@ def test_every_source_builds_random_weights_offline_and_exports(prefix, offline,
 
 @pytest.mark.parametrize("prefix", SOURCE_NAMES)
 def test_every_source_offline_pretrained_fails_fast_and_auto_falls_back(prefix, offline, tmp_path):
-    spec = example_spec(prefix, "pretrained")
+    spec = example_spec(prefix, tmp_path, "pretrained")
     source_for(spec).build(spec)  # imports paid before the clock starts
     start = time.perf_counter()
     with pytest.raises(FetchError, match=r"^models\.m"):
@@ -97,7 +98,7 @@ def test_every_source_offline_pretrained_fails_fast_and_auto_falls_back(prefix, 
     assert time.perf_counter() - start < 10
     assert not (tmp_path / "out").exists()
     if prefix != "file":  # a missing file is an error, not "unavailable now"
-        manifest = fetch(example_spec(prefix, "auto"), tmp_path / "auto", tmp_path)
+        manifest = fetch(example_spec(prefix, tmp_path, "auto"), tmp_path / "auto", tmp_path)
         assert manifest["weights"] == "random" and manifest["weights_detail"] != "weights: random in the config"
 
 

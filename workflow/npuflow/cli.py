@@ -39,6 +39,56 @@ class Command:
 COMMANDS: Registry[Command] = Registry("command")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): `npuflow <command>: error: …`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ argument types: checked as parsed
+def json_arg(text: str):
+    """A JSON argument (--spec, --profile, --files, …)."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text[:80]!r}") from None
+
+
+def json_object(text: str) -> dict:
+    value = json_arg(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{…}}), got {type(value).__name__}: {text[:80]!r}")
+    return value
+
+
+def input_file(text: str) -> str:
+    """A file the command reads: it must be there."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file {text}")
+    return text
+
+
+def input_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder {text}")
+    return text
+
+
+def onnx_file(text: str) -> str:
+    """An ONNX model: there, and starting as a ModelProto does (its ir_version field, 0x08), so that
+    a report or a checkpoint given by mistake is named here rather than by protobuf's parser."""
+    input_file(text)
+    with open(text, "rb") as f:
+        head = f.read(1)
+    if head != b"\x08":
+        raise argparse.ArgumentTypeError(f"{text} is not an ONNX model")
+    return text
+
+
 def command(cls: type[Command]) -> type[Command]:
     """Class decorator: register one instance of the command under its name."""
     COMMANDS.add(cls.name, cls())
@@ -48,7 +98,7 @@ def command(cls: type[Command]) -> type[Command]:
 # ------------------------------------------------------------------ arguments shared by commands
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model (--spec, or --config with --model)")
-    g.add_argument("--spec", help="the resolved model spec as JSON (what the workflow passes)")
+    g.add_argument("--spec", type=json_object, help="the resolved model spec as JSON (what the workflow passes)")
     g.add_argument("--config", default="config.yaml", help="config file to read the model entry from (default: %(default)s)")
     g.add_argument("--model", help="name of the model entry in --config")
 
@@ -64,7 +114,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_profile_arguments(parser: argparse.ArgumentParser, config: bool = True) -> None:
     g = parser.add_argument_group("target")
     g.add_argument("--target", required=True, help="target name: a built-in profile or one of --config's target_profiles")
-    g.add_argument("--profile", help="the resolved target profile as JSON (default: --target from the built-ins and --config)")
+    g.add_argument(
+        "--profile", type=json_object, help="the resolved target profile as JSON (default: --target from the built-ins and --config)"
+    )
     if config:
         g.add_argument("--config", default="config.yaml", help="config file with user target_profiles, if it exists (default: %(default)s)")
 
@@ -74,7 +126,7 @@ def model_spec_of(args) -> dict:
     from .config import load_config, model_spec
 
     if args.spec:
-        return json.loads(args.spec)
+        return args.spec
     if not args.model:
         raise ConfigError("name a model: --model NAME (with --config FILE) or --spec JSON")
     config = load_config(args.config)
@@ -95,14 +147,14 @@ def target_profile(args) -> dict:
     from .targets import load_targets
 
     if args.profile:
-        return json.loads(args.profile)
+        return args.profile
     return load_targets(user_profiles(args.config)).get(args.target)
 
 
 # ------------------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="npuflow", description=" ".join(doc[0].split()), epilog=" ".join(doc[1].split()))
+    parser = Parser(prog="npuflow", description=" ".join(doc[0].split()), epilog=" ".join(doc[1].split()))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
@@ -116,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         result = COMMANDS.get(args.command).run(args)
     except NpuflowError as e:  # bad input: one clear line, no traceback
         print(f"npuflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written (permissions, a full disk, …)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"npuflow {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str)[:4000])

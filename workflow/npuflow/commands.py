@@ -4,15 +4,17 @@ imports only what its stage needs (the per-stage conda environments hold just th
 
 from __future__ import annotations
 
-import json
-
 from .cli import (
     Command,
     add_data_arguments,
     add_model_arguments,
     add_profile_arguments,
     command,
+    input_dir,
+    input_file,
+    json_object,
     model_spec_of,
+    onnx_file,
     target_profile,
     user_profiles,
 )
@@ -53,14 +55,16 @@ class Dataset(Command):
     def add_arguments(self, p):
         p.add_argument("name", help="the dataset's name under `datasets:`")
         p.add_argument("--config", default="config.yaml", help="config file declaring the dataset (default: %(default)s)")
-        p.add_argument("--entry", help="the dataset's config entry as JSON (what the workflow passes; instead of --config)")
+        p.add_argument(
+            "--entry", type=json_object, help="the dataset's config entry as JSON (what the workflow passes; instead of --config)"
+        )
         _outputs(p, out_dir="folder to prepare the dataset in (index.json and the extracted files)")
 
     def run(self, args):
         from .config import load_config
         from .data import prepare_dataset
 
-        entry = json.loads(args.entry) if args.entry else load_config(args.config)["datasets"].get(args.name)
+        entry = args.entry if args.entry else load_config(args.config)["datasets"].get(args.name)
         if entry is None:
             raise ConfigError(f"datasets.{args.name}: no such dataset in {args.config}")
         index = prepare_dataset(name=args.name, entry=entry, out_dir=args.out_dir)
@@ -92,7 +96,7 @@ class Export(Command):
 
     def add_arguments(self, p):
         add_model_arguments(p)
-        p.add_argument("--fetch-dir", required=True, help="the fetch stage's folder (weights.safetensors, manifest.json)")
+        p.add_argument("--fetch-dir", required=True, type=input_dir, help="the fetch stage's folder (weights.safetensors, manifest.json)")
         _outputs(p, out="the ONNX model to write", report="the stage report (JSON) to write")
         _threads(p)
 
@@ -108,7 +112,7 @@ class Simplify(Command):
     help = "onnxsim, outputs checked equal in onnxruntime"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the exported ONNX model")
+        p.add_argument("input", type=onnx_file, help="the exported ONNX model")
         _outputs(p, out="the simplified ONNX model to write", report="the stage report (JSON) to write")
         _threads(p)
 
@@ -124,7 +128,7 @@ class Surgery(Command):
     help = "apply named graph surgery passes, each verified"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the simplified ONNX model")
+        p.add_argument("input", type=onnx_file, help="the simplified ONNX model")
         p.add_argument("--passes", nargs="*", default=None, help="pass names, in order (default: the model's `surgery` list)")
         add_model_arguments(p)
         _outputs(p, out="the ONNX model to write", report="the stage report (JSON) to write")
@@ -143,9 +147,9 @@ class Calibrate(Command):
     help = "activation ranges on calibration images, once per model"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the float (post-surgery) ONNX model")
+        p.add_argument("input", type=onnx_file, help="the float (post-surgery) ONNX model")
         add_model_arguments(p)
-        p.add_argument("--manifest", required=True, help="the fetch manifest (preprocessing, weights kind)")
+        p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (preprocessing, weights kind)")
         _outputs(p, out="the ranges to write (onnxruntime calibration cache)", report="the stage report (JSON) to write")
         add_data_arguments(p)
 
@@ -169,11 +173,14 @@ class Quantize(Command):
     help = "static QDQ quantisation from stored ranges, under a precision recipe"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the float (post-surgery) ONNX model")
-        p.add_argument("--ranges", required=True, help="the calibrate stage's ranges")
-        p.add_argument("--calibration", required=True, help="the calibrate stage's report (the quantisation options it chose)")
+        p.add_argument("input", type=onnx_file, help="the float (post-surgery) ONNX model")
+        p.add_argument("--ranges", required=True, type=input_file, help="the calibrate stage's ranges")
+        p.add_argument(
+            "--calibration", required=True, type=input_file, help="the calibrate stage's report (the quantisation options it chose)"
+        )
         p.add_argument(
             "--recipe",
+            type=json_object,
             default='{"default": "int8"}',
             help="precision recipe as JSON, a target profile's `precision` (default: %(default)s)",
         )
@@ -186,7 +193,7 @@ class Quantize(Command):
             args.input,
             ranges_json=args.ranges,
             calibration_json=args.calibration,
-            recipe=json.loads(args.recipe),
+            recipe=args.recipe,
             out_onnx=args.out,
             out_json=args.report,
         )
@@ -198,9 +205,9 @@ class Reference(Command):
     help = "float outputs on held-out images and host fp32 latency, once per model"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the float (post-surgery) ONNX model")
+        p.add_argument("input", type=onnx_file, help="the float (post-surgery) ONNX model")
         add_model_arguments(p)
-        p.add_argument("--manifest", required=True, help="the fetch manifest (preprocessing)")
+        p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (preprocessing)")
         _outputs(p, out="the reference outputs to write (.npz)", report="the stage report (JSON) to write")
         _threads(p)
         add_data_arguments(p)
@@ -226,13 +233,15 @@ class Evaluate(Command):
     help = "quantised vs float on held-out images, host int8 latency, per-layer analysis"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the quantised ONNX model")
+        p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
         add_model_arguments(p)
         p.add_argument("--recipe", default="int8", help="precision recipe id of the quantised model, for the record (default: %(default)s)")
-        p.add_argument("--float-model", required=True, help="the float (post-surgery) model, for the per-layer analysis")
-        p.add_argument("--reference", required=True, help="the reference stage's outputs (.npz)")
-        p.add_argument("--reference-report", required=True, help="the reference stage's report (fp32 latency, float accuracy)")
-        p.add_argument("--manifest", required=True, help="the fetch manifest (weights kind)")
+        p.add_argument("--float-model", required=True, type=onnx_file, help="the float (post-surgery) model, for the per-layer analysis")
+        p.add_argument("--reference", required=True, type=input_file, help="the reference stage's outputs (.npz)")
+        p.add_argument(
+            "--reference-report", required=True, type=input_file, help="the reference stage's report (fp32 latency, float accuracy)"
+        )
+        p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (weights kind)")
         _outputs(p, out="the stage report (JSON) to write", layers_out="the per-layer precision analysis (JSON) to write")
         _threads(p)
 
@@ -261,12 +270,14 @@ class Mixed(Command):
     def add_arguments(self, p):
         add_model_arguments(p)
         add_profile_arguments(p, config=False)
-        p.add_argument("--input", required=True, help="the float (post-surgery) ONNX model")
-        p.add_argument("--manifest", required=True, help="the fetch manifest (preprocessing)")
-        p.add_argument("--ranges", required=True, help="the calibrate stage's ranges")
-        p.add_argument("--calibration", required=True, help="the calibrate stage's report")
-        p.add_argument("--layers", required=True, help="precision analysis of the target's own recipe (eval/<recipe>.layers.json)")
-        p.add_argument("--recipe", required=True, help="the target's own recipe as JSON (where the search starts)")
+        p.add_argument("--input", required=True, type=onnx_file, help="the float (post-surgery) ONNX model")
+        p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (preprocessing)")
+        p.add_argument("--ranges", required=True, type=input_file, help="the calibrate stage's ranges")
+        p.add_argument("--calibration", required=True, type=input_file, help="the calibrate stage's report")
+        p.add_argument(
+            "--layers", required=True, type=input_file, help="precision analysis of the target's own recipe (eval/<recipe>.layers.json)"
+        )
+        p.add_argument("--recipe", required=True, type=json_object, help="the target's own recipe as JSON (where the search starts)")
         _outputs(
             p,
             out="the chosen quantised model to write",
@@ -286,7 +297,7 @@ class Mixed(Command):
             layers_json=args.layers,
             spec=model_spec_of(args),
             profile=target_profile(args),
-            base_recipe=json.loads(args.recipe),
+            base_recipe=args.recipe,
             out_onnx=args.out,
             out_quant_json=args.quant_report,
             out_json=args.report,
@@ -302,12 +313,14 @@ class Build(Command):
     help = "simulated NPU build of a quantised model (no vendor compiler: npuflow's model of the chip)"
 
     def add_arguments(self, p):
-        p.add_argument("input", help="the quantised ONNX model")
+        p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
         add_profile_arguments(p)
         _outputs(p, out_dir="folder for build.json, trace.json and summary.txt")
         p.add_argument("--model-name", default="", help="the model's name, for the record")
-        p.add_argument("--manifest", help="the fetch manifest, to record the weights kind")
-        p.add_argument("--layers", help="precision analysis rows (eval/<recipe>.layers.json) to join with this target's build")
+        p.add_argument("--manifest", type=input_file, help="the fetch manifest, to record the weights kind")
+        p.add_argument(
+            "--layers", type=input_file, help="precision analysis rows (eval/<recipe>.layers.json) to join with this target's build"
+        )
         p.add_argument("--layers-csv", help="where to write the per-layer table for this target (with --layers)")
 
     def run(self, args):
@@ -337,9 +350,10 @@ class InitMlflow(Command):
         _outputs(p, out="the store record (JSON) to write")
 
     def run(self, args):
-        from .track import init_store, tracking_uri
+        from .track import init_store
+        from .tracking_server import tracking_uri
 
-        return init_store(uri=tracking_uri(args.tracking_uri), experiment=args.experiment, out_json=args.out).to_json()
+        return init_store(uri=tracking_uri(args.tracking_uri, "--tracking-uri"), experiment=args.experiment, out_json=args.out).to_json()
 
 
 @command
@@ -351,17 +365,20 @@ class Track(Command):
         add_model_arguments(p)
         p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
         p.add_argument("--experiment", required=True, help="experiment name (created by init-mlflow)")
-        p.add_argument("--files", required=True, help="JSON {target: {name: path}}: the stage reports and artifacts of each run")
+        p.add_argument(
+            "--files", required=True, type=json_object, help="JSON {target: {name: path}}: the stage reports and artifacts of each run"
+        )
         _outputs(p, out="the runs record (JSON) to write")
 
     def run(self, args):
-        from .track import log_model_runs, tracking_uri
+        from .track import log_model_runs
+        from .tracking_server import tracking_uri
 
         report = log_model_runs(
-            uri=tracking_uri(args.tracking_uri),
+            uri=tracking_uri(args.tracking_uri, "--tracking-uri"),
             experiment=args.experiment,
             spec=model_spec_of(args),
-            runs=json.loads(args.files),
+            runs=args.files,
             out_json=args.out,
         )
         return report.to_json()
@@ -374,13 +391,13 @@ class Plot(Command):
 
     def add_arguments(self, p):
         p.add_argument("--model", required=True, help="the model's name (the plot's title)")
-        p.add_argument("--files", required=True, help="JSON {target: {name: path}} with each target's build and trace")
+        p.add_argument("--files", required=True, type=json_object, help="JSON {target: {name: path}} with each target's build and trace")
         _outputs(p, out="the PNG to write")
 
     def run(self, args):
         from .report.plots import plot_model
 
-        plot_model(model=args.model, runs=json.loads(args.files), out_png=args.out)
+        plot_model(model=args.model, runs=args.files, out_png=args.out)
         return {"plot": args.out}
 
 
@@ -399,6 +416,7 @@ class Report(Command):
             action="append",
             default=[],
             required=True,
+            type=json_object,
             metavar="JSON",
             help='one (model, target), as npuflow.plan.Pair writes it: {"model": …, "target": …, "recipe": …, "base_recipe": …, "datasets": […]}',
         )
@@ -408,25 +426,49 @@ class Report(Command):
             default="http://127.0.0.1:5000",
             help="the MLflow UI the run links open, for a local store (default: %(default)s)",
         )
-        p.add_argument("--published", help="published device measurements to show beside the simulated figures (the CSV sim-fit fits to)")
         p.add_argument(
-            "--target-profiles", default="{}", help="the config's own target_profiles as JSON (which ops a recipe can move to the NPU)"
+            "--published",
+            type=input_file,
+            help="published device measurements to show beside the simulated figures (the CSV sim-fit fits to)",
+        )
+        p.add_argument(
+            "--target-profiles",
+            type=json_object,
+            default="{}",
+            help="the config's own target_profiles as JSON (which ops a recipe can move to the NPU)",
+        )
+        p.add_argument(
+            "--partial",
+            action="store_true",
+            help="the report of a run that stopped early (the workflow's error handler's): the page says so",
+        )
+        p.add_argument(
+            "--replaces",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a partial report this one replaces: removed once this one is written",
         )
         _outputs(p, csv="summary CSV to write", html="report HTML to write")
 
     def run(self, args):
+        from pathlib import Path
+
         from .plan import Pair
         from .report import report
 
         rows = report(
-            pairs=[Pair.from_json(p) for p in args.pair],
+            pairs=[Pair.from_dict(p) for p in args.pair],
             out_csv=args.csv,
             out_html=args.html,
             plots_dir=args.plots_dir,
             mlflow_ui=args.mlflow_ui,
             published_csv=args.published,
-            target_profiles=json.loads(args.target_profiles),
+            target_profiles=args.target_profiles,
+            partial=args.partial,
         )
+        for stale in args.replaces:
+            Path(stale).unlink(missing_ok=True)
         return {
             "rows": len(rows),
             "failed": [f"{r.model}:{r.target} at {r.failed_stage}" for r in rows if not r.ok],
@@ -442,7 +484,9 @@ class SimValidate(Command):
 
     def add_arguments(self, p):
         p.add_argument(
-            "csv", help="published measurements (columns: target,model,timm_name,input_hw,batch,metric,value,[precision,]source)"
+            "csv",
+            type=input_file,
+            help="published measurements (columns: target,model,timm_name,input_hw,batch,metric,value,[precision,]source)",
         )
         p.add_argument("--out", required=True, help="report JSON")
         p.add_argument(
@@ -465,7 +509,7 @@ class SimFit(Command):
     help = "fit the targets' free physical parameters to published measurements"
 
     def add_arguments(self, p):
-        p.add_argument("csv", help="published measurements (the columns of data/published/npu_latency_calibration.csv)")
+        p.add_argument("csv", type=input_file, help="published measurements (the columns of data/published/npu_latency_calibration.csv)")
         p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
         p.add_argument("--profile-dir", help="where the fitted profiles are written (default: the built-in profiles)")
 

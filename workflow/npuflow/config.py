@@ -25,6 +25,9 @@ WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM"
 # A YAML alias repeats a node without copying it; validation and the per-job specs expand it.
 # A config larger than this once expanded is refused (a "billion laughs" file would hang them).
 MAX_CONFIG_NODES = 1_000_000
+# A job holds all its images at once, preprocessed to float32 (npuflow.data.image_batches): the
+# counts that would need more than this are refused (224×224: 14 266 images; 640×1280: 873).
+MAX_IMAGE_BYTES = 8 * 2**30
 
 
 def load_schema() -> dict:
@@ -81,8 +84,10 @@ def _expected(error: jsonschema.ValidationError) -> str:
 def _check_semantics(config: dict) -> None:
     # Imported here: the registries pull in onnx; validation of the schema alone stays light.
     from .calibrate import CALIBRATION_METHODS
+    from .data import local_path_problems
     from .sources import check_entry
     from .surgery import SURGERY_PASSES
+    from .tracking_server import check_uri
 
     problems = []
     try:
@@ -99,6 +104,12 @@ def _check_semantics(config: dict) -> None:
     for name, entry in config["datasets"].items():
         if "url" in entry and entry["url"].startswith("http://") and not entry["allow_http"]:
             problems.append(f"datasets.{name}.url: plain http is refused; use https, or set allow_http: true")
+        problems += local_path_problems(name, entry)
+    problems += _evaluation_count_problems(config)
+    try:
+        check_uri(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+    except ConfigError as e:
+        problems.append(str(e))
     folded = {}
     for name in config["models"]:
         if name in RESERVED_MODEL_NAMES:
@@ -119,6 +130,7 @@ def _check_semantics(config: dict) -> None:
             if not all(math.isfinite(v) for v in values):
                 problems.append(f"{where}.input.{field}: expected finite numbers, got {values}")
         problems += check_entry(entry, where)
+        problems += _image_memory_problems(name, entry, config)
         batch = entry["input"]["shape"][0]
         if batch != 1:
             problems.append(f"{where}.input.shape: batch must be 1 (edge deployment runs batch 1), got {batch}")
@@ -155,6 +167,45 @@ def _check_semantics(config: dict) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
+def _evaluation_count_problems(config: dict) -> list[str]:
+    """Evaluation images are held out and count once each: a folder dataset must hold as many as
+    asked (an archive's images are counted once it is prepared)."""
+    from .data import folder_image_count
+
+    ev = config["evaluation"]
+    entry = config["datasets"].get(ev["dataset"])
+    held = folder_image_count(entry) if entry else None
+    if held is not None and ev["images"] > held:
+        most = f"so at most {held}" if held else "and it holds none"
+        return [
+            f"evaluation.images: {ev['images']} asked, but datasets.{ev['dataset']} holds {held} images "
+            f"({entry['folder']}); held-out images count once each, {most}"
+        ]
+    return []
+
+
+def _image_memory_problems(name: str, entry: dict, config: dict) -> list[str]:
+    """Counts of images whose float32 tensors one job of this model could not hold (MAX_IMAGE_BYTES)."""
+    h, w = entry["input"]["shape"][2:]
+    per_image = 3 * h * w * 4
+    calib = {**config["calibration"], **entry.get("calibration", {})}
+    calib_where = f"models.{name}.calibration" if "images" in entry.get("calibration", {}) else "calibration"
+    calib_images = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
+    jobs = [(f"{calib_where}.images", calib_images, "calibration"), ("evaluation.images", config["evaluation"]["images"], "evaluation")]
+    if "mixed_precision" in entry:
+        mixed = calib_images + entry["mixed_precision"]["images"]
+        jobs.append((f"models.{name}.mixed_precision.images", mixed, "mixed-precision"))
+    problems = []
+    for where, count, job in jobs:
+        if count * per_image > MAX_IMAGE_BYTES:
+            problems.append(
+                f"{where}: the {job} job of models.{name} would hold {count} images of 3×{h}×{w} at once, "
+                f"{count * per_image / 2**30:.1f} GiB of float32 tensors; at most {MAX_IMAGE_BYTES // per_image} fit "
+                f"in the {MAX_IMAGE_BYTES // 2**30} GiB a job may hold"
+            )
+    return problems
+
+
 def _dataset_names(config: dict):
     """Built-in datasets and the config's own, as a registry (for its unknown-name message)."""
     from .data import DATASETS
@@ -180,7 +231,16 @@ def load_yaml(path: str | Path):
     given twice in one mapping (PyYAML keeps the last, so two models of one name would be one),
     and aliases that expand beyond MAX_CONFIG_NODES."""
     path = Path(path)
-    loader = yaml.SafeLoader(path.read_text())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        where = "" if path.is_absolute() else f" (in {Path.cwd()})"
+        raise ConfigError(f"{path}: no such file{where}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file: {e}") from None
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -189,9 +249,20 @@ def load_yaml(path: str | Path):
             raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES} values once its YAML aliases are expanded; refused")
         return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     finally:
         loader.dispose()
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, the problem, and what it was parsing there."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).split())
+    mark = error.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context and error.context_mark is not None:
+        text += f" ({error.context} from line {error.context_mark.line + 1})"
+    return text
 
 
 def _check_nodes(loader, node, path: Path, where: list[str], sizes: dict) -> int:

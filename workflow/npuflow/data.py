@@ -234,15 +234,50 @@ def _box_labels(name: str, root: Path, entry: dict, paths: list[Path]) -> dict[s
     return None
 
 
+def _shown(path: Path) -> str:
+    return str(path) if path.is_absolute() else f"{path} (relative to {Path.cwd()})"
+
+
+def local_path_problems(name: str, entry: dict) -> list[str]:
+    """The local paths of a dataset entry that are not there (its folder and masks folder, or its
+    archive): checked when the config is read, and again when the dataset is prepared."""
+    where = f"datasets.{name}"
+    if "folder" in entry:
+        root = Path(entry["folder"])
+        if not root.is_dir():
+            return [
+                f"{where}.folder: {_shown(root)} is a file, not a folder" if root.exists() else f"{where}.folder: no folder {_shown(root)}"
+            ]
+        if entry.get("masks") and not (root / entry["masks"]).is_dir():
+            return [f"{where}.masks: no folder {_shown(root / entry['masks'])}"]
+    elif "archive" in entry and not Path(entry["archive"]).is_file():
+        archive = Path(entry["archive"])
+        return [
+            f"{where}.archive: {_shown(archive)} is a folder, not an archive"
+            if archive.exists()
+            else f"{where}.archive: no file {_shown(archive)}"
+        ]
+    return []
+
+
+def folder_image_count(entry: dict) -> int | None:
+    """How many images a `folder:` dataset holds (as its index will list them); None for archives."""
+    if "folder" not in entry or not Path(entry["folder"]).is_dir():
+        return None
+    root = Path(entry["folder"])
+    return len(_images_under(root, root / entry["masks"] if entry.get("masks") else None))
+
+
 def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
     """Fetch (url), extract safely (archive) and index a user dataset into out_dir/index.json."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     where = f"datasets.{name}"
+    problems = local_path_problems(name, entry)
+    if problems:
+        raise DatasetError(problems[0])
     if "folder" in entry:
         root = Path(entry["folder"])
-        if not root.is_dir():
-            raise DatasetError(f"{where}.folder: no folder {root}")
         origin = {"folder": str(root)}
     else:
         from .archive import extract_archive, fetch_archive
@@ -252,8 +287,6 @@ def prepare_dataset(name: str, entry: dict, out_dir: str | Path) -> dict:
             fetch_archive(entry["url"], entry.get("sha256"), archive, allow_http=entry.get("allow_http", False))
         else:
             archive = Path(entry["archive"])
-            if not archive.is_file():
-                raise DatasetError(f"{where}.archive: no file {archive}")
             if entry.get("sha256") and sha256_file(archive) != entry["sha256"].lower():
                 raise DatasetError(f"{where}.sha256: {archive} does not match (expected {entry['sha256']})")
         root = out_dir / "files"
@@ -371,6 +404,11 @@ def image_batches(
     samples = source.samples(split)
     if not samples:
         raise DatasetError(f"dataset {dataset}: no images for {split}")
+    if split == "evaluation" and dataset not in DATASETS and count > len(samples):
+        # The built-in samples are few and repeat augmented; a user's evaluation images count once each.
+        raise DatasetError(
+            f"evaluation.images: {count} asked, but dataset {dataset} holds {len(samples)} images; held-out images count once each"
+        )
     rng = np.random.default_rng(seed)
     arrays, names, labels, masks, boxes = [], [], [], [], []
     for i in range(count):

@@ -34,7 +34,10 @@ def export_module(
     names = output_names or [OUTPUT_NAME]
     x = fixed_input(shape) if x is None else x
     with torch.no_grad():
-        out = module(torch.from_numpy(x))
+        try:
+            out = module(torch.from_numpy(x))
+        except Exception as e:  # a size the model cannot take: its library says so in its own words
+            raise ExportError(input_size_message(module, shape, where, e)) from e
     expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
     if len(expected) != len(names):
         raise ExportError(f"{where}: the module returns {len(expected)} outputs, the export names {len(names)}")
@@ -82,6 +85,23 @@ def float32_sensitivity(module, x, expected: list) -> float:
         out = copy.deepcopy(module).double()(torch.from_numpy(x).double())
     exact = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
     return max_abs_diff(expected, exact)
+
+
+def input_size_message(module, shape, where: str, error: Exception) -> str:
+    """One line for a model that does not run on the configured input: the size given, the
+    model's own words, and the size it takes where its library records one."""
+    from .sources import native_input_size
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = f"{type(error).__name__}: {lines[-1][:200] if lines else ''}"
+    native = native_input_size(module)
+    given = "×".join(map(str, shape[2:]))
+    takes = (
+        f"it takes {native[0]}×{native[1]}: set input.shape: [1, 3, {native[0]}, {native[1]}]"
+        if native and tuple(native) != tuple(shape[2:])
+        else "set input.shape to a size it takes"
+    )
+    return f"{where}.input.shape: the model does not run on {given} input ({why}); {takes}"
 
 
 def package_versions(*names: str) -> dict[str, str]:

@@ -226,15 +226,18 @@ STAGES = StageTable(
 
 # Entries of results/ that are no stage's output: the embedded MLflow store and its artifacts
 # (the default tracking URI), the checkpoint downloads of url: sources (fetch's cache), the
-# preprocessed images, the onerror handler's report log and `npuflow sim-validate`/`sim-fit`'s files.
+# preprocessed images, the onerror handler's report and its log, and `npuflow sim-validate`/`sim-fit`'s files.
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
 MLARTIFACTS = f"{RESULTS}/mlartifacts"
 DOWNLOADS = f"{RESULTS}/downloads"
 IMAGE_CACHE = f"{RESULTS}/cache/images"
 REPORT_ONERROR_LOG = f"{RESULTS}/logs/report.onerror.log"
+# The report of what exists when a run stops early (the onerror handler's): never the report
+# stage's own outputs, which would tell Snakemake the run is finished.
+PARTIAL_REPORT = {"csv": f"{RESULTS}/summary.partial.csv", "html": f"{RESULTS}/report.partial.html"}
 SIM_CACHE = f"{RESULTS}/sim-cache"
 SIM_VALIDATE = f"{RESULTS}/sim-validate.json"
-OTHER_ENTRIES = (MLFLOW_DB, MLARTIFACTS, DOWNLOADS, IMAGE_CACHE, REPORT_ONERROR_LOG, SIM_CACHE, SIM_VALIDATE)
+OTHER_ENTRIES = (MLFLOW_DB, MLARTIFACTS, DOWNLOADS, IMAGE_CACHE, REPORT_ONERROR_LOG, *PARTIAL_REPORT.values(), SIM_CACHE, SIM_VALIDATE)
 
 
 def reserved_names() -> tuple[str, ...]:

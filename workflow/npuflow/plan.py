@@ -58,7 +58,10 @@ class Pair:
 
     @classmethod
     def from_json(cls, text: str) -> Pair:
-        d = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Pair:
         return cls(d["model"], d["target"], d["recipe"], d.get("base_recipe", d["recipe"]), tuple(d.get("datasets", ())))
 
     def run_files(self) -> dict[str, str]:

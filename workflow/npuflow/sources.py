@@ -11,6 +11,7 @@ modules (imported at the end of this one, so that they register)."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -84,6 +85,11 @@ class ModelSource:
     hub: ClassVar[str | None] = None
     # a small entry of this source that builds offline in seconds (the tests run every source's)
     example: ClassVar[dict] = {}
+
+    @classmethod
+    def example_entry(cls, folder: Path) -> dict:
+        """`example` as a config entry; a source whose entries name a local file makes it in `folder`."""
+        return copy.deepcopy(cls.example)
 
     def check(self, entry: dict, where: str) -> list[str]:
         """Config-time problems of an entry (each `<field path>: <problem>`), beyond the schema.
@@ -279,19 +285,20 @@ class HFSource(_HFHubSource):
         "input": {"shape": [1, 3, 64, 64]},
     }
 
+    def check(self, entry, where):
+        problem = hf_config_problem(_ref(entry), entry, where)
+        return [problem] if problem else []
+
     def _config(self, spec):
         import transformers
 
         repo = _ref(spec)
         cfg = spec.get("hf_config")
         if cfg is None:
-            path = hf_config_file(repo)
-            if not path.exists():
-                raise FetchError(
-                    f"models.{spec['name']}.hf_config: hf:{repo} has no shipped architecture config; "
-                    "add `hf_config:` (the repo's config.json) so it can be built offline"
-                )
-            cfg = json.loads(path.read_text())
+            problem = hf_config_problem(repo, spec, f"models.{spec['name']}")
+            if problem:
+                raise FetchError(problem)
+            cfg = json.loads(hf_config_file(repo).read_text())
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
         model_type = cfg.pop("model_type", None)
         if not model_type:
@@ -415,18 +422,66 @@ class FileSource(_CheckpointSource):
     }
     fields: ClassVar[dict[str, dict]] = {"arch": ARCH_FIELD, "sha256": SHA256_FIELD, "state_dict_key": STATE_DICT_KEY_FIELD}
 
+    @classmethod
+    def example_entry(cls, folder: Path) -> dict:
+        # The config checks that the file is there; an empty one is no checkpoint, so pretrained
+        # weights fail on it as on any unreadable file.
+        path = Path(folder) / "mobilenetv3_small_050.pth"
+        path.touch()
+        return {**copy.deepcopy(cls.example), "source": f"file:{path}"}
+
+    def check(self, entry, where):
+        # Before any job runs; the fetch job checks again (the file can go in between).
+        problem = missing_file_problem(Path(_ref(entry)).expanduser(), f"{where}.source")
+        return [problem] if problem else []
+
     def _checkpoint(self, spec, cache_dir):
         path = Path(_ref(spec)).expanduser()
-        if not path.is_file():
-            raise FetchError(f"models.{spec['name']}.source: no such file {path}")
+        problem = missing_file_problem(path, f"models.{spec['name']}.source")
+        if problem:
+            raise FetchError(problem)
         digest = sha256_file(path)
         if spec.get("sha256") and digest != spec["sha256"].lower():
             raise FetchError(f"models.{spec['name']}.sha256: {path} has sha256 {digest}, expected {spec['sha256'].lower()}")
         return path, digest
 
 
+def native_input_size(module) -> tuple[int, int] | None:
+    """The input size (H, W) a model was made for, where its library records it: timm's
+    pretrained_cfg, a transformers config's image_size. None where neither says."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    if cfg.get("input_size"):
+        return tuple(cfg["input_size"][-2:])
+    size = getattr(getattr(getattr(module, "inner", module), "config", None), "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return tuple(size)
+    return None
+
+
 def source_for(spec: dict) -> ModelSource:
     return SOURCES.get(spec["source"].split(":", 1)[0])()
+
+
+# ------------------------------------------------------------------ checks when the config is read
+def missing_file_problem(path: Path, where: str) -> str | None:
+    """A local checkpoint that is not a readable file, named by the field it comes from."""
+    shown = str(path) if path.is_absolute() else f"{path} (relative to {Path.cwd()})"
+    if path.is_dir():
+        return f"{where}: {shown} is a folder, not a checkpoint file"
+    if not path.is_file():
+        return f"{where}: no such file {shown}"
+    if not os.access(path, os.R_OK):
+        return f"{where}: {shown} cannot be read (permissions)"
+    return None
+
+
+def hf_config_problem(repo: str, entry: dict, where: str) -> str | None:
+    """An hf: source is built from its architecture config (HFSource._config): shipped, or given."""
+    if "hf_config" in entry or hf_config_file(repo).exists():
+        return None
+    return f"{where}.hf_config: hf:{repo} has no shipped architecture config; add `hf_config:` (the repo's config.json) so it can be built offline"
 
 
 # The sources with modules of their own register on import (they import this module's base class).

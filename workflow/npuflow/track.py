@@ -11,6 +11,7 @@ each run records its calibration and evaluation images as its dataset inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -23,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import NpuflowError
 from .io import read_json
 from .layout import ARTIFACTS, HASHED, STAGES
 from .records import (
@@ -40,6 +42,7 @@ from .records import (
     StoreReport,
     TrackReport,
 )
+from .tracking_server import bound_http_retries, connection_lost, redacted
 
 CURRENT_TAG = "npuflow.current"
 HASH_TAG = "npuflow.inputs_hash"
@@ -73,15 +76,11 @@ def run_url(ui: str, experiment_id: str, run_id: str) -> str:
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow")
 
 
-def tracking_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI wins over the config, so the same pipeline can log to a server."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured
-
-
 def _client(uri: str):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    bound_http_retries()
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -98,14 +97,19 @@ def init_store(*, uri: str, experiment: str, out_json: str | Path) -> StoreRepor
     model development (an experiment of an older npuflow gets the mark too)."""
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        exp_id = client.create_experiment(experiment, artifact_location=_artifact_root(uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    else:
-        exp_id = exp.experiment_id
-        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = client.create_experiment(
+                experiment, artifact_location=_artifact_root(uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        else:
+            exp_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except Exception as e:
+        raise TrackingFailed(uri, f"the experiment {experiment!r} was looked up or created", e) from e
     report = StoreReport(tracking_uri=uri, experiment=experiment, experiment_id=exp_id)
     report.write(out_json)
     return report
@@ -262,18 +266,39 @@ def log_model_runs(*, uri: str, experiment: str, spec: dict, runs: dict[str, dic
     """Log (or reuse) the run of each (model, target) in `runs` ({target: files}); one job per
     model, so MLflow's import and connection are paid once, not once per target."""
     start = time.perf_counter()
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as e:
+        raise TrackingFailed(uri, f"the experiment {experiment!r} was looked up", e) from e
     if exp is None:
-        raise RuntimeError(f"MLflow experiment {experiment!r} is missing at {uri}: run the init_mlflow job first")
-    logged = {
-        target: dataclasses.replace(log_run(client, exp.experiment_id, spec, target, files), files=files) for target, files in runs.items()
-    }
+        raise NpuflowError(f"MLflow experiment {experiment!r} is missing at {redacted(uri)}: run the init_mlflow job first")
+    logged = {}
+    for target, files in runs.items():
+        try:
+            logged[target] = dataclasses.replace(log_run(client, exp.experiment_id, spec, target, files), files=files)
+        except Exception as e:
+            done = [f"{spec['name']}@{t}" for t in logged]
+            kept = f"the runs of {', '.join(done)} are logged; " if done else ""
+            raise TrackingFailed(uri, f"{spec['name']}@{target} was logged", e, kept) from e
     report = TrackReport(
         model=spec["name"], experiment_id=exp.experiment_id, tracking_uri=uri, runs=logged, seconds=round(time.perf_counter() - start, 3)
     )
     report.write(out_json)
     return report
+
+
+class TrackingFailed(NpuflowError):
+    """MLflow failed mid-way: one line saying where, what is kept and what to do."""
+
+    def __init__(self, uri: str, doing: str, error: Exception, kept: str = ""):
+        lost = connection_lost(error)
+        if lost:
+            why = f"the MLflow tracking server {redacted(uri)} stopped answering ({lost}) while {doing}"
+        else:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            why = f"MLflow at {redacted(uri)} failed while {doing}: {type(error).__name__}: {lines[0][:300] if lines else ''}"
+        super().__init__(f"{why}; {kept}every stage output is kept, and the next snakemake run logs what is missing")
 
 
 def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str, str | Path]) -> RunRecord:
@@ -387,9 +412,13 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
                     os.symlink(Path(files[name]).resolve(), Path(tmp) / rel)
             client.log_artifacts(run_id, tmp)
         client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        client.set_tag(run_id, CURRENT_TAG, "false")
+    except BaseException as e:
+        # A server that went away cannot be told (each request would retry for seconds); the next
+        # logging job retires a run left unfinished either way.
+        if connection_lost(e) is None:
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+                client.set_tag(run_id, CURRENT_TAG, "false")
         raise
     return run_id, model_id
 

@@ -6,10 +6,12 @@ from snakemake.exceptions import WorkflowError
 
 from npuflow.cluster import job_limits, partition_name, slurm_node
 from npuflow.config import ConfigError, load_yaml, validate_config
+from npuflow.errors import NpuflowError
 from npuflow.layout import IMAGE_CACHE, STAGES
 from npuflow.memory import local_mem_mb
 from npuflow.plan import Plan
-from npuflow.track import tracking_uri
+from npuflow.runlock import hold_run_lock, release_run_lock
+from npuflow.tracking_server import preflight, tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -19,15 +21,17 @@ try:
     for path in workflow.configfiles:
         load_yaml(path)
     validate_config(config)
+    # MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
+    # Credentials never go in it (npuflow.tracking_server): the jobs inherit MLflow's variables.
+    MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 # The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.plan's; the
 # paths are the stage table's (npuflow.layout). These rules only wire them together.
 PLAN = Plan(config)
-# MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
-MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
+MLFLOW_RULES = ("init_mlflow", "track")
 
 # Jobs declare the memory they need (npuflow.memory); a local run starts no more of them than the
 # memory free now holds, unless `--resources mem_mb=…` says otherwise. The executor is not known yet
@@ -102,3 +106,11 @@ def profile_json(wildcards):
 def folder_of(output_name):
     """The folder of one of the job's outputs (commands that write several files into one)."""
     return lambda wildcards, output: os.path.dirname(output[output_name])
+
+
+def planned(*rules):
+    """Whether this run has jobs of these rules it has not finished (from Snakemake's DAG)."""
+    try:
+        return any(job.rule.name in rules for job in workflow.dag.needrun_jobs())
+    except AttributeError:  # a Snakemake whose DAG reads otherwise: assume so
+        return True

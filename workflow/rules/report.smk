@@ -2,7 +2,8 @@ import shlex
 from pathlib import Path
 import subprocess
 
-from npuflow.layout import REPORT_ONERROR_LOG
+from npuflow.layout import PARTIAL_REPORT, REPORT_ONERROR_LOG
+from npuflow.runlock import release_run_lock
 
 
 # One model's simulated latency breakdown over its targets: logged with each run, shown in the report.
@@ -31,13 +32,23 @@ rule plot:
 REPORT_TARGETS = list(dict.fromkeys(p.target for p in PLAN.pairs()))
 # The published measurements the simulator is fitted to, shown beside the simulated figures.
 PUBLISHED_CSV = os.path.join(workflow.basedir, "data", "published", "npu_latency_calibration.csv")
-REPORT_ARGS = [
+REPORT_INPUTS = [
     *[f"--pair={pair.to_json()}" for pair in PLAN.pairs()],
     f"--published={PUBLISHED_CSV}",
     f"--target-profiles={json.dumps(config['target_profiles'], sort_keys=True)}",
+]
+REPORT_OUTPUTS = [
+    STAGES.report.outputs["csv"],
+    STAGES.report.outputs["html"],
+    *[STAGES.report.output("pareto", target=t) for t in REPORT_TARGETS],
+]
+# The complete report replaces the partial one a run that stopped early left.
+REPORT_ARGS = [
+    *REPORT_INPUTS,
     f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
     f"--csv={STAGES.report.outputs['csv']}",
     f"--html={STAGES.report.outputs['html']}",
+    *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
 ]
 
 
@@ -68,11 +79,28 @@ rule report:
 
 
 onerror:
-    # Under --keep-going Snakemake skips the report when one model failed: write it over what
-    # exists, marking the failed (model, target) pairs with the stage that failed and its log.
+    # A job failed (under --keep-going Snakemake then skips the report) or the run was interrupted.
+    # The report of what exists, marking each unfinished (model, target) with the stage at fault and
+    # its log, goes to report.partial.html, never to the report's own outputs; and an earlier
+    # complete report that this run was to rewrite is removed: either would tell Snakemake that
+    # the run is finished (it re-creates missing intermediate files only where a later output is
+    # missing or out of date), so that running again would do nothing.
+    stale = [path for path in REPORT_OUTPUTS if os.path.exists(path)] if planned("report") else []
+    for path in stale:
+        os.remove(path)
     Path(REPORT_ONERROR_LOG).parent.mkdir(parents=True, exist_ok=True)
     with open(REPORT_ONERROR_LOG, "w") as report_log:
-        done = subprocess.run(["npuflow", "report", *REPORT_ARGS], stdout=report_log, stderr=subprocess.STDOUT)
-    print(
-        f"npuflow: report of what exists written to {STAGES.report.outputs['html']} (exit {done.returncode}, log {REPORT_ONERROR_LOG})"
-    )
+        partial = ["--partial", f"--csv={PARTIAL_REPORT['csv']}", f"--html={PARTIAL_REPORT['html']}"]
+        done = subprocess.run(["npuflow", "report", *REPORT_INPUTS, *partial], stdout=report_log, stderr=subprocess.STDOUT)
+    removed = f" ({', '.join(stale)} removed: this run was to rewrite them)" if stale else ""
+    if done.returncode == 0:
+        from npuflow.report import failure_lines
+
+        print(f"npuflow: the run did not finish; what exists is in {PARTIAL_REPORT['html']}{removed}; running again finishes it:")
+        for line in failure_lines(PARTIAL_REPORT["csv"]):
+            print(f"  {line}")
+    else:
+        print(
+            f"npuflow: the run did not finish{removed}; the report of what exists failed too (exit {done.returncode}, log {REPORT_ONERROR_LOG})"
+        )
+    release_run_lock()

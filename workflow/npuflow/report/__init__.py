@@ -17,7 +17,7 @@ from .collect import Row, collect, worst_layers
 from .columns import COLUMNS, csv_value
 from .pareto import mark_pareto, quality_metric
 
-__all__ = ["Row", "collect", "mark_pareto", "quality_metric", "report", "worst_layers", "write_summary"]
+__all__ = ["Row", "collect", "failure_lines", "mark_pareto", "quality_metric", "report", "worst_layers", "write_summary"]
 
 
 def write_summary(rows: list[Row], out_csv: str | Path) -> None:
@@ -40,10 +40,12 @@ def report(
     mlflow_ui: str = "http://127.0.0.1:5000",
     published_csv: str | Path | None = None,
     target_profiles: dict | None = None,
+    partial: bool = False,
 ) -> list[Row]:
     """summary.csv, report.html and (with plots_dir) pareto.<target>.png for every target.
     `published_csv`: device measurements to show beside the simulated figures (the simulator's fit
-    data); `target_profiles`: the config's own profiles (for which ops a recipe can move)."""
+    data); `target_profiles`: the config's own profiles (for which ops a recipe can move);
+    `partial`: the report of a run that stopped early (the page says so)."""
     from ..targets import load_targets
     from .html import write_html
     from .plots import pareto_png
@@ -70,5 +72,26 @@ def report(
         if r.ok and plot and Path(plot).exists():
             latency.setdefault(r.model, Path(plot).read_bytes())
     write_summary(rows, out_csv)
-    write_html(rows, out_html, pareto, latency, mlflow_ui)
+    write_html(rows, out_html, pareto, latency, mlflow_ui, partial=partial)
     return rows
+
+
+def failure_lines(summary_csv: str | Path) -> list[str]:
+    """From a summary CSV: one line per failed stage (its targets together) with the last line of
+    its log, and a count of the pairs whose jobs never ran; what the terminal shows when a run
+    stops early."""
+    with open(summary_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines, failed, not_run = [], {}, []
+    for r in rows:
+        if r["status"] == "failed":
+            failed.setdefault((r["model"], r["failed_stage"], r["log"]), []).append(r["target"])
+        elif r["status"] != "ok":
+            not_run.append(r)
+    for (model, stage, log), targets in failed.items():
+        tail = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()] if Path(log).exists() else []
+        lines.append(f"{model} ({', '.join(targets)}) failed at {stage}: {tail[-1] if tail else '(empty log)'} [{log}]")
+    if not_run:
+        stages = ", ".join(dict.fromkeys(r["failed_stage"] for r in not_run))
+        lines.append(f"{len(not_run)} (model, target) pairs not run: the run stopped before their jobs (at {stages})")
+    return lines

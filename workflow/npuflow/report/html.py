@@ -233,7 +233,9 @@ def simulator_section(targets: list[str]) -> list[dict]:
     return out
 
 
-def write_html(rows: list[Row], out_html: str | Path, pareto: dict[str, bytes], latency: dict[str, bytes], mlflow_ui: str) -> None:
+def write_html(
+    rows: list[Row], out_html: str | Path, pareto: dict[str, bytes], latency: dict[str, bytes], mlflow_ui: str, partial: bool = False
+) -> None:
     page_dir = Path(out_html).parent
     targets = list(dict.fromkeys(r.target for r in rows))
     models = list(dict.fromkeys(r.model for r in rows))
@@ -243,6 +245,7 @@ def write_html(rows: list[Row], out_html: str | Path, pareto: dict[str, bytes], 
         "random_models": sorted({r.model for r in rows if r.ok and r.manifest.random}),
         "failed": [_failure(r) for r in rows if not r.ok],
         "total": len(rows),
+        "partial": partial,
         "target_sections": [target_section(t, [r for r in rows if r.target == t], pareto.get(t), page_dir, mlflow_ui) for t in targets],
         "model_sections": [model_section(m, [r for r in rows if r.model == m], latency.get(m)) for m in models],
         "simulator": simulator_section(targets),

@@ -1,0 +1,549 @@
+"""Faults a user meets, answered at once (issue 15): what the config can tell before any job runs
+(local paths, counts), one-line errors from every command, an input size a model cannot take, the
+pre-flight check of the tracking server and its refusals, one run per working folder; and, end to
+end, a run that fails, is fixed, is interrupted and is finished by running it again. The cases and
+their messages: docs/hostile-input.md."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import yaml
+
+from conftest import REPO, classifier_entry, snakemake, snakemake_command, snakemake_env
+from npuflow.config import ConfigError, load_config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def problems_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    return str(e.value)
+
+
+def write_images(folder: Path, n: int, size: int = 32) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    paths = [folder / f"{i}.png" for i in range(n)]
+    for p in paths:
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# What the config can tell: local paths, counts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_local_paths_are_checked_when_the_config_is_read_naming_entry_field_and_path(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    write_images(tmp_path / "cal", 2)
+    config = {
+        "weights": "random",
+        "datasets": {
+            "gone": {"folder": str(tmp_path / "no-such-folder")},
+            "file": {"folder": str(tmp_path / "a-file")},
+            "masked": {"folder": str(tmp_path / "cal"), "masks": "masks"},
+            "arch": {"archive": "relative/set.tar"},
+        },
+        "calibration": {"dataset": "gone"},
+        "mlflow": {"tracking_uri": "https://bob:hunter2@mlflow.example.org"},
+        "models": {
+            "ckpt": classifier_entry(source=f"file:{tmp_path}/no-such.pth", arch="efficientvit_m0"),
+            "dir": classifier_entry(source=f"file:{tmp_path}", arch="efficientvit_m0"),
+            "hub": {"source": "hf:someone/unknown-segformer", "task": "segmentation", "input": {"shape": [1, 3, 64, 64]}},
+        },
+    }
+    text = problems_of(write_config(tmp_path / "c.yaml", config))
+    assert f"datasets.gone.folder: no folder {tmp_path}/no-such-folder" in text
+    assert f"datasets.file.folder: {tmp_path}/a-file is a file, not a folder" in text
+    assert f"datasets.masked.masks: no folder {tmp_path}/cal/masks" in text
+    assert f"datasets.arch.archive: no file relative/set.tar (relative to {Path.cwd()})" in text
+    assert f"models.ckpt.source: no such file {tmp_path}/no-such.pth" in text
+    assert f"models.dir.source: {tmp_path} is a folder, not a checkpoint file" in text
+    assert "models.hub.hf_config: hf:someone/unknown-segformer has no shipped architecture config" in text
+    assert "mlflow.tracking_uri: the tracking URI https://***@mlflow.example.org has credentials in it" in text
+    assert "hunter2" not in text and "bob" not in text
+
+
+def test_a_missing_dataset_folder_stops_snakemake_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["datasets"] = {"mine": {"folder": str(tmp_path / "not-there")}}
+    config["calibration"]["dataset"] = "mine"
+    proc = snakemake(tmp_path, configfile=write_config(tmp_path / "c.yaml", config))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"datasets.mine.folder: no folder {tmp_path}/not-there" in out
+    assert "rule fetch" not in out and not (tmp_path / "results").exists()
+
+
+def test_out_of_range_counts_are_refused_with_the_numbers(tmp_path):
+    write_images(tmp_path / "val", 3)
+    base = {"weights": "random", "models": {"m": classifier_entry()}}
+    text = problems_of(write_config(tmp_path / "a.yaml", {**base, "calibration": {"images": 100_000_000}}))
+    assert "calibration.images: 100000000 is greater than the maximum of 100000" in text
+    # Within the bound, but more float32 tensors than one job may hold (8 GiB).
+    text = problems_of(write_config(tmp_path / "b.yaml", {**base, "calibration": {"images": 20_000}}))
+    assert "calibration.images: the calibration job of models.m would hold 20000 images of 3×224×224 at once, 11.2 GiB" in text
+    assert "at most 14266 fit in the 8 GiB a job may hold" in text
+    big = classifier_entry(input={"shape": [1, 3, 640, 1280]}, mixed_precision={"goal": {"metric": "cosine", "value": 0.9}, "images": 900})
+    text = problems_of(write_config(tmp_path / "c.yaml", {**base, "models": {"seg": big}}))
+    assert "models.seg.mixed_precision.images: the mixed-precision job of models.seg would hold 932 images of 3×640×1280" in text
+    assert "at most 873 fit" in text
+    # Held-out evaluation images count once each: no more than the folder holds.
+    evaluation = {"datasets": {"val": {"folder": str(tmp_path / "val")}}, "evaluation": {"dataset": "val", "images": 5}}
+    text = problems_of(write_config(tmp_path / "d.yaml", {**base, **evaluation}))
+    assert (
+        f"evaluation.images: 5 asked, but datasets.val holds 3 images ({tmp_path}/val); held-out images count once each, so at most 3"
+        in text
+    )
+    assert load_config(write_config(tmp_path / "e.yaml", {**base, **evaluation, "evaluation": {"dataset": "val", "images": 3}}))
+    text = problems_of(write_config(tmp_path / "f.yaml", {**base, "evaluation": {"latency_repeats": 10**9}}))
+    assert "evaluation.latency_repeats: 1000000000 is greater than the maximum of 10000" in text
+
+
+def test_an_archive_dataset_holding_fewer_evaluation_images_than_asked_fails_in_one_line(tmp_path):
+    """An archive's images are counted once it is prepared: the reference stage refuses, naming the numbers."""
+    import tarfile
+
+    from npuflow.data import DatasetError, image_batches, prepare_dataset
+
+    write_images(tmp_path / "src", 2)
+    with tarfile.open(tmp_path / "set.tar", "w") as tar:
+        tar.add(tmp_path / "src", arcname=".")
+    prepare_dataset("val", {"archive": str(tmp_path / "set.tar")}, tmp_path / "ds" / "val")
+    prep = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert image_batches("val", "evaluation", 2, [1, 3, 16, 16], prep, 0, datasets_dir=tmp_path / "ds").images.shape[0] == 2
+    with pytest.raises(DatasetError, match=r"evaluation\.images: 3 asked, but dataset val holds 2 images"):
+        image_batches("val", "evaluation", 3, [1, 3, 16, 16], prep, 0, datasets_dir=tmp_path / "ds")
+
+
+# ---------------------------------------------------------------------------------------------
+# One-line errors from every command
+# ---------------------------------------------------------------------------------------------
+
+MISSING = "/no/such/path"
+
+
+def bad_argv(name: str, cmd, tmp_path: Path) -> list[str]:
+    """`npuflow <name>` with each required argument a mistake: a file that is not there, JSON
+    that does not parse, a tracking URI with credentials; outputs into tmp_path."""
+    import argparse
+
+    from npuflow.cli import input_dir, input_file, json_object, onnx_file
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    argv = [name]
+    for action in parser._actions:
+        if not (action.required or not action.option_strings) or action.dest == "help":
+            continue
+        if action.type in (input_file, onnx_file, input_dir):
+            value = MISSING
+        elif action.type is json_object:
+            value = "{oops"
+        elif action.dest == "tracking_uri":
+            value = "https://pipeline:s3cret-pw@mlflow.example.org"
+        elif not action.option_strings:  # a positional that is no file: a name, or check-config's file
+            value = MISSING if name == "check-config" else "x"
+        else:
+            value = str(tmp_path / action.dest)
+        argv += [value] if not action.option_strings else [action.option_strings[0], value]
+    return argv
+
+
+def test_every_command_answers_a_user_mistake_in_one_line_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from npuflow.cli import COMMANDS, main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no config.yaml here: commands that default to one say so
+    for name, cmd in COMMANDS.items():
+        argv = bad_argv(name, cmd, tmp_path)
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's refusal of an argument
+            rc = e.code
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"npuflow {name}: error: "), (argv, err)
+        assert "Traceback" not in err and "s3cret-pw" not in err, (argv, err)
+        assert MISSING in err or "not valid JSON" in err or "credentials" in err or "name a model" in err or "no such" in err, (argv, err)
+    assert not any(tmp_path.iterdir()), "a refused command wrote something"
+
+
+def test_files_of_the_wrong_kind_and_bad_json_are_named_in_one_line(tmp_path, capsys):
+    from npuflow.cli import main
+
+    (tmp_path / "report.json").write_text("{}")
+    cases = [
+        (["simplify", str(tmp_path / "report.json"), "--out", "o", "--report", "r"], f"{tmp_path}/report.json is not an ONNX model"),
+        (["simplify", str(tmp_path), "--out", "o", "--report", "r"], f"{tmp_path} is a folder, not a file"),
+        (["build", MISSING, "--target", "rdk-x5", "--out-dir", "o"], f"argument input: no such file {MISSING}"),
+        (["fetch", "--spec", "[1, 2]", "--out-dir", "o"], "argument --spec: expected a JSON object"),
+        (["export", "--spec", "{}", "--fetch-dir", MISSING, "--out", "o", "--report", "r"], f"no such folder {MISSING}"),
+        (["check-config", MISSING], f"{MISSING}: no such file"),
+        (["check-config", str(tmp_path)], f"{tmp_path}: a folder, not a config file"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ]
+    for argv, expected in cases:
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and expected in err, (argv, err)
+
+
+BROKEN_YAML = 'weights: random\nmodels:\n  m0:\n    source: "timm:efficientvit_m0"\n   task: classification\n'
+
+
+def test_a_yaml_syntax_error_names_its_line_in_check_config_and_snakemake(tmp_path, capsys):
+    from npuflow.cli import main
+
+    (tmp_path / "config.yaml").write_text(BROKEN_YAML)
+    assert main(["check-config", str(tmp_path / "config.yaml")]) == 2
+    expected = "not valid YAML: line 5, column 4: expected <block end>, but found '<block mapping start>' (while parsing a block mapping from line 3)"
+    assert expected in capsys.readouterr().err
+    # Snakemake on a folder's own config.yaml: npuflow's loader reads it before Snakemake's, which
+    # would say only "not valid JSON or YAML". (A --configfile is read by Snakemake first.)
+    command = [a for a in snakemake_command(tmp_path, "-n") if a != "--configfile" and a != str(REPO / "tests" / "config.tiny.yaml")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=snakemake_env(), cwd=tmp_path)
+    assert proc.returncode != 0 and "config.yaml: " + expected in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# An input size the model cannot take
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a model through fetch and export
+def test_an_input_size_the_model_cannot_take_fails_in_one_line_naming_both_sizes(tmp_path, capsys):
+    """deit_tiny_patch16_224 at 256×256: torch's 39-line traceback before; now the export job's one line."""
+    from npuflow.cli import main
+
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "weights": "random",
+            "models": {"deit": {"source": "timm:deit_tiny_patch16_224", "task": "classification", "input": {"shape": [1, 3, 256, 256]}}},
+        },
+    )
+    assert main(["fetch", "--config", str(config), "--model", "deit", "--out-dir", str(tmp_path / "fetch")]) == 0
+    capsys.readouterr()
+    argv = ["export", "--config", str(config), "--model", "deit", "--fetch-dir", str(tmp_path / "fetch")]
+    assert main([*argv, "--out", str(tmp_path / "model.onnx"), "--report", str(tmp_path / "export.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "npuflow export: error: models.deit.input.shape: the model does not run on 256×256 input "
+        "(AssertionError: Input height (256) doesn't match model (224).); it takes 224×224: set input.shape: [1, 3, 224, 224]"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "fetch"]  # no ONNX, no report, no temporary
+
+
+# ---------------------------------------------------------------------------------------------
+# The tracking server, asked before any job runs
+# ---------------------------------------------------------------------------------------------
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+    """Answers every request with `answer` = (status, body), after `delay` s; records the
+    Authorization headers it got."""
+
+    answer: tuple[int, str] = (200, '{"experiment": {"experiment_id": "7"}}')
+    delay = 0.0
+    seen: ClassVar[list] = []
+
+    def do_GET(self):
+        type(self).seen.append(self.headers.get("Authorization"))
+        time.sleep(self.delay)
+        status, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _FakeServer.seen, _FakeServer.delay = [], 0.0
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def preflight_error(uri: str, **kwargs) -> str:
+    from npuflow.tracking_server import TrackingServerError, preflight
+
+    with pytest.raises(TrackingServerError) as e:
+        preflight(uri, "npuflow-tiny", **kwargs)
+    return str(e.value)
+
+
+def test_preflight_tells_each_refusal_apart_in_one_line(fake_server, monkeypatch):
+    from npuflow.tracking_server import preflight
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    uri = fake_server
+    start = time.monotonic()
+    port = closed_port()
+    message = preflight_error(f"http://127.0.0.1:{port}")
+    assert message.startswith(f"no MLflow tracking server answers at http://127.0.0.1:{port} (connection refused")
+    assert time.monotonic() - start < 3
+    _FakeServer.answer = (401, "You are not authenticated.")
+    assert preflight_error(uri) == (
+        f"MLflow tracking server {uri} asks for a login (401 Unauthorized) and none is set: export MLFLOW_TRACKING_USERNAME "
+        'and MLFLOW_TRACKING_PASSWORD (README, "Scaling out")'
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
+    assert preflight_error(uri).startswith("MLFLOW_TRACKING_USERNAME is set but MLFLOW_TRACKING_PASSWORD is not")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-pw")
+    message = preflight_error(uri)
+    assert message.startswith(f"MLflow tracking server {uri} refused the login of user 'pipeline' (MLFLOW_TRACKING_USERNAME) (401")
+    assert "s3cret-pw" not in message and _FakeServer.seen[-1] == "Basic " + base64.b64encode(b"pipeline:s3cret-pw").decode()
+    _FakeServer.answer = (403, "Permission denied")
+    assert (
+        "user 'pipeline' (MLFLOW_TRACKING_USERNAME) may not read the experiment 'npuflow-tiny' (403: Permission denied)"
+        in preflight_error(uri)
+    )
+    _FakeServer.answer = (403, "Invalid Host header - possible DNS rebinding attack detected")
+    assert f'start it with --allowed-hosts "{uri[7:]}"' in preflight_error(uri)
+    _FakeServer.answer = (404, "<html><title>404 Not Found</title></html>")
+    assert preflight_error(uri).endswith("is it an MLflow tracking server?")
+    _FakeServer.answer = (404, '{"error_code": "RESOURCE_DOES_NOT_EXIST"}')
+    assert "creates experiment 'npuflow-tiny'" in preflight(uri, "npuflow-tiny")
+    _FakeServer.answer = (200, '{"experiment": {"experiment_id": "7"}}')
+    assert preflight(uri, "npuflow-tiny") == f"experiment 'npuflow-tiny' (id 7) at {uri}"
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    preflight(uri, "npuflow-tiny")
+    assert _FakeServer.seen[-1] == "Bearer t0ken"
+    _FakeServer.delay = 2.0
+    start = time.monotonic()
+    assert "(no answer within 0.5 s)" in preflight_error(uri, timeout=0.5)
+    assert time.monotonic() - start < 2
+    assert preflight("sqlite:///results/mlflow.db", "x") is None  # no server to ask
+
+
+def test_a_server_that_is_not_there_stops_snakemake_before_any_job_in_seconds(tmp_path):
+    """Before: the first MLflow job retried for 250 s and died with a `requests` traceback."""
+    port = closed_port()
+    start = time.monotonic()
+    env = {**snakemake_env(), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    proc = subprocess.run(snakemake_command(tmp_path), capture_output=True, text=True, cwd=tmp_path, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"no MLflow tracking server answers at http://127.0.0.1:{port} (connection refused" in out
+    assert "rule fetch:" not in out and "rule init_mlflow:" not in out  # no job started
+    assert time.monotonic() - start < 30  # Snakemake's start and the DAG; the check itself is at most 5 s
+    assert not (tmp_path / "results").exists()
+
+
+def test_connection_lost_is_told_apart_from_other_mlflow_failures():
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from npuflow.track import TrackingFailed
+    from npuflow.tracking_server import connection_lost
+
+    def raised(cause):
+        try:
+            try:
+                raise cause
+            except Exception as e:
+                raise MlflowException(
+                    f"API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/create failed with exception {e}"
+                ) from None
+        except MlflowException as e:
+            return e
+
+    refused = raised(requests.exceptions.ConnectionError("Max retries exceeded (Caused by NewConnectionError(... Connection refused))"))
+    assert connection_lost(refused) == "connection refused"
+    assert connection_lost(MlflowException("RESOURCE_ALREADY_EXISTS")) is None
+    message = str(TrackingFailed("http://127.0.0.1:5000", "m@rdk-x5 was logged", refused, "the runs of m@j5 are logged; "))
+    assert message == (
+        "the MLflow tracking server http://127.0.0.1:5000 stopped answering (connection refused) while m@rdk-x5 was logged; "
+        "the runs of m@j5 are logged; every stage output is kept, and the next snakemake run logs what is missing"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per folder
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_run_lock_is_held_until_its_process_ends_however_it_ends(tmp_path):
+    from npuflow.runlock import RunningElsewhere, hold_run_lock, release_run_lock
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from npuflow.runlock import hold_run_lock; hold_run_lock(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            RunningElsewhere, match=rf"another Snakemake run \(pid {holder.pid} on .*\) is working in {re.escape(str(tmp_path))}"
+        ):
+            hold_run_lock(tmp_path)
+    finally:
+        holder.kill()  # kill -9: no chance to release anything
+        holder.wait()
+    assert hold_run_lock(tmp_path)  # the kernel released it: nothing to unlock
+    release_run_lock()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a failure fixed, a run interrupted, two runs in one folder; each finished by running again
+# ---------------------------------------------------------------------------------------------
+
+# The front stages of the session's tiny pipeline, as if an earlier run had made them (no report yet).
+FRONT = ("fetch", "model.onnx", "export.json", "model.sim.onnx", "simplify.json", "model.surgery.onnx", "surgery.json")
+FRONT += ("calibration.ranges.json", "calibration.json", "quant/int8.onnx", "quant/int8.json")
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def failed_fixed_interrupted(pipeline, tmp_path_factory):
+    """A fresh folder holding the tiny pipeline's front stages, on one target, evaluated on a
+    folder of images one of which is broken:
+    1. the run fails at `reference` (the other jobs go on); 2. the image is fixed and the run
+    started again, stopped (SIGSTOP) while a job runs so that a second run is tried beside it
+    (refused by Snakemake's lock; `--unlock`; refused by npuflow's), then Ctrl-C (SIGINT to its
+    process group); 3. the same command again."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("faults")
+    for name in FRONT:
+        src, dest = pipeline / "results" / "efficientvit_m0" / name, workdir / "results" / "efficientvit_m0" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
+    images = write_images(workdir / "eval-images", 4)
+    images[-1].write_text("not an image")
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config.update(targets=["ax650n-npu3"], datasets={"evalset": {"folder": str(workdir / "eval-images")}})
+    config["evaluation"]["dataset"] = "evalset"
+    del config["models"]["efficientvit_m0"]["precision"]
+    configfile = write_config(workdir / "c.yaml", config)
+    steps = {"failed": snakemake(workdir, configfile=configfile)}
+    steps["after_failure"] = {p.name for p in (workdir / "results").iterdir()}
+
+    write_images(workdir / "fixed", 4)
+    shutil.copy2(workdir / "fixed" / "3.png", images[-1])
+    with open(workdir / "interrupted.log", "w") as log:
+        first = subprocess.Popen(
+            snakemake_command(workdir, configfile=configfile),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=snakemake_env(),
+            cwd=workdir,
+            start_new_session=True,
+        )
+        try:
+            reference = workdir / "results" / "efficientvit_m0" / "eval" / "reference.json"
+            _wait_for(lambda: reference.exists() or first.poll() is not None, 300, "the reference job")
+            os.killpg(first.pid, signal.SIGSTOP)  # mid-run: evaluate is starting or running
+            steps["second_run"] = snakemake(workdir, configfile=configfile)
+            steps["unlock"] = snakemake(workdir, "--unlock", configfile=configfile)
+            steps["after_unlock"] = snakemake(workdir, configfile=configfile)
+            os.killpg(first.pid, signal.SIGCONT)
+            os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+            first.wait(timeout=300)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+    steps["interrupted"] = (first.returncode, (workdir / "interrupted.log").read_text())
+    steps["after_interrupt"] = {p.name for p in (workdir / "results").iterdir()}
+    steps["finished"] = snakemake(workdir, configfile=configfile)
+    return workdir, steps
+
+
+def test_a_failed_run_prints_the_reason_and_writes_only_the_partial_report(failed_fixed_interrupted):
+    workdir, steps = failed_fixed_interrupted
+    proc = steps["failed"]
+    out = proc.stdout + proc.stderr
+    reason = f"npuflow reference: error: dataset evalset: cannot read {workdir}/eval-images/3.png: cannot identify image file"
+    assert proc.returncode != 0
+    assert f"Logfile results/logs/reference/efficientvit_m0.log:\n{'=' * 80}\n{reason}" in out  # the log, in the terminal
+    assert "npuflow: the run did not finish; what exists is in results/report.partial.html" in out
+    assert f"  efficientvit_m0 (ax650n-npu3) failed at reference: {reason}" in out
+    # The report stage's outputs are not written: the next run must see the report as not done.
+    assert {"report.html", "summary.csv", "plots"}.isdisjoint(steps["after_failure"])
+    assert {"report.partial.html", "summary.partial.csv"} <= steps["after_failure"]
+
+
+def test_a_second_run_in_the_folder_is_refused_even_after_unlock(failed_fixed_interrupted):
+    _, steps = failed_fixed_interrupted
+    second = steps["second_run"]
+    assert second.returncode != 0 and "LockException" in second.stdout + second.stderr  # Snakemake's own lock
+    assert steps["unlock"].returncode == 0
+    after = steps["after_unlock"]
+    out = after.stdout + after.stderr
+    assert after.returncode != 0 and "another Snakemake run (pid " in out and "two runs in one folder would write the same files" in out
+    assert "rule evaluate:" not in out and "rule build:" not in out  # refused before any job
+
+
+def test_ctrl_c_then_the_same_command_finishes_with_the_complete_report(failed_fixed_interrupted):
+    workdir, steps = failed_fixed_interrupted
+    rc, log = steps["interrupted"]
+    assert rc != 0, log[-3000:]
+    assert "report.html" not in steps["after_interrupt"] and "summary.csv" not in steps["after_interrupt"]
+    finished = steps["finished"]
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = workdir / "results"
+    import csv
+
+    with open(results / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["target"], r["status"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3", "ok")]
+    assert "INCOMPLETE RUN" not in (results / "report.html").read_text()
+    assert not (results / "report.partial.html").exists() and not (results / "summary.partial.csv").exists()
+    assert not list(results.rglob("*.part")) and not list((workdir / ".snakemake" / "incomplete").iterdir())
+    again = snakemake(workdir, "-n", configfile=workdir / "c.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    json.loads((results / "efficientvit_m0" / "track.json").read_text())
