@@ -146,7 +146,12 @@ def target_profile(args) -> dict:
     """The target profile from --profile, or --target among the built-ins and --config's."""
     from .targets import load_targets
 
-    if args.profile:
+    if args.profile:  # resolved as the workflow passes it; a hand-written one is checked the same way
+        from .targets.schema import profile_problems
+
+        problems = profile_problems(args.profile, "--profile")
+        if problems:
+            raise ConfigError("; ".join(problems))
         return args.profile
     return load_targets(user_profiles(args.config)).get(args.target)
 
