@@ -110,6 +110,7 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         "pareto_png": _png(pareto_png),
         "cpu": [{"model": r.model, "cpu": r.cpu} for r in ok if r.cpu and r.cpu.dominates],
         "slower_int8": slower_int8,
+        "detection": any(r.evaluate.task == "detection" for r in ok),
         "published": any(r.published for r in ok),
     }
 

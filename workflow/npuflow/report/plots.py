@@ -87,15 +87,25 @@ def pareto_png(target: str, rows: list, models: list[str]) -> bytes:
                 zorder=2,
                 label="Pareto front",
             )
-        if group:
-            ax.legend(
-                loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="model (★ on the front)", title_fontsize=8
-            )
         ax.set_xscale("log")
         ax.set_xlabel(f"FPS at batch {ok[0].build.batch if ok else '?'} (SIMULATED)")
         ax.set_ylabel(QUALITY_LABELS[key])
-        ax.set_title(f"{target}: simulated throughput vs {'fidelity' if key in FIDELITY else 'accuracy'}", fontsize=10)
+        apart = " (detection models)" if len(groups) > 1 and all(r.evaluate.task == "detection" for r in group) else ""
+        ax.set_title(f"{target}: simulated throughput vs {'fidelity' if key in FIDELITY else 'accuracy'}{apart}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
+    # One legend for every panel, right of the last (a panel's own would lie over the next one).
+    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    if legend:
+        axes[0][-1].legend(
+            legend.values(),
+            legend.keys(),
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            fontsize=8,
+            frameon=False,
+            title="model (★ on the front)",
+            title_fontsize=8,
+        )
     return _png(fig)
 
 
