@@ -43,12 +43,12 @@ def test_detection_models_have_a_front_of_their_own_by_the_detection_fidelity_me
     from npuflow.report.pareto import quality_groups
 
     rows = [
-        _row("clf", 100.0, 0.99),
         _row("yolo_fast", 50.0, 0.999, task="detection", map50_vs_float=0.60),
+        _row("clf", 100.0, 0.99),
         _row("yolo_good", 20.0, 0.990, task="detection", map50_vs_float=0.90),
         _row("yolo_worse", 30.0, 0.999, task="detection", map50_vs_float=0.50),
     ]
-    groups = quality_groups(rows)
+    groups = quality_groups(rows)  # the classifiers' panel first, whatever the rows' order
     assert {k: [r.model for r in g] for k, g in groups.items()} == {
         "cosine": ["clf"],
         "map50_vs_float": ["yolo_fast", "yolo_good", "yolo_worse"],
@@ -59,9 +59,9 @@ def test_detection_models_have_a_front_of_their_own_by_the_detection_fidelity_me
     assert quality_text(groups) == (
         "int8 vs float cosine (fidelity); int8 mAP50 vs float boxes (fidelity) for the detection models, on a front of their own"
     )
-    rows[1].evaluate.metrics.update(map50=0.3)  # labels for one detector only: fidelity still, for all of them
+    rows[0].evaluate.metrics.update(map50=0.3)  # labels for one detector only: fidelity still, for all of them
     assert list(quality_groups(rows)) == ["cosine", "map50_vs_float"]
-    for r in rows[1:]:
+    for r in rows[2:]:
         r.evaluate.metrics.update(map50=0.3)
     assert list(quality_groups(rows)) == ["cosine", "map50"]
     del rows[3].evaluate.metrics["map50"], rows[3].evaluate.metrics["map50_vs_float"]  # no boxes to compare (random weights)

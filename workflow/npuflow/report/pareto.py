@@ -10,8 +10,8 @@ from __future__ import annotations
 # Per kind of model, the quality metrics in order of preference: the first every such model on
 # the target has is theirs.
 QUALITY = {
-    "detection": ("map50", "map50_vs_float", "cosine"),
     "other": ("top1", "miou", "cosine"),
+    "detection": ("map50", "map50_vs_float", "cosine"),
 }
 QUALITY_LABELS = {
     "cosine": "int8 vs float cosine (fidelity)",
@@ -37,12 +37,13 @@ def quality_metric(rows: list) -> str:
 
 
 def quality_groups(rows: list) -> dict[str, list]:
-    """One target's ok rows by the metric that measures them ({metric: rows}, in row order)."""
-    ok = [r for r in rows if r.ok]
-    keys = {kind: quality_metric([r for r in ok if _kind(r) == kind]) for kind in QUALITY}
+    """One target's ok rows by the metric that measures them ({metric: rows}): the classifiers'
+    and segmenters' first, then the detectors' (joining the first when both are by cosine)."""
     groups: dict[str, list] = {}
-    for r in ok:
-        groups.setdefault(keys[_kind(r)], []).append(r)
+    for kind in QUALITY:
+        kind_rows = [r for r in rows if r.ok and _kind(r) == kind]
+        if kind_rows:
+            groups.setdefault(quality_metric(kind_rows), []).extend(kind_rows)
     return groups
 
 
