@@ -25,11 +25,21 @@ def test_default_config_has_every_model_and_target():
         "swin_tiny",
         "mobilenetv3_large_100",
         "segformer_b0_cityscapes",
+        "yolo11n",
     }
     assert config["targets"] == ["ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5"]
     seg = model_spec(config, "segformer_b0_cityscapes")
     assert seg["opset"] == 11 and seg["input"]["shape"] == [1, 3, 640, 1280] and seg["surgery"] == ["append_argmax"]
     assert model_spec(config, "swin_tiny")["opset"] == 17  # schema default
+    # the detector as the vendor zoos deploy it: 640×640, the NPU graph cut at the per-scale heads
+    yolo = model_spec(config, "yolo11n")
+    assert (yolo["source"], yolo["task"], yolo["input"]["shape"], yolo["head"]) == (
+        "ultralytics:yolo11n",
+        "detection",
+        [1, 3, 640, 640],
+        "split",
+    )
+    assert yolo["targets"] == config["targets"]
     calib = model_spec(config, "efficientvit_m5")["calibration"]
     assert (calib["method"], calib["images"], calib["dataset"], calib["per_channel"]) == ("minmax", 32, "samples", True)
 
