@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_CONFIG, copy_pipeline, snakemake
 from npuflow.records import TrackReport
 
 pytestmark = pytest.mark.browser
@@ -89,6 +89,58 @@ def test_report_fits_1400_px_and_shows_every_model_and_target(pipeline, chromium
     )
     assert wide == 0
     assert screenshot(chromium, "report-1400px.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def with_detector(pipeline, tmp_path_factory):
+    """The tiny pipeline's folder with a YOLO added by a config entry only (random weights, 256×256)
+    and run again: its jobs, the tracking and the report run; the classifier's are up to date."""
+    import yaml
+
+    workdir = copy_pipeline(pipeline, tmp_path_factory.mktemp("det") / "pipeline")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["models"]["yolo11n"] = {"source": "ultralytics:yolo11n", "task": "detection", "input": {"shape": [1, 3, 256, 256]}}
+    configfile = workdir / "config.detector.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, configfile=configfile)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "efficientvit_m0" not in " ".join(line for line in proc.stdout.splitlines() if "wildcards: model=" in line)
+    return workdir
+
+
+def test_a_detection_row_shows_its_box_metrics_beside_the_classifier(with_detector, chromium):
+    import csv
+
+    from selenium.webdriver.common.by import By
+
+    with open(with_detector / "results" / "summary.csv", newline="") as f:
+        summary = {(r["model"], r["target"]): r for r in csv.DictReader(f)}
+    det = summary[("yolo11n", "rdk-x5")]
+    assert det["status"] == "ok" and det["task"] == "detection" and float(det["map50_vs_float"]) > 0
+    assert summary[("efficientvit_m0", "rdk-x5")]["map50_vs_float"] == ""  # absent, never 0
+    chromium.set_window_size(WIDTH, 900)
+    chromium.get((with_detector / "results" / "report.html").as_uri())
+    table = chromium.find_element(By.XPATH, "//h2[@id='target-rdk-x5']/following::table[1]")
+    head = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
+    rows = {
+        tr.find_elements(By.TAG_NAME, "td")[0].text: [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    }
+    assert {"box agr. %", "mAP50 vs float %", "host NMS ms", "top-1 agr. %"} <= set(head), head
+    yolo, clf = rows["yolo11n"], rows["efficientvit_m0"]
+    col = head.index("mAP50 vs float %")
+    assert yolo[col] == f"{100 * float(det['map50_vs_float']):.1f}" and clf[col] == ""
+    assert yolo[head.index("box agr. %")] == f"{100 * float(det['box_agreement']):.1f}"
+    assert clf[head.index("top-1 agr. %")] and not yolo[head.index("top-1 agr. %")]
+    # the detector's own Pareto front, by the detection fidelity metric, told in the page's reading note
+    text = chromium.find_element(By.TAG_NAME, "body").text
+    assert "int8 vs float cosine (fidelity); int8 mAP50 vs float boxes (fidelity) for the detection models, on a front of their own" in text
+    assert det["pareto"] == "true" and summary[("efficientvit_m0", "rdk-x5")]["pareto"] == "true"
+    widths = chromium.execute_script("const d = document.documentElement; return [d.clientWidth, d.scrollWidth, document.body.scrollWidth]")
+    assert widths[1] <= widths[0] and widths[2] <= widths[0], f"horizontal scroll at {WIDTH} px: {widths}"
+    images = chromium.execute_script("return [...document.images].map(i => [i.alt, i.naturalWidth])")
+    assert len(images) == 4 and all(width > 0 for _, width in images), images
+    screenshot(chromium, "report-detection-1400px.png")
 
 
 @pytest.fixture

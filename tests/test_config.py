@@ -5,6 +5,8 @@ import yaml
 
 from conftest import REPO, classifier_entry, segformer_entry
 from npuflow.config import ConfigError, load_config, model_spec, validate_config
+from npuflow.targets import load_targets
+from npuflow.targets.schema import profile_problems, profile_schema
 
 
 def base(**models):
@@ -23,11 +25,21 @@ def test_default_config_has_every_model_and_target():
         "swin_tiny",
         "mobilenetv3_large_100",
         "segformer_b0_cityscapes",
+        "yolo11n",
     }
     assert config["targets"] == ["ax650n-npu1", "ax650n-npu3", "rdk-x5", "j5"]
     seg = model_spec(config, "segformer_b0_cityscapes")
     assert seg["opset"] == 11 and seg["input"]["shape"] == [1, 3, 640, 1280] and seg["surgery"] == ["append_argmax"]
     assert model_spec(config, "swin_tiny")["opset"] == 17  # schema default
+    # the detector as the vendor zoos deploy it: 640×640, the NPU graph cut at the per-scale heads
+    yolo = model_spec(config, "yolo11n")
+    assert (yolo["source"], yolo["task"], yolo["input"]["shape"], yolo["head"]) == (
+        "ultralytics:yolo11n",
+        "detection",
+        [1, 3, 640, 640],
+        "split",
+    )
+    assert yolo["targets"] == config["targets"]
     calib = model_spec(config, "efficientvit_m5")["calibration"]
     assert (calib["method"], calib["images"], calib["dataset"], calib["per_channel"]) == ("minmax", 32, "samples", True)
 
@@ -152,6 +164,101 @@ def test_user_target_profile_inherits_a_builtin():
     assert "target_profiles.ax650n-fast.memory.ddr_bytes_per_s" in error_of(config)
 
 
+@pytest.mark.parametrize("target", sorted(load_targets().names()))
+def test_every_builtin_profile_meets_the_profile_schema(target):
+    """Resolved (its base chain merged, its fit applied) as the simulator reads it."""
+    assert profile_problems(load_targets().get(target), target) == []
+
+
+def test_the_profile_schema_refuses_unknown_keys_at_every_level():
+    """Every mapping of the schema lists its keys, so none falls back silently to the base's value."""
+
+    def mappings(node, path="(top)"):
+        if isinstance(node, dict):
+            if "properties" in node:
+                yield path, node
+            for k, v in node.items():
+                yield from mappings(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from mappings(v, f"{path}.{i}")
+
+    found = list(mappings(profile_schema()))
+    assert len(found) > 15 and [p for p, m in found if m.get("additionalProperties") is not False] == []
+
+
+MY_NPU = "target_profiles.my-npu"
+
+
+@pytest.mark.parametrize(
+    "profile, expected",
+    [
+        (  # the issue's case: accepted before, and its builds used the base's numbers
+            {"units": {"tensor": {"peak_op_per_s": {"int8": 8.0e12}}}},
+            f"{MY_NPU}.units.tensor.peak_op_per_s: unknown key (expected one of ops, peak_ops_per_s, efficiency, tile)",
+        ),
+        ({"memry": {"onchip_bytes": 1}}, f"{MY_NPU}.memry: unknown key (expected one of base, chip, mode,"),
+        (
+            {"units": {"npu2": {"peak_ops_per_s": {"int8": 1.0e12}}}},
+            f"{MY_NPU}.units.npu2: unknown key (expected one of tensor, vector, dma, cpu)",
+        ),
+        (  # YAML 1.1 reads 25.6e9 as text
+            {"memory": {"ddr_bytes_per_s": "25.6e9"}},
+            f"{MY_NPU}.memory.ddr_bytes_per_s: expected a number, got '25.6e9' (YAML reads 25.6e9 as text: write it with a dot "
+            "and a signed exponent, 2.56e+10)",
+        ),
+        ({"cores": "two"}, f"{MY_NPU}.cores: expected an integer, got 'two'"),
+        ({"units": {"dma": {"ops": "Transpose"}}}, f"{MY_NPU}.units.dma.ops: expected a list, got 'Transpose'"),
+        ({"memory": {"ddr_bytes_per_s": 0}}, f"{MY_NPU}.memory.ddr_bytes_per_s: expected a number > 0, got 0"),
+        ({"units": {"tensor": {"efficiency": 1.5}}}, f"{MY_NPU}.units.tensor.efficiency: expected a number ≤ 1, got 1.5"),
+        (
+            {"units": {"vector": {"peak_ops_per_s": {"int16": 1.0e12}}}, "base": "_axera"},
+            f"{MY_NPU}.units.tensor.peak_ops_per_s: missing (Peak operations per second by precision",
+        ),
+        ({"base": "_axera"}, f"{MY_NPU}.memory.ddr_bytes_per_s: missing (DDR bandwidth the NPU draws, bytes per second.)"),
+        (
+            {"units": {"tensor": {"ops": ["Conv", "Gemm", "MatMul", "Softmax"]}}},
+            f"{MY_NPU}.units.vector.ops: Softmax is also listed in units.tensor.ops (an op runs on one unit, or is free: list it once)",
+        ),
+        ({"free_ops": ["Reshape", "Transpose"]}, f"{MY_NPU}.free_ops: Transpose is also listed in units.dma.ops"),
+        (
+            {"quantization": {"weights": "per_layer"}},
+            f"{MY_NPU}.quantization.weights: expected one of per_channel, per_tensor, got 'per_layer'",
+        ),
+        ({"precision": {"default": "float"}}, f"{MY_NPU}.precision.default: expected one of int8, int16, got 'float'"),
+    ],
+    ids=[
+        "misspelt-rate",
+        "unknown-top-level-key",
+        "unknown-unit",
+        "number-as-text",
+        "wrong-type",
+        "ops-not-a-list",
+        "zero-rate",
+        "share-above-1",
+        "unit-without-rate",
+        "no-memory",
+        "op-on-two-units",
+        "free-and-on-a-unit",
+        "per-layer-weights",
+        "float-default-recipe",
+    ],
+)
+def test_a_bad_target_profile_is_refused_naming_the_profile_and_key_path(profile, expected):
+    config = base()
+    config["target_profiles"] = {"my-npu": {"base": "ax650n-npu3", **profile}}
+    message = error_of(config)
+    assert expected in message, message
+
+
+def test_the_quantization_key_takes_per_tensor_weights():
+    config = base()
+    config["target_profiles"] = {"my-npu": {"base": "ax650n-npu3", "quantization": {"weights": "per_tensor"}}}
+    config["targets"] = ["my-npu"]
+    validate_config(config)
+    assert load_targets(config["target_profiles"]).get("my-npu")["quantization"] == {"weights": "per_tensor"}
+
+
 def test_segmentation_entry_is_valid():
     validate_config(base(s=segformer_entry()))
 
@@ -222,3 +329,25 @@ def test_empty_or_non_mapping_config_file(tmp_path):
     (tmp_path / "c.yaml").write_text("models: {m: [unclosed\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from npuflow.cli import main
+    from test_simulator import conv_model
+
+    onnx.save(conv_model(hw=8), str(tmp_path / "m.onnx"))
+    profile = load_targets().get("ax650n-npu3")
+    args = ["build", str(tmp_path / "m.onnx"), "--target", "ax650n-npu3", "--out-dir", str(tmp_path / "out")]
+    assert main([*args, "--profile", json.dumps(profile)]) == 0  # the resolved profile, as the workflow passes it
+    profile["units"]["tensor"]["peak_op_per_s"] = profile["units"]["tensor"].pop("peak_ops_per_s")
+    assert main([*args, "--profile", json.dumps(profile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "npuflow build: error: --profile.units.tensor.peak_op_per_s: unknown key (expected one of ops, peak_ops_per_s, efficiency, tile); "
+        "--profile.units.tensor.peak_ops_per_s: missing (Peak operations per second by precision: {int8: …, int16: …, float: …}; "
+        "int8 is required.)"
+    ]

@@ -136,6 +136,10 @@ def test_yolo_builds_and_its_metrics_log_under_the_uniform_names(yolo):
 
     _, paths, report, built = yolo
     assert built["latency_ms"] > 0 and built["subgraphs"] >= 1
+    # every SiLU one op, C2PSA's attention recognised as the transformers' is, every shape known;
+    # built in int8 throughout (the recipe the model carries), nothing falls back to the CPU
+    assert built["patterns"] == {"Swish": 77, "Attention": 1} and built["unknown_dims"] == 0
+    assert built["cpu_ops"] == 0 and built["subgraphs"] == 1
     files = {k: paths[k] for k in ("manifest", "export", "simplify", "calibration", "quantize", "build", "evaluate")}
     metrics = run_metrics(RunReports.read(files), files)
     for key in ("box_agreement", "map50_vs_float", "map50", "host_decode_nms_ms", "cosine", "sqnr_db"):

@@ -7,6 +7,7 @@ their messages: docs/hostile-input.md."""
 from __future__ import annotations
 
 import base64
+import copy
 import http.server
 import json
 import os
@@ -210,6 +211,89 @@ def test_files_of_the_wrong_kind_and_bad_json_are_named_in_one_line(tmp_path, ca
             rc = e.code
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and expected in err, (argv, err)
+
+
+def spec_argv(name: str, cmd, tmp_path: Path, spec: dict) -> list[str]:
+    """`npuflow <name> --spec SPEC` with every other required argument a file or folder that is
+    there (an empty ONNX-looking file, an empty folder), outputs into tmp_path/out."""
+    import argparse
+
+    from npuflow.cli import input_dir, input_file, json_object, onnx_file
+
+    (tmp_path / "in.onnx").write_bytes(b"\x08")
+    (tmp_path / "in").mkdir(exist_ok=True)
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    argv = [name, "--spec", json.dumps(spec)]
+    for action in parser._actions:
+        if not (action.required or not action.option_strings) or action.dest in ("help", "spec"):
+            continue
+        if action.type in (input_file, onnx_file):
+            value = str(tmp_path / "in.onnx")
+        elif action.type is input_dir:
+            value = str(tmp_path / "in")
+        elif action.type is json_object:
+            value = "{}"
+        elif action.dest == "tracking_uri":
+            value = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+        else:
+            value = str(tmp_path / "out" / action.dest)
+        argv += [value] if not action.option_strings else [action.option_strings[0], value]
+    return argv
+
+
+def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, capsys, monkeypatch):
+    """Every command that takes --spec checks it against the fields its stage reads, as model_spec
+    resolves them: a missing field (nested ones by their path) is named before anything runs."""
+    from npuflow.cli import COMMAND_STAGES, COMMANDS, main
+    from npuflow.config import model_spec as resolve
+    from npuflow.config import stage_spec
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    full = resolve(load_config(REPO / "tests" / "config.tiny.yaml"), "efficientvit_m0")
+    # the field to drop: a nested one where the stage reads one
+    drops = {"calibrate": "calibration.images", "mixed": "calibration.method", "evaluate": "evaluation.images"}
+    checked = []
+    for name, cmd in COMMANDS.items():
+        if "--spec" not in {o for a in spec_parser(cmd)._actions for o in a.option_strings}:
+            continue
+        stage = COMMAND_STAGES.get(name, name)
+        spec = copy.deepcopy(stage_spec(full, stage))
+        field = drops.get(name, "input.shape" if "input" in spec else "name")
+        head, _, leaf = field.rpartition(".")
+        del (spec[head] if head else spec)[leaf]
+        argv = spec_argv(name, cmd, tmp_path, spec)
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and err == f"npuflow {name}: error: --spec ({stage} stage): missing field {field}\n", (argv, err)
+        assert not (tmp_path / "out").exists(), name
+        checked.append(name)
+    assert set(checked) >= {"fetch", "export", "surgery", "calibrate", "reference", "evaluate", "mixed", "track"}
+    # a field of the wrong type is named with what was expected; the resolved spec of every stage passes
+    assert main(["fetch", "--spec", json.dumps({**stage_spec(full, "fetch"), "seed": "one"}), "--out-dir", "o"]) == 2
+    assert "--spec (fetch stage): seed: 'one' is not of type 'integer'" in capsys.readouterr().err
+
+
+def test_every_resolved_spec_passes_the_spec_check_of_every_stage():
+    """No false alarm: what the workflow passes (model_spec, cut to each stage's fields) is accepted."""
+    from npuflow.config import STAGE_FIELDS, model_spec, spec_problems, stage_spec
+
+    for path in (REPO / "config.yaml", REPO / "tests" / "config.tiny.yaml"):
+        config = load_config(path)
+        for name in config["models"]:
+            spec = model_spec(config, name)
+            for stage in STAGE_FIELDS:
+                assert spec_problems(stage_spec(spec, stage), stage) == [], (path.name, name, stage)
+                assert spec_problems(spec, stage) == [], (path.name, name, stage)
+
+
+def spec_parser(cmd):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    return parser
 
 
 BROKEN_YAML = 'weights: random\nmodels:\n  m0:\n    source: "timm:efficientvit_m0"\n   task: classification\n'

@@ -254,8 +254,18 @@ TINY_MODEL_TEXT = """  efficientvit_m0:
             "maximum of 20",
         ),
         (lambda t: t.replace("targets: [ax650n-npu3, rdk-x5]", "targets: [ax650n-npu3, rdk-x50]"), "targets.1", "unknown target 'rdk-x50'"),
+        (  # issue 15's case: a misspelt key, accepted before, left its builds on the base's numbers
+            lambda t: t + "target_profiles:\n  my-npu: {base: ax650n-npu3, units: {tensor: {peak_op_per_s: {int8: 8.0e+12}}}}\n",
+            "target_profiles.my-npu.units.tensor.peak_op_per_s",
+            "unknown key (expected one of ops, peak_ops_per_s, efficiency, tile)",
+        ),
+        (  # YAML 1.1 reads 25.6e9 (no dot) as text: the profile's DDR rate would not be a number
+            lambda t: t + "target_profiles:\n  my-npu: {base: ax650n-npu3, memory: {ddr_bytes_per_s: 25.6e9}}\n",
+            "target_profiles.my-npu.memory.ddr_bytes_per_s",
+            "expected a number, got '25.6e9'",
+        ),
     ],
-    ids=["duplicate-model", "append_argmax-on-classifier", "opset-21", "unknown-target"],
+    ids=["duplicate-model", "append_argmax-on-classifier", "opset-21", "unknown-target", "misspelt-profile-key", "profile-rate-as-text"],
 )
 def test_bad_config_fails_dry_run_before_any_job(tmp_path, edit, where, expected):
     text = (REPO / "tests" / "config.tiny.yaml").read_text()

@@ -9,12 +9,13 @@ import yaml
 from conftest import REPO, mlflow_runs, snakemake
 
 
-def _row(model, fps, cosine, target="t", **metrics):
+def _row(model, fps, cosine, target="t", task="classification", **metrics):
     from types import SimpleNamespace
 
     from npuflow.report import Row
 
-    return Row(model, target, build=SimpleNamespace(fps=fps, batch=8), evaluate=SimpleNamespace(metrics={"cosine": cosine, **metrics}))
+    evaluate = SimpleNamespace(task=task, metrics={"cosine": cosine, **metrics})
+    return Row(model, target, build=SimpleNamespace(fps=fps, batch=8), evaluate=evaluate)
 
 
 def test_pareto_front_uses_accuracy_only_when_every_model_has_it():
@@ -34,6 +35,39 @@ def test_pareto_front_uses_accuracy_only_when_every_model_has_it():
     assert quality_metric([r for r in rows if r.ok]) == "cosine"
     mark_pareto(rows)
     assert {r.model: r.pareto for r in rows if r.ok} == {"fast": True, "good": True, "dominated": True, "both": False}
+
+
+def test_detection_models_have_a_front_of_their_own_by_the_detection_fidelity_metric():
+    from npuflow.report import mark_pareto
+    from npuflow.report.html import quality_text
+    from npuflow.report.pareto import quality_groups
+
+    rows = [
+        _row("yolo_fast", 50.0, 0.999, task="detection", map50_vs_float=0.60),
+        _row("clf", 100.0, 0.99),
+        _row("yolo_good", 20.0, 0.990, task="detection", map50_vs_float=0.90),
+        _row("yolo_worse", 30.0, 0.999, task="detection", map50_vs_float=0.50),
+    ]
+    groups = quality_groups(rows)  # the classifiers' panel first, whatever the rows' order
+    assert {k: [r.model for r in g] for k, g in groups.items()} == {
+        "cosine": ["clf"],
+        "map50_vs_float": ["yolo_fast", "yolo_good", "yolo_worse"],
+    }
+    mark_pareto(rows)
+    # by cosine yolo_worse would beat yolo_good and stand on the classifier's front; by mAP50 vs float it does not
+    assert {r.model: r.pareto for r in rows} == {"clf": True, "yolo_fast": True, "yolo_good": True, "yolo_worse": False}
+    assert quality_text(groups) == (
+        "int8 vs float cosine (fidelity); int8 mAP50 vs float boxes (fidelity) for the detection models, on a front of their own"
+    )
+    rows[0].evaluate.metrics.update(map50=0.3)  # labels for one detector only: fidelity still, for all of them
+    assert list(quality_groups(rows)) == ["cosine", "map50_vs_float"]
+    for r in rows[2:]:
+        r.evaluate.metrics.update(map50=0.3)
+    assert list(quality_groups(rows)) == ["cosine", "map50"]
+    del rows[3].evaluate.metrics["map50"], rows[3].evaluate.metrics["map50_vs_float"]  # no boxes to compare (random weights)
+    groups = quality_groups(rows)
+    assert {k: [r.model for r in g] for k, g in groups.items()} == {"cosine": ["clf", "yolo_fast", "yolo_good", "yolo_worse"]}
+    assert quality_text(groups) == "int8 vs float cosine (fidelity)"
 
 
 def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):

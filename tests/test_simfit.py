@@ -190,6 +190,7 @@ def tiny_csv(tmp_path_factory):
         "nonesuch-npu,tiny0,tiny0,64x64,1,latency_ms,0.1,,bad: unknown target",
         "rdk-x5,tiny0,tiny0,64x64,1,latency_ms,-2,,bad: non-positive value",
         "rdk-x5,nothing,torchvision:nothing,64x64,1,latency_ms,1.0,,bad: a model sim-validate cannot build",
+        "rdk-x5,ckpt,url:https://127.0.0.1:9/m.pth,64x64,1,latency_ms,1.0,,bad: a source sim-validate does not build",
     ]
     csv = d / "tiny.csv"
     csv.write_text(PUBLISHED + "\n".join(rows) + "\n")
@@ -202,10 +203,11 @@ def test_validate_reports_every_row_with_its_failures_and_per_family_figures(tin
     report = validate(csv, tmp_path / "r.json", cache, cross_validate=mode)
     assert json.loads((tmp_path / "r.json").read_text())["summary"] == report["summary"]
     rows = report["rows"]
-    assert len(rows) == 21 and report["summary"]["rows"] == 21 and report["summary"]["failures"] == 3
+    assert len(rows) == 22 and report["summary"]["rows"] == 22 and report["summary"]["failures"] == 4
     bad = {r["source"].split(": ")[1]: r["error"] for r in rows if r["predicted"] is None}
     assert "unknown target 'nonesuch-npu'" in bad["unknown target"] and "expected positive" in bad["non-positive value"]
-    assert "torchvision:" in bad["a model sim-validate cannot build"]
+    assert "unknown torchvision model 'nothing'" in bad["a model sim-validate cannot build"]
+    assert "sim-validate builds timm:, hf:, torchvision:, ultralytics: names, not url:" in bad["a source sim-validate does not build"]
     assert (
         set(report["summary"]["per_family"]) == {"a", "b", "c", "d", "(not built)"} and report["summary"]["within_10pct_share"] is not None
     )
@@ -255,3 +257,23 @@ def test_sim_validate_command_takes_the_cross_validation_flag(tiny_csv, tmp_path
     assert '"per_family"' in capsys.readouterr().out  # the summary it prints
     with pytest.raises(SystemExit):  # argparse refuses a mode it does not know
         main([*args, "--out", str(tmp_path / "x.json"), "--cross-validate", "model"])
+
+
+def test_sim_validate_builds_torchvision_and_ultralytics_names_at_the_rows_input_size(tmp_path):
+    """A YOLO with its head split as deployed, a torchvision classifier and segmenter: each row
+    built at its input_hw, held out by its source's family."""
+    rows = [
+        "rdk-x5,yolo11n,ultralytics:yolo11n,32x32,1,latency_ms,0.5,,synthetic",
+        "ax650n-npu3,yolo11n,ultralytics:yolo11n,32x32,1,latency_ms,0.2,,synthetic",
+        "rdk-x5,squeezenet,torchvision:squeezenet1_1,64x64,1,latency_ms,0.5,,synthetic",
+        "rdk-x5,lraspp,torchvision:lraspp_mobilenet_v3_large,64x64,1,latency_ms,0.8,,synthetic",
+    ]
+    (tmp_path / "c.csv").write_text(PUBLISHED + "\n".join(rows) + "\n")
+    report = validate(tmp_path / "c.csv", tmp_path / "r.json", tmp_path / "cache", cross_validate="family")
+    assert report["summary"]["failures"] == 0, [r.get("error") for r in report["rows"]]
+    assert [r["family"] for r in report["rows"]] == ["yolo11", "yolo11", "squeezenet", "lraspp"]
+    assert set(report["summary"]["per_family"]) == {"yolo11", "squeezenet", "lraspp"}
+    assert all(r["predicted"] > 0 for r in report["rows"])
+    yolo = onnx.load(str(tmp_path / "cache" / "ultralytics_yolo11n-32x32.onnx"))
+    assert [o.name for o in yolo.graph.output] == ["box_s8", "cls_s8", "box_s16", "cls_s16", "box_s32", "cls_s32"]
+    assert [d.dim_value for d in yolo.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]

@@ -122,6 +122,63 @@ def test_attention_records_its_head_dimension_on_its_matmuls():
     assert {op.head_dim for op in a.ops if op.op_type == "MatMul"} == {8}
 
 
+def test_attention_reading_its_probabilities_transposed_is_the_same_pattern():
+    """Ultralytics' C2PSA and YOLO12's area attention: (q·s)ᵀ·k → softmax → v·attnᵀ. One match;
+    the transposes the matmuls read are theirs to fold (no data move)."""
+    nodes = [
+        helper.make_node("Mul", ["x", "scale"], ["qs"], name="scale"),
+        helper.make_node("Transpose", ["qs"], ["qt"], perm=[0, 1, 3, 2], name="qt"),
+        helper.make_node("MatMul", ["qt", "x"], ["s"], name="qk"),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("Transpose", ["p"], ["pt"], perm=[0, 1, 3, 2], name="pt"),
+        helper.make_node("MatMul", ["x", "pt"], ["y"], name="av"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 32, 400])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.float32(0.17), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (match,) = find(Graph(model))
+    assert match.pattern == "Attention" and {n.name for n in match.members} == {"qk", "softmax", "pt", "av"}
+    a = analyse(model, TARGETS.get("ax650n-npu3"))
+    assert {op.name: op.head_dim for op in a.ops if op.op_type == "MatMul"} == {"qk": 32, "av": 32}
+    assert {op.op_type for op in a.ops} == {"Mul", "MatMul", "Softmax"}  # both transposes folded into the matmuls
+    precision = resolve_precision(model, {"default": "int8", "op_types": {"Attention": "int16"}})
+    assert {n for n, p in precision.items() if p == "int16"} == {"qk", "softmax", "pt", "av"}
+
+
+def _concat_model(parts: list[int]):
+    """Convs whose outputs are concatenated along the channels, then one conv over the whole."""
+    inits = [numpy_helper.from_array(np.zeros((c, 8, 1, 1), np.float32), f"w{i}") for i, c in enumerate(parts)]
+    inits.append(numpy_helper.from_array(np.zeros((8, sum(parts), 1, 1), np.float32), "wy"))
+    nodes = [helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"], name=f"conv{i}") for i in range(len(parts))]
+    nodes += [
+        helper.make_node("Concat", [f"c{i}" for i in range(len(parts))], ["cat"], axis=1, name="concat"),
+        helper.make_node("Conv", ["cat", "wy"], ["y"], name="convy"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 40, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("target", "view_block"), [("ax650n-npu3", 8), ("rdk-x5", 32), ("j5", 32)])
+def test_a_channel_concat_is_a_view_where_its_parts_fill_whole_blocks_of_the_layout(target, view_block):
+    """The producers write into the concatenation in place where every part is a whole number of
+    the layout's channel blocks (AXERA: 2H16W8C; the BPUs write 32-channel output blocks)."""
+    aligned = analyse(_concat_model([view_block, 2 * view_block]), TARGETS.get(target))
+    assert "concat" not in aligned.mapping.op_of
+    ragged = analyse(_concat_model([view_block // 2, view_block]), TARGETS.get(target))
+    assert ragged.mapping.op_of["concat"].unit == "dma"
+
+
 @pytest.mark.parametrize("target", TARGETS.names())
 def test_prediction_never_beats_peak_throughput(target, tmp_path):
     profile = TARGETS.get(target)

@@ -24,11 +24,20 @@ class ExportError(NpuflowError):
 
 
 def export_module(
-    module, shape, opset: int, out_onnx: str | Path, where: str, threads: int = 1, output_names: list[str] | None = None, x=None
+    module,
+    shape,
+    opset: int,
+    out_onnx: str | Path,
+    where: str,
+    threads: int = 1,
+    output_names: list[str] | None = None,
+    x=None,
+    native_size: tuple[int, int] | None = None,
 ) -> tuple[float, list[list[int]]]:
     """Export a torch module to ONNX (batch as in `shape`) and check it against torch on a fixed
     input (`x`, default `fixed_input`). Returns (max abs difference, the outputs' shapes); nothing
-    is left behind if it fails."""
+    is left behind if it fails. `native_size`: the input size the model takes, for the message
+    when it does not run on `shape` (its source's `native_input_size`)."""
     import torch
 
     names = output_names or [OUTPUT_NAME]
@@ -37,7 +46,7 @@ def export_module(
         try:
             out = module(torch.from_numpy(x))
         except Exception as e:  # a size the model cannot take: its library says so in its own words
-            raise ExportError(input_size_message(module, shape, where, e)) from e
+            raise ExportError(input_size_message(native_size, shape, where, e)) from e
     expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
     if len(expected) != len(names):
         raise ExportError(f"{where}: the module returns {len(expected)} outputs, the export names {len(names)}")
@@ -87,14 +96,11 @@ def float32_sensitivity(module, x, expected: list) -> float:
     return max_abs_diff(expected, exact)
 
 
-def input_size_message(module, shape, where: str, error: Exception) -> str:
+def input_size_message(native: tuple[int, int] | None, shape, where: str, error: Exception) -> str:
     """One line for a model that does not run on the configured input: the size given, the
-    model's own words, and the size it takes where its library records one."""
-    from .sources import native_input_size
-
+    model's own words, and the size it takes where its source knows one (`native`)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     why = f"{type(error).__name__}: {lines[-1][:200] if lines else ''}"
-    native = native_input_size(module)
     given = "×".join(map(str, shape[2:]))
     takes = (
         f"it takes {native[0]}×{native[1]}: set input.shape: [1, 3, {native[0]}, {native[1]}]"
@@ -123,10 +129,13 @@ def export(spec: dict, *, fetch_dir: str | Path, out_onnx: str | Path, out_json:
     start = time.perf_counter()
     module = load_model(spec, fetch_dir)
     source = source_for(spec)
+    native = source.native_input_size(module)
     module, output_names = source.export_form(module, spec)
     shape = spec["input"]["shape"]
     where = f"models.{spec['name']}"
-    max_abs, out_shapes = export_module(module, shape, spec["opset"], out_onnx, where, threads, output_names, source.check_input(shape))
+    max_abs, out_shapes = export_module(
+        module, shape, spec["opset"], out_onnx, where, threads, output_names, source.check_input(shape), native_size=native
+    )
     report = {
         "model": spec["name"],
         "opset": spec["opset"],

@@ -358,6 +358,7 @@ class BuildReport(Record):
     unit_share: dict[str, float]
     ops: dict[str, int]
     unknown_dims: int
+    patterns: dict[str, int] | None = None  # fusion patterns recognised: {Swish: 77, Attention: 1}
     top_ops: list[TopOp]
     seconds: float
     NESTED: ClassVar[dict] = {"partition": (Partition, "list"), "top_ops": (TopOp, "list")}

@@ -147,5 +147,14 @@ class TorchvisionSource(ModelSource):
             "interpolation": str(getattr(getattr(t, "interpolation", None), "value", "bilinear")),
         }
 
+    def task_of(self, reference):
+        """A segmentation builder's name segments; the others classify."""
+        return "segmentation" if reference.split(".", 1)[0] in _names()[1] else "classification"
+
+    def native_input_size(self, module):
+        """A vision transformer's image_size (torchvision's ViTs take only that one)."""
+        size = getattr(getattr(module, "inner", module), "image_size", None)
+        return (size, size) if isinstance(size, int) else None
+
     def family(self, module):
         return super().family(getattr(module, "inner", module))

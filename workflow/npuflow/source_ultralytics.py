@@ -47,6 +47,8 @@ HEAD_FORMS = ("split", "full")
 # Classes of Ultralytics' released weights (COCO, COCO keypoints: person only, ImageNet). Random
 # weights get the same head, so both are one architecture (some model definitions say otherwise).
 RELEASE_CLASSES = {"detect": 80, "segment": 80, "pose": 1, "classify": 1000}
+# The input size Ultralytics trains its released weights at (imgsz).
+RELEASE_SIZE = {"detect": 640, "segment": 640, "pose": 640, "classify": 224}
 
 
 def _ultralytics():
@@ -299,6 +301,16 @@ class UltralyticsSource(ModelSource):
             described["keypoints"] = [int(k) for k in head.kpt_shape]
             described["keypoint_decode"] = "yolo26" if type(head).__name__.endswith("26") else "yolov8"
         return described
+
+    def task_of(self, reference):
+        return task_of_name(reference)
+
+    def native_input_size(self, module):
+        """The size Ultralytics' released weights were trained at (a YOLO also runs on other
+        multiples of its largest stride)."""
+        head = self.head(module)
+        size = RELEASE_SIZE["classify" if head is None else head["kind"]]
+        return size, size
 
     def family(self, module):
         """yolov8, yolo11, yolo26, … (the model definition's family)."""

@@ -136,6 +136,16 @@ class ModelSource:
         """What the host needs to post-process the outputs (detection heads), for the manifest."""
         return None
 
+    def task_of(self, reference: str) -> str:
+        """The task of the model a reference names, where the name alone says it (`sim-validate`
+        builds a CSV row's model from its name); else the first task the source serves."""
+        return self.tasks[0]
+
+    def native_input_size(self, module) -> tuple[int, int] | None:
+        """The input size (H, W) the model was made for, where the source knows it (for the
+        message of an export that fails on the configured size); None where it does not."""
+        return None
+
     def family(self, module) -> str:
         """The architecture family (timm's model module, e.g. efficientvit_msra), for grouping runs."""
         return type(module).__module__.rsplit(".", 1)[-1]
@@ -234,6 +244,11 @@ class TimmSource(_HFHubSource):
             "interpolation": cfg.get("interpolation", "bilinear"),
         }
 
+    def native_input_size(self, module):
+        """timm's pretrained input size (ViTs and Swin take only that one)."""
+        size = (getattr(module, "pretrained_cfg", None) or {}).get("input_size")
+        return tuple(size[-2:]) if size else None
+
     def deploy_form(self, module):
         """timm's reparameterisation: multi-branch training blocks fused into single convolutions."""
         from timm.models import reparameterize_model
@@ -327,6 +342,13 @@ class HFSource(_HFHubSource):
         except Exception as e:
             raise WeightsUnavailable(f"transformers could not load pretrained {repo}: {type(e).__name__}: {e}") from e
         return _hf_wrapper(model), {"from": f"hub:{repo}"}
+
+    def native_input_size(self, module):
+        """The transformers config's image_size."""
+        size = getattr(getattr(module.inner, "config", None), "image_size", None)
+        if isinstance(size, int):
+            return size, size
+        return tuple(size) if isinstance(size, list | tuple) and len(size) == 2 else None
 
     def family(self, module):
         return module.inner.config.model_type
@@ -444,20 +466,6 @@ class FileSource(_CheckpointSource):
         if spec.get("sha256") and digest != spec["sha256"].lower():
             raise FetchError(f"models.{spec['name']}.sha256: {path} has sha256 {digest}, expected {spec['sha256'].lower()}")
         return path, digest
-
-
-def native_input_size(module) -> tuple[int, int] | None:
-    """The input size (H, W) a model was made for, where its library records it: timm's
-    pretrained_cfg, a transformers config's image_size. None where neither says."""
-    cfg = getattr(module, "pretrained_cfg", None) or {}
-    if cfg.get("input_size"):
-        return tuple(cfg["input_size"][-2:])
-    size = getattr(getattr(getattr(module, "inner", module), "config", None), "image_size", None)
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, list | tuple) and len(size) == 2:
-        return tuple(size)
-    return None
 
 
 def source_for(spec: dict) -> ModelSource:

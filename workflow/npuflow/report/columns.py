@@ -64,6 +64,12 @@ METRIC_HEADINGS = {
     "miou": ("mIoU %", "pct"),
     "host_fp32_ms": ("host fp32 ms", "ms"),
     "host_int8_ms": ("host int8 ms", "ms"),
+    # detection: int8 boxes against the float model's (fidelity), then against labels
+    "box_agreement": ("box agr. %", "pct"),
+    "map50_vs_float": ("mAP50 vs float %", "pct"),
+    "float_map50": ("float mAP50 %", "pct"),
+    "map50": ("mAP50 %", "pct"),
+    "host_decode_nms_ms": ("host NMS ms", "ms"),
 }
 
 

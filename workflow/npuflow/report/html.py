@@ -12,7 +12,7 @@ from ..io import atomic_path, read_json
 from ..records import EVAL_METRICS
 from .collect import Row, worst_layers
 from .columns import COLUMNS, fmt, sig
-from .pareto import quality_metric
+from .pareto import QUALITY_LABELS, quality_groups
 from .plots import UNITS, latency_by_op_type, top_op_types
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -99,19 +99,29 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         body.append(cells)
     table = _table([c.heading for c in shown] + ["files and run"], body)
     first = ok[0] if ok else None
-    key = quality_metric(ok)
+    groups = quality_groups(ok)
     slower_int8 = [r.model for r in ok if (r.figure("host_int8_ms") or 0) > (r.figure("host_fp32_ms") or float("inf"))]
     return {
         "target": target,
         "chip": first.build.chip if first else "",
         "batch": first.build.batch if first else "",
         "table": table,
-        "quality": "task accuracy" if key != "cosine" else "fidelity (cosine)",
+        "quality": quality_text(groups),
         "pareto_png": _png(pareto_png),
         "cpu": [{"model": r.model, "cpu": r.cpu} for r in ok if r.cpu and r.cpu.dominates],
         "slower_int8": slower_int8,
+        "detection": any(r.evaluate.task == "detection" for r in ok),
         "published": any(r.published for r in ok),
     }
+
+
+def quality_text(groups: dict[str, list[Row]]) -> str:
+    """What the target's Pareto fronts measure quality by: one metric, or the detectors' apart."""
+    parts = []
+    for key, group in groups.items():
+        apart = len(groups) > 1 and all(r.evaluate.task == "detection" for r in group)
+        parts.append(QUALITY_LABELS[key] + (" for the detection models, on a front of their own" if apart else ""))
+    return "; ".join(parts) or QUALITY_LABELS["cosine"]
 
 
 def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dict:

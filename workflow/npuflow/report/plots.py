@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..io import atomic_path, read_json
 from ..records import BuildReport
-from .pareto import QUALITY_LABELS, quality_metric
+from .pareto import FIDELITY, QUALITY_LABELS, quality_groups
 
 UNITS = ("tensor", "vector", "dma", "cpu", "overhead")
 TOP_OP_TYPES = 7
@@ -54,38 +54,58 @@ def top_op_types(by_type: dict[str, dict[str, float]], builds: dict[str, BuildRe
 
 
 def pareto_png(target: str, rows: list, models: list[str]) -> bytes:
-    """One target's simulated FPS against quality; each model its own colour and marker (the
-    same on every target: `models` is the report's model order), named in the legend."""
+    """One target's simulated FPS against quality, one panel per quality metric (detectors apart
+    from classifiers unless both are measured by cosine); each model its own colour and marker
+    (the same on every target: `models` is the report's model order), named in the legend."""
     plt = _pyplot()
     ok = [r for r in rows if r.ok]
-    key = quality_metric(ok)
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    groups = quality_groups(ok) or {"cosine": []}
+    fig, axes = plt.subplots(1, len(groups), figsize=(8.5 if len(groups) == 1 else 12, 4.5), squeeze=False)
     cmap = plt.get_cmap("tab10")
-    for r in ok:
-        i = models.index(r.model)
-        ax.scatter(
-            r.figure("fps"),
-            r.figure(key),
-            s=60,
-            marker=MARKERS[i % len(MARKERS)],
-            color=cmap(i % 10),
-            edgecolors="black" if r.pareto else "none",
-            linewidths=1.5,
-            zorder=3,
-            label=f"{r.model}{' ★' if r.pareto else ''}",
+    for ax, (key, group) in zip(axes[0], groups.items()):
+        for r in group:
+            i = models.index(r.model)
+            ax.scatter(
+                r.figure("fps"),
+                r.figure(key),
+                s=60,
+                marker=MARKERS[i % len(MARKERS)],
+                color=cmap(i % 10),
+                edgecolors="black" if r.pareto else "none",
+                linewidths=1.5,
+                zorder=3,
+                label=f"{r.model}{' ★' if r.pareto else ''}",
+            )
+        front = sorted((r for r in group if r.pareto), key=lambda r: r.figure("fps"))
+        if len(front) > 1:
+            ax.plot(
+                [r.figure("fps") for r in front],
+                [r.figure(key) for r in front],
+                color="#d62728",
+                lw=1,
+                ls="--",
+                zorder=2,
+                label="Pareto front",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(f"FPS at batch {ok[0].build.batch if ok else '?'} (SIMULATED)")
+        ax.set_ylabel(QUALITY_LABELS[key])
+        apart = " (detection models)" if len(groups) > 1 and all(r.evaluate.task == "detection" for r in group) else ""
+        ax.set_title(f"{target}: simulated throughput vs {'fidelity' if key in FIDELITY else 'accuracy'}{apart}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    # One legend for every panel, right of the last (a panel's own would lie over the next one).
+    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    if legend:
+        axes[0][-1].legend(
+            legend.values(),
+            legend.keys(),
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            fontsize=8,
+            frameon=False,
+            title="model (★ on the front)",
+            title_fontsize=8,
         )
-    front = sorted((r for r in ok if r.pareto), key=lambda r: r.figure("fps"))
-    if len(front) > 1:
-        ax.plot(
-            [r.figure("fps") for r in front], [r.figure(key) for r in front], color="#d62728", lw=1, ls="--", zorder=2, label="Pareto front"
-        )
-    if ok:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="model (★ on the front)", title_fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"FPS at batch {ok[0].build.batch if ok else '?'} (SIMULATED)")
-    ax.set_ylabel(QUALITY_LABELS[key])
-    ax.set_title(f"{target}: simulated throughput vs {'fidelity' if key == 'cosine' else 'accuracy'}")
-    ax.grid(True, which="both", alpha=0.3)
     return _png(fig)
 
 

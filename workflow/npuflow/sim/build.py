@@ -5,6 +5,7 @@ precision analysis is given."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,8 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
             "free": len(analysis.graph.nodes) - sum(len(op.members) for op in ops),
         },
         "unknown_dims": analysis.graph.unknown_dims,
+        # the fusion patterns recognised (npuflow.sim.patterns): {Swish: 77, Attention: 1}
+        "patterns": dict(Counter(m.pattern for m in analysis.mapping.matches)),
         "top_ops": [
             {
                 "name": ops[i].name,

@@ -47,6 +47,17 @@ class Node:
     attrs: dict = field(default_factory=dict)
 
 
+def swaps_last_two(node: Node) -> bool:
+    """A Transpose that swaps the last two axes only (a matrix transposed)."""
+    perm = list(node.attrs.get("perm", []))
+    return (
+        node.op_type == "Transpose"
+        and len(perm) >= 2
+        and perm[-2:] == [len(perm) - 1, len(perm) - 2]
+        and perm[:-2] == list(range(len(perm) - 2))
+    )
+
+
 class Index:
     """Which node produces each tensor and which nodes read it, over any node list: `of_onnx`
     for an ONNX graph's NodeProtos, the constructor for `Node`s."""

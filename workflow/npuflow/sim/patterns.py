@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import Registry
-from .graph import Graph, Node
+from .graph import Graph, Node, swaps_last_two
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,21 +192,29 @@ class LayerNorm(Pattern):
 
 @PATTERNS.register("Attention")
 class Attention(Pattern):
-    """softmax(Q·Kᵀ · s [+ bias]) · V. Not collapsed: its matmuls run on the tensor unit and its
-    softmax where the recipe puts it; the match records the head dimension (Q·Kᵀ's depth), which
-    the cost model reads, and lets a recipe set the precision of the whole attention core."""
+    """softmax(Q·Kᵀ · s [+ bias]) · V, the probabilities read by the second matmul directly
+    (`attn @ v`, timm's and transformers' attention) or transposed (`v @ attnᵀ`, Ultralytics'
+    C2PSA and YOLO12's area attention). Not collapsed: its matmuls run on the tensor unit and its
+    softmax where the recipe puts it; the match records the head dimension (Q·Kᵀ's depth) on its
+    matmuls and lets a recipe set the precision of the whole attention core."""
 
     op_type, anchor, collapse = "Attention", "Softmax", False
 
     def match(self, graph, node):
         members = [node]
         pre = graph.index.producer.get(node.inputs[0])
-        while pre is not None and pre.op_type in ("Mul", "Div", "Add") and len(graph.index.users(pre.outputs[0])) == 1:
+        # back through the scale, a bias or mask, and the reshapes around a mask (Swin's shifted windows)
+        while pre is not None and pre.op_type in ("Mul", "Div", "Add", "Reshape") and len(graph.index.users(pre.outputs[0])) == 1:
             members.append(pre)
             nxt = [i for i in pre.inputs if not graph.is_constant(i)]
             pre = graph.index.producer.get(nxt[0]) if nxt else None
-        av = _user(graph, node, ("MatMul",))
-        if pre is None or pre.op_type != "MatMul" or av is None or av.inputs[0] != node.outputs[0]:
+        probs = node.outputs[0]
+        moved = _user(graph, node, ("Transpose",))
+        if moved is not None and swaps_last_two(moved):  # v @ attnᵀ
+            members.append(moved)
+            probs = moved.outputs[0]
+        av = graph.index.single_user(probs)
+        if pre is None or pre.op_type != "MatMul" or av is None or av.op_type != "MatMul" or probs not in av.inputs:
             return None
         q = graph.tensors.get(pre.inputs[0])
         head_dim = q.shape[-1] if q is not None and q.shape else 0

@@ -1,6 +1,8 @@
 """Published device measurements (the calibration CSV) and the models they name, exported once.
 
-A row names a target, a model (`timm_name`: a timm name, or `hf:<repo>`), an input size, a batch,
+A row names a target, a model (`timm_name`: a timm name, or `<source>:<reference>` of one of the
+sources in NAME_SCHEMES: `hf:<repo>`, `torchvision:<builder>`, `ultralytics:<name>`, built at the
+row's `input_hw`), an input size, a batch,
 a metric (latency_ms or fps), the value, optionally the deployment's precision recipe where it
 left the vendor default (`precision`: `Softmax=int16;LayerNormalization=int16`, empty: the
 target's default), and its source. A row that cannot be used keeps its place with the reason
@@ -22,7 +24,10 @@ METRICS = ("latency_ms", "fps")
 SIM_OPSET = 17
 # Model name schemes sim-validate builds, each a model source of npuflow.sources.SOURCES; a name
 # without a scheme is timm's. Accepting another source's names is adding it here.
-NAME_SCHEMES = ("timm", "hf")
+# The family a row's model is held out with in cross-validation is its source's `family`: timm's
+# model module, an hf config's model_type, torchvision's builder module (mobilenetv2, resnet), an
+# Ultralytics model's family (yolo11, yolov8).
+NAME_SCHEMES = ("timm", "hf", "torchvision", "ultralytics")
 
 
 class SimFitError(NpuflowError):
@@ -33,7 +38,7 @@ class SimFitError(NpuflowError):
 class Row:
     target: str
     model: str
-    name: str  # timm name, or hf:<repo>
+    name: str  # timm name, or <scheme>:<reference> (NAME_SCHEMES)
     hw: tuple[int, int]
     batch: int
     metric: str
@@ -95,7 +100,8 @@ def _cache_stem(name: str, hw: tuple[int, int]) -> str:
     return f"{safe}-{hw[0]}x{hw[1]}"
 
 
-def _source_and_spec(name: str) -> tuple[object, dict]:
+def _source_and_spec(name: str, hw: tuple[int, int]) -> tuple[object, dict]:
+    """The row's model source and the spec it builds the model from (the task its name implies)."""
     from ..sources import SOURCES
 
     scheme, sep, ref = name.partition(":")
@@ -103,12 +109,14 @@ def _source_and_spec(name: str) -> tuple[object, dict]:
         scheme, ref = "timm", name
     if scheme not in NAME_SCHEMES:
         raise SimFitError(f"model {name!r}: sim-validate builds {', '.join(s + ':' for s in NAME_SCHEMES)} names, not {scheme}:")
-    return SOURCES.get(scheme)(), {"name": ref, "source": f"{scheme}:{ref}"}
+    source = SOURCES.get(scheme)()
+    return source, {"name": ref, "source": f"{scheme}:{ref}", "task": source.task_of(ref), "input": {"shape": [1, 3, *hw]}}
 
 
 def model_onnx(name: str, hw: tuple[int, int], cache_dir: str | Path) -> Path:
-    """Simplified batch-1 ONNX of a model at an input size, with random weights, in its deployed
-    (reparameterised) form, exported once and cached; beside it `<stem>.json` records its family."""
+    """Simplified batch-1 ONNX of a model at an input size, with random weights, in the form the
+    pipeline exports it (reparameterised; a detector's head split as the vendor zoos deploy it),
+    exported once and cached; beside it `<stem>.json` records its family."""
     import onnx
     import torch
 
@@ -119,13 +127,16 @@ def model_onnx(name: str, hw: tuple[int, int], cache_dir: str | Path) -> Path:
     path, meta = stem.with_suffix(".onnx"), stem.with_suffix(".json")
     if path.exists() and meta.exists():
         return path
-    source, spec = _source_and_spec(name)
+    source, spec = _source_and_spec(name, hw)
     torch.manual_seed(0)
-    module = source.deploy_form(source.build(spec))
+    module = source.build(spec)
     if not path.exists():
         raw = stem.with_suffix(".raw.onnx")
+        shape = spec["input"]["shape"]
+        exported, outputs = source.export_form(module, spec)
         try:
-            export_module(module, [1, 3, *hw], SIM_OPSET, raw, name, threads=2)
+            native = source.native_input_size(module)
+            export_module(exported, shape, SIM_OPSET, raw, name, 2, outputs, source.check_input(shape), native_size=native)
             simplified, _ = simplify_model(onnx.load(str(raw)), name, threads=2)
             with atomic_path(path) as tmp:
                 onnx.save(simplified, str(tmp))
@@ -136,6 +147,6 @@ def model_onnx(name: str, hw: tuple[int, int], cache_dir: str | Path) -> Path:
 
 
 def model_family(name: str, hw: tuple[int, int], cache_dir: str | Path) -> str:
-    """The model's architecture family (timm's model module, an hf config's model_type)."""
+    """The model's architecture family (its source's `family`: see NAME_SCHEMES)."""
     model_onnx(name, hw, cache_dir)
     return json.loads((Path(cache_dir) / f"{_cache_stem(name, hw)}.json").read_text())["family"]

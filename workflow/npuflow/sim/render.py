@@ -21,6 +21,7 @@ def readable_summary(report: dict) -> str:
         f"NPU subgraphs          {report['subgraphs']:10d}   CPU ops: {report['cpu_ops']}",
         f"DDR traffic per frame  {report['ddr_bytes_per_frame'] / 1e6:10.2f} MB",
         f"MACs                   {report['macs'] / 1e6:10.1f} M    tensor-unit utilisation: {100 * report['tensor_utilisation']:.1f} %",
+        "fusion patterns        " + (", ".join(f"{k} ×{n}" for k, n in report.get("patterns", {}).items()) or "none"),
         "",
         f"{'unit':<10}{'time ms':>10}{'share':>8}",
     ]

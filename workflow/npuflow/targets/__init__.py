@@ -1,5 +1,6 @@
 """NPU target profiles: built-in YAML files in this folder plus the user's `target_profiles` from
-config.yaml. A profile may name a `base:` profile and list only what differs."""
+config.yaml. A profile may name a `base:` profile and list only what differs; each is checked,
+resolved, against the profile schema (`schema.py`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from ..precision import check_recipe
 from ..registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent
-REQUIRED_UNITS = ("tensor", "vector", "dma", "cpu")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -61,37 +60,17 @@ def set_path(profile: dict, path: str, value) -> None:
     node[leaf] = value
 
 
-def _check(name: str, prof: dict, where: str) -> None:
-    def need(path: str):
-        node = prof
-        for part in path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{where}.{path}: missing (every target profile needs it)")
-            node = node[part]
-        return node
-
+def _check(prof: dict, where: str) -> None:
+    """The profile against its schema (unknown keys, types, units without rates, ops on two units)
+    and the simulator's own checks of its fit parameters; every problem in one error."""
     from ..sim.fit import check_fit_parameters  # the simulator's own checks of a profile's fit section
+    from .schema import profile_problems
 
-    problems = check_recipe(prof.get("precision", {}), f"{where}.precision") + check_fit_parameters(prof, where)
+    problems = profile_problems(prof, where)
+    if not problems:  # the fit's checks read values the schema has checked
+        problems = check_fit_parameters(prof, where)
     if problems:
         raise ConfigError("\n  ".join(problems))
-    for unit in REQUIRED_UNITS:
-        need(f"units.{unit}")
-    for path in (
-        "units.tensor.peak_ops_per_s.int8",
-        "units.vector.peak_ops_per_s.int8",
-        "units.cpu.peak_ops_per_s.float",
-        "units.dma.bytes_per_s",
-        "memory.ddr_bytes_per_s",
-        "memory.onchip_bytes",
-        "overheads.op_s",
-        "overheads.subgraph_s",
-        "overheads.cpu_op_s",
-        "batch",
-    ):
-        value = need(path)
-        if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not path.startswith("overheads")):
-            raise ConfigError(f"{where}.{path}: expected a positive number, got {value!r}")
 
 
 def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> Registry[dict]:
@@ -118,7 +97,7 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
                 values = {**moved, **values}  # its own fit, if any, on top
             for path, value in values.items():
                 set_path(prof, path, value)
-        _check(name, prof, raw[name][1])
+        _check(prof, raw[name][1])
         prof["name"] = name
         targets.add(name, prof)
     return targets
