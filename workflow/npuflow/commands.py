@@ -142,6 +142,23 @@ class Surgery(Command):
 
 
 @command
+class Recipes(Command):
+    name = "recipes"
+    help = "resolve a model's precision recipes on it: which recipes make the same quantised model"
+
+    def add_arguments(self, p):
+        p.add_argument("input", type=onnx_file, help="the float (post-surgery) ONNX model")
+        p.add_argument("--recipes", required=True, type=json_object, help='the recipes as JSON, by id: {"int8": {"default": "int8"}, …}')
+        add_model_arguments(p)
+        _outputs(p, out="the recipe map (JSON) to write")
+
+    def run(self, args):
+        from .recipes import recipe_map
+
+        return recipe_map(args.input, recipes=args.recipes, spec=model_spec_of(args), out_json=args.out)
+
+
+@command
 class Calibrate(Command):
     name = "calibrate"
     help = "activation ranges on calibration images, once per model"
@@ -278,6 +295,9 @@ class Mixed(Command):
             "--layers", required=True, type=input_file, help="precision analysis of the target's own recipe (eval/<recipe>.layers.json)"
         )
         p.add_argument("--recipe", required=True, type=json_object, help="the target's own recipe as JSON (where the search starts)")
+        p.add_argument(
+            "--base", type=onnx_file, help="the quantised model of that recipe (quant/<recipe>.onnx), the search's first step (default: quantise it)"
+        )
         _outputs(
             p,
             out="the chosen quantised model to write",
@@ -298,6 +318,7 @@ class Mixed(Command):
             spec=model_spec_of(args),
             profile=target_profile(args),
             base_recipe=args.recipe,
+            base_onnx=args.base,
             out_onnx=args.out,
             out_quant_json=args.quant_report,
             out_json=args.report,

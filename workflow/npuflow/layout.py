@@ -140,6 +140,15 @@ STAGES = StageTable(
             _log("surgery", "{model}.log"),
             fields=("name", "surgery"),
         ),
+        # A checkpoint: which quantised model each of the model's recipes uses (recipes that resolve
+        # to the same node precision share one); the jobs after it are planned from its map.
+        Stage(
+            "recipes",
+            "recipes",
+            {"map": _model("recipes.json")},
+            _log("recipes", "{model}.log"),
+            fields=("name",),
+        ),
         Stage(
             "calibrate",
             "calibrate",

@@ -223,6 +223,17 @@ class CalibrationReport(Record):
 
 # ------------------------------------------------------------------------------ quantisation
 @dataclass(frozen=True, kw_only=True)
+class RecipeMap(Record):
+    """recipes.json (a checkpoint): the model's recipes by id, the identity each resolves to on the
+    model (npuflow.plan.recipe_identity) and the recipe whose quantised model it uses."""
+
+    model: str
+    identities: dict[str, str]
+    uses: dict[str, str]
+    node_dtypes: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantReport(Record):
     """quant/<recipe>.json: the quantised model and the recipe it carries."""
 

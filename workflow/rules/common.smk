@@ -79,19 +79,38 @@ def dataset_inputs(*roles):
     return lambda wildcards: PLAN.dataset_indexes(wildcards.model, roles)
 
 
+def resolved(*models):
+    """Waits for the models' recipe maps (checkpoint `recipes`): what the plan reads next uses them.
+    A dry run does not wait: where a map does not exist yet it plans each recipe for itself, so
+    that it lists every stage's jobs (README, "Dry runs")."""
+    if workflow.dryrun:
+        return
+    for model in models:
+        checkpoints.recipes.get(model=model)
+
+
 def quantized(wildcards):
+    resolved(wildcards.model)
     return PLAN.quantized(wildcards.model, wildcards.target)
 
 
+def base_quantized(wildcards):
+    resolved(wildcards.model)
+    return PLAN.base_quantized(wildcards.model, wildcards.target)
+
+
 def build_layers(wildcards):
+    resolved(wildcards.model)
     return PLAN.build_layers(wildcards.model, wildcards.target)
 
 
 def base_layers(wildcards):
+    resolved(wildcards.model)
     return PLAN.base_layers(wildcards.model, wildcards.target)
 
 
 def run_files(model):
+    resolved(model)
     return PLAN.run_files(model)
 
 
