@@ -141,6 +141,41 @@ def test_each_recipe_is_quantised_and_evaluated_once_with_a_layer_table_per_targ
     assert softmax and {r["quantized_dtype"] for r in softmax} == {"int16"} and {r["unit"] for r in softmax} == {"vector"}
 
 
+def test_a_target_whose_recipe_resolves_as_another_builds_that_model(pipeline_copy, tmp_path):
+    """j5's recipe (int16 LayerNorm, GELU and Softmax) on a model without LayerNorm or GELU gives
+    every node the type rdk-x5's (int16 Softmax) does: adding j5 quantises and evaluates nothing,
+    j5 builds rdk-x5's model, and no two quantised models of the model have the same graph."""
+    from npuflow.onnxutil import load
+    from npuflow.precision import embedded_precision
+    from npuflow.records import RecipeMap
+
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["targets"] = [*config["targets"], "j5"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(pipeline_copy, configfile=tmp_path / "c.yaml")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model = pipeline_copy / "results" / "efficientvit_m0"
+    j5 = "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16"
+    assert RecipeMap.read(model / "recipes.json").uses == {
+        "int8": "int8",
+        "int8_Softmax-int16": "int8_Softmax-int16",
+        j5: "int8_Softmax-int16",
+    }
+    ran = {
+        p.parent.name
+        for p in (pipeline_copy / "results" / "logs").glob("*/*.log")
+        if p.stat().st_mtime > (tmp_path / "c.yaml").stat().st_mtime
+    }
+    assert ran >= {"recipes", "build", "track"} and not ran & {"quantize", "evaluate", "calibrate", "reference"}
+    assert sorted(p.stem for p in (model / "quant").glob("*.onnx")) == ["int8", "int8_Softmax-int16"]
+    graphs = [json.dumps(embedded_precision(load(p)), sort_keys=True) for p in (model / "quant").glob("*.onnx")]
+    assert len(set(graphs)) == len(graphs)
+    track = TrackReport.read(model / "track.json")
+    assert sorted(track.runs) == ["ax650n-npu3", "j5", "rdk-x5"]
+    assert track.runs["j5"].files["onnx_quant"] == track.runs["rdk-x5"].files["onnx_quant"]
+    assert BuildReport.read(model / "build" / "j5" / "build.json").target == "j5"
+
+
 def test_second_run_does_nothing(pipeline):
     proc = snakemake(pipeline)
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
@@ -202,7 +237,7 @@ def planned_jobs(workdir, configfile) -> set[tuple[str, str]]:
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs, rule = set(), None
     for line in proc.stdout.splitlines():
-        if line.startswith(("rule ", "localrule ")):
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
             rule = line.split()[1].rstrip(":")
         elif line.strip().startswith("wildcards:") and rule:
             wildcards = dict(w.split("=") for w in line.split(":", 1)[1].strip().split(", "))

@@ -296,7 +296,9 @@ class Mixed(Command):
         )
         p.add_argument("--recipe", required=True, type=json_object, help="the target's own recipe as JSON (where the search starts)")
         p.add_argument(
-            "--base", type=onnx_file, help="the quantised model of that recipe (quant/<recipe>.onnx), the search's first step (default: quantise it)"
+            "--base",
+            type=onnx_file,
+            help="the quantised model of that recipe (quant/<recipe>.onnx), the search's first step (default: quantise it)",
         )
         _outputs(
             p,

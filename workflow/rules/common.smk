@@ -133,3 +133,27 @@ def planned(*rules):
         return any(job.rule.name in rules for job in workflow.dag.needrun_jobs())
     except AttributeError:  # a Snakemake whose DAG reads otherwise: assume so
         return True
+
+
+# The report (report.smk: PUBLISHED_CSV, its outputs): its pairs as the recipe maps decide them.
+def report_inputs():
+    """The pairs as the recipe maps that exist decide them (all of them, once the report runs)."""
+    return [
+        *[f"--pair={pair.to_json()}" for pair in PLAN.pairs()],
+        f"--published={PUBLISHED_CSV}",
+        f"--target-profiles={json.dumps(config['target_profiles'], sort_keys=True)}",
+    ]
+
+
+# The complete report replaces the partial one a run that stopped early left.
+def report_args(wildcards):
+    resolved(*PLAN.specs)
+    return shlex.join(
+        [
+            *report_inputs(),
+            f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
+            f"--csv={STAGES.report.outputs['csv']}",
+            f"--html={STAGES.report.outputs['html']}",
+            *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
+        ]
+    )

@@ -32,34 +32,11 @@ rule plot:
 REPORT_TARGETS = list(dict.fromkeys(p.target for p in PLAN.pairs()))
 # The published measurements the simulator is fitted to, shown beside the simulated figures.
 PUBLISHED_CSV = os.path.join(workflow.basedir, "data", "published", "npu_latency_calibration.csv")
-def report_inputs():
-    """The pairs as the recipe maps that exist decide them (all of them, once the report runs)."""
-    return [
-        *[f"--pair={pair.to_json()}" for pair in PLAN.pairs()],
-        f"--published={PUBLISHED_CSV}",
-        f"--target-profiles={json.dumps(config['target_profiles'], sort_keys=True)}",
-    ]
-
-
 REPORT_OUTPUTS = [
     STAGES.report.outputs["csv"],
     STAGES.report.outputs["html"],
     *[STAGES.report.output("pareto", target=t) for t in REPORT_TARGETS],
 ]
-
-
-# The complete report replaces the partial one a run that stopped early left.
-def report_args(wildcards):
-    resolved(*PLAN.specs)
-    return shlex.join(
-        [
-            *report_inputs(),
-            f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
-            f"--csv={STAGES.report.outputs['csv']}",
-            f"--html={STAGES.report.outputs['html']}",
-            *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
-        ]
-    )
 
 
 rule report:
