@@ -9,6 +9,7 @@ point of the accuracy/latency trade-off curve; the chosen recipe is saved with t
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 import time
@@ -157,8 +158,14 @@ def mixed_precision(
         chosen = meeting[0] if meeting else max(feasible, key=lambda p: p[metric])
         # The chosen step's model is the quantize stage's output for its recipe (the same
         # quantize_model call); kept, with the stage's report beside it, not quantised again.
+        # Where the search keeps the base recipe, that is the base recipe's own model: a link to
+        # it, not a second copy (Snakemake times a link by the link itself).
         with atomic_path(out_onnx) as out:
-            shutil.copyfile(chosen["path"], out)
+            if chosen["step"] == 0 and base_onnx is not None:
+                out.unlink()
+                out.symlink_to(os.path.relpath(Path(base_onnx).resolve(), Path(out_onnx).resolve().parent))
+            else:
+                shutil.copyfile(chosen["path"], out)
         quant = quantize_report(onnx_opset(float_model), out_onnx, chosen["precision"], chosen["recipe"], calibration, chosen["quantize_s"])
         quant.write(out_quant_json)
     for p in curve:  # the step's files and node map stay out of the report
