@@ -166,7 +166,7 @@ def test_a_target_whose_recipe_resolves_as_another_builds_that_model(pipeline_co
         for p in (pipeline_copy / "results" / "logs").glob("*/*.log")
         if p.stat().st_mtime > (tmp_path / "c.yaml").stat().st_mtime
     }
-    assert ran >= {"recipes", "build", "track"} and not ran & {"quantize", "evaluate", "calibrate", "reference"}
+    assert ran >= {"recipes", "build", "track"} and not ran & {"quantize", "evaluate", "analyse", "calibrate", "reference"}
     assert sorted(p.stem for p in (model / "quant").glob("*.onnx")) == ["int8", "int8_Softmax-int16"]
     graphs = [json.dumps(embedded_precision(load(p)), sort_keys=True) for p in (model / "quant").glob("*.onnx")]
     assert len(set(graphs)) == len(graphs)
@@ -255,7 +255,7 @@ def test_changed_entry_reruns_only_what_reads_the_change(pipeline, tmp_path):
     config["models"]["efficientvit_m0"]["calibration"] = {"images": 5}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     rules = {rule for rule, _ in planned_jobs(pipeline, tmp_path / "c.yaml")}
-    assert rules == {"calibrate", "quantize", "build", "evaluate", "plot", "track"}
+    assert rules == {"calibrate", "quantize", "build", "evaluate", "analyse", "plot", "track"}
 
 
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path):

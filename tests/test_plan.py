@@ -35,7 +35,7 @@ def test_mixed_precision_chooses_the_recipe_of_the_targets_it_names_only():
     assert (pair.recipe, pair.base_recipe, pair.mixed) == ("mixed-rdk-x5", "int8_Softmax-float", True)
     assert p.quantized("m", "rdk-x5") == "results/m/quant/mixed-rdk-x5.onnx"
     # The search starts from the precision analysis of the target's own recipe.
-    assert p.base_layers("m", "rdk-x5") == "results/m/eval/int8_Softmax-float.layers.json"
+    assert p.base_layers("m", "rdk-x5") == "results/m/eval/int8_Softmax-float.layers.json"  # the analyse stage's
     assert p.build_layers("m", "rdk-x5") == "results/m/eval/mixed-rdk-x5.layers.json"
     assert "mixed-rdk-x5" in p.recipe_ids() and "mixed-rdk-x5" not in p.recipes()
     files = p.run_files("m")
@@ -63,8 +63,10 @@ def test_a_mixed_pair_chains_through_the_search_and_a_dataset_through_its_prepar
         "reference",
         "quantize",
         "evaluate",
+        "analyse",
         "mixed_precision",
         "evaluate",
+        "analyse",
         "build",
         "plot",
         "init_mlflow",
@@ -72,11 +74,11 @@ def test_a_mixed_pair_chains_through_the_search_and_a_dataset_through_its_prepar
     ]
     assert chain[0].log == "results/logs/dataset/mine.log" and chain[0].outputs == ("results/datasets/mine/index.json",)
     assert chain[8].log == "results/logs/quantize/m.int8_Softmax-float.log"  # the base recipe, which the search starts from
-    assert chain[10].log == "results/logs/mixed_precision/m.rdk-x5.log"
-    assert chain[11].outputs[0] == "results/m/eval/mixed-rdk-x5.json"
+    assert chain[11].log == "results/logs/mixed_precision/m.rdk-x5.log"
+    assert chain[12].outputs[0] == "results/m/eval/mixed-rdk-x5.json"
     # A pair without mixed precision or datasets goes straight from its recipe's evaluation to the build.
     plain = Pair("m", "ax650n-npu3", "int8", "int8")
-    assert [s.stage for s in plain.chain()][6:10] == ["reference", "quantize", "evaluate", "build"]
+    assert [s.stage for s in plain.chain()][6:11] == ["reference", "quantize", "evaluate", "analyse", "build"]
     assert Pair.from_json(pair.to_json()) == pair
 
 
@@ -87,7 +89,7 @@ def test_specs_and_memory_per_stage():
     assert set(json.loads(p.spec_json("m", "surgery"))) == set(STAGES.surgery.fields)
     assert set(json.loads(p.spec_json("m", "mixed_precision"))) <= set(STAGES.mixed_precision.fields)
     # Mixed precision runs evaluation's per-layer comparison at each step: the same estimate.
-    assert p.job_mem_mb("mixed_precision", "m") == p.job_mem_mb("evaluate", "m") > p.job_mem_mb("reference", "m")
+    assert p.job_mem_mb("mixed_precision", "m") == p.job_mem_mb("analyse", "m") > p.job_mem_mb("reference", "m")
 
 
 def conv_relu_onnx(path):

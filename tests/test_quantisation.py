@@ -194,7 +194,7 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
     assert float(logits_row["cosine"]) == pytest.approx(f @ q / np.sqrt((f @ f) * (q @ q)), rel=1e-5)
     assert {r["unit"] for r in table} >= {"tensor", "vector"}
     assert {r["quantized_dtype"] for r in table} >= {"int8", "int16"}
-    assert e["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
+    assert read_json(d / "l.json")["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
 
 
 def test_auto_calibration_keeps_the_best_candidate(segmenter, tmp_path):

@@ -247,19 +247,18 @@ class Reference(Command):
 @command
 class Evaluate(Command):
     name = "evaluate"
-    help = "quantised vs float on held-out images, host int8 latency, per-layer analysis"
+    help = "quantised vs float on held-out images, host int8 latency"
 
     def add_arguments(self, p):
         p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
         add_model_arguments(p)
         p.add_argument("--recipe", default="int8", help="precision recipe id of the quantised model, for the record (default: %(default)s)")
-        p.add_argument("--float-model", required=True, type=onnx_file, help="the float (post-surgery) model, for the per-layer analysis")
         p.add_argument("--reference", required=True, type=input_file, help="the reference stage's outputs (.npz)")
         p.add_argument(
             "--reference-report", required=True, type=input_file, help="the reference stage's report (fp32 latency, float accuracy)"
         )
         p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (weights kind)")
-        _outputs(p, out="the stage report (JSON) to write", layers_out="the per-layer precision analysis (JSON) to write")
+        _outputs(p, out="the stage report (JSON) to write")
         _threads(p)
 
     def run(self, args):
@@ -267,14 +266,38 @@ class Evaluate(Command):
 
         return evaluate(
             args.input,
-            float_onnx=args.float_model,
             reference_npz=args.reference,
             reference_json=args.reference_report,
             manifest_json=args.manifest,
             spec=model_spec_of(args),
             recipe=args.recipe,
             out_json=args.out,
-            out_layers=args.layers_out,
+            threads=args.threads,
+        )
+
+
+@command
+class Analyse(Command):
+    name = "analyse"
+    help = "per-layer precision analysis: every float tensor against the quantised model's"
+
+    def add_arguments(self, p):
+        p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
+        add_model_arguments(p)
+        p.add_argument("--float-model", required=True, type=onnx_file, help="the float (post-surgery) model")
+        p.add_argument("--reference", required=True, type=input_file, help="the reference stage's outputs (.npz: the held-out images)")
+        _outputs(p, out="the per-layer precision analysis (JSON) to write")
+        _threads(p)
+
+    def run(self, args):
+        from .evaluate import analyse
+
+        return analyse(
+            args.input,
+            float_onnx=args.float_model,
+            reference_npz=args.reference,
+            spec=model_spec_of(args),
+            out_layers=args.out,
             threads=args.threads,
         )
 

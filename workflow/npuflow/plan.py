@@ -98,14 +98,14 @@ class Pair:
 
     def chain(self) -> list[ChainStep]:
         """Every job the pair's MLflow run waits for, in pipeline order: its datasets, the model's
-        front stages, quantisation and evaluation of the target's own recipe, then (where mixed
-        precision chooses) the search and the evaluation of its choice, the build, the plot, the
-        store and the logging job."""
+        front stages and recipe map, quantisation, evaluation and per-layer analysis of the model
+        the target's own recipe uses, then (where mixed precision chooses) the search and the
+        evaluation and analysis of its choice, the build, the plot, the store and the logging job."""
         steps = [("dataset", {"dataset": d}) for d in self.datasets]
         steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "recipes", "calibrate", "reference")]
-        steps += [("quantize", {"recipe": self.base_recipe}), ("evaluate", {"recipe": self.base_recipe})]
+        steps += [(s, {"recipe": self.base_recipe}) for s in ("quantize", "evaluate", "analyse")]
         if self.mixed:
-            steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe})]
+            steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe}), ("analyse", {"recipe": self.recipe})]
         steps += [("build", {}), ("plot", {}), ("init_mlflow", {}), ("track", {})]
         out = []
         for name, extra in steps:
@@ -193,11 +193,11 @@ class Plan:
 
     def build_layers(self, model: str, target: str) -> str:
         """The precision analysis of the quantised model the target builds."""
-        return STAGES.evaluate.output("layers", model=model, recipe=self.recipe_of(model, target))
+        return STAGES.analyse.output("layers", model=model, recipe=self.recipe_of(model, target))
 
     def base_layers(self, model: str, target: str) -> str:
         """The precision analysis of the target's own recipe, which mixed precision starts from."""
-        return STAGES.evaluate.output("layers", model=model, recipe=self.used_recipe(model, target))
+        return STAGES.analyse.output("layers", model=model, recipe=self.used_recipe(model, target))
 
     def base_quantized(self, model: str, target: str) -> str:
         """The quantised model of the target's own recipe (mixed precision's first step)."""

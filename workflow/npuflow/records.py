@@ -421,8 +421,6 @@ class EvalReport(Record):
     labelled_images: int | None = None
     host_int8_repeats: int
     host_threads: int
-    worst_layers: list[dict]
-    seconds_layer_analysis: float
     seconds: float
 
     @classmethod
@@ -441,10 +439,13 @@ class EvalReport(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class LayerAnalysis(Record):
-    """eval/<recipe>.layers.json: the per-layer precision analysis rows (npuflow.layers)."""
+    """eval/<recipe>.layers.json: the per-layer precision analysis rows (npuflow.layers), the five
+    of lowest cosine, and the stage's seconds."""
 
     images: int
     rows: list[dict]
+    worst_layers: list[dict] | None = None
+    seconds: float | None = None
 
 
 # ----------------------------------------------------------------------------------- tracking
