@@ -1,7 +1,7 @@
 """Memory each job needs, so that Snakemake never starts more jobs than the machine holds.
 
-Without it `snakemake --cores 8` on a 24 GB machine starts SegFormer's three evaluations at once
-(13 GB each) and the kernel kills them. The rules declare `resources: mem_mb` from `job_mem_mb`,
+Without it `snakemake --cores 8` on a 24 GB machine starts SegFormer's three per-layer analyses at
+once (13 GB each) and the kernel kills them. The rules declare `resources: mem_mb` from `job_mem_mb`,
 and a local run is limited to the memory free when it starts (`local_mem_mb`), unless the user
 gives `--resources mem_mb=…`. A job needing more than the limit still runs, alone.
 
