@@ -1,7 +1,10 @@
 """Pipeline speed: a cold run of a config in a fresh folder, a no-op re-run, and the time of each
 stage (Snakemake `benchmark:` files). Prints figures; asserts nothing.
 
-    python benchmarks/pipeline_speed.py [--configfile config.yaml] [--cores 2] [--workdir DIR]
+    python benchmarks/pipeline_speed.py [--configfile config.yaml] [--cores 2] [--workdir DIR] [--snakefile S]
+
+Per stage: its jobs, their seconds in all and the longest, and the largest peak RSS of one job
+(`max_rss` of the benchmark files, MB). `--snakefile` measures another checkout (before/after).
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def snakemake(workdir: Path, configfile: Path, cores: int, *extra: str) -> tuple[float, subprocess.CompletedProcess]:
+def snakemake(snakefile: Path, workdir: Path, configfile: Path, cores: int, *extra: str) -> tuple[float, subprocess.CompletedProcess]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [
         sys.executable,
         "-m",
         "snakemake",
         "-s",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "-d",
         str(workdir),
         "--configfile",
@@ -40,12 +43,17 @@ def snakemake(workdir: Path, configfile: Path, cores: int, *extra: str) -> tuple
     return time.perf_counter() - start, proc
 
 
-def stage_times(workdir: Path) -> dict[str, list[float]]:
+def stage_times(workdir: Path) -> dict[str, list[tuple[float, float | None]]]:
+    """{stage: [(seconds, peak RSS in MB or None), …]} from the jobs' benchmark files."""
     times = defaultdict(list)
     for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
         with open(tsv) as f:
             row = next(csv.DictReader(f, delimiter="\t"))
-        times[tsv.parent.name].append(float(row["s"]))
+        try:
+            rss = float(row.get("max_rss", "NA"))
+        except ValueError:
+            rss = None
+        times[tsv.parent.name].append((float(row["s"]), rss))
     return times
 
 
@@ -54,24 +62,33 @@ def main() -> int:
     parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="folder to run in (default: a fresh temporary one)")
+    parser.add_argument("--snakefile", type=Path, default=REPO / "Snakefile", help="the checkout to measure")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="npuflow-bench-"))
     configfile = args.configfile.resolve()
 
-    cold, proc = snakemake(workdir, configfile, args.cores)
+    snakefile = args.snakefile.resolve()
+    cold, proc = snakemake(snakefile, workdir, configfile, args.cores)
     if proc.returncode != 0:
         print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
         print(f"cold run FAILED after {cold:.1f} s (workdir {workdir})")
         return 1
-    noop, proc = snakemake(workdir, configfile, args.cores)
+    noop, proc = snakemake(snakefile, workdir, configfile, args.cores)
     nothing = "Nothing to be done" in proc.stdout + proc.stderr
 
-    print(f"config: {configfile}  cores: {args.cores}  workdir: {workdir}")
+    print(f"snakefile: {snakefile}\nconfig: {configfile}  cores: {args.cores}  workdir: {workdir}")
     print(f"cold run:   {cold:8.1f} s")
     print(f"no-op run:  {noop:8.1f} s  ({'nothing to be done' if nothing else 'JOBS RAN'})")
-    print(f"\n{'stage':<12} {'jobs':>5} {'total s':>9} {'max s':>8}")
-    for stage, secs in sorted(stage_times(workdir).items(), key=lambda kv: -sum(kv[1])):
-        print(f"{stage:<12} {len(secs):>5} {sum(secs):>9.1f} {max(secs):>8.1f}")
+    times = stage_times(workdir)
+    print(f"\n{'stage':<16} {'jobs':>5} {'total s':>9} {'max s':>8} {'peak MB':>9}")
+    for stage, jobs in sorted(times.items(), key=lambda kv: -sum(s for s, _ in kv[1])):
+        secs = [s for s, _ in jobs]
+        peaks = [r for _, r in jobs if r is not None]
+        peak = f"{max(peaks):>9.0f}" if peaks else f"{'n/a':>9}"
+        print(f"{stage:<16} {len(secs):>5} {sum(secs):>9.1f} {max(secs):>8.1f} {peak}")
+    every = [j for jobs in times.values() for j in jobs]
+    peaks = [r for _, r in every if r is not None]
+    print(f"{'all':<16} {len(every):>5} {sum(s for s, _ in every):>9.1f} {'':>8} {max(peaks) if peaks else 0:>9.0f}")
     return 0
 
 

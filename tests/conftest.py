@@ -156,21 +156,21 @@ def pytest_collection_finish(session):
 
 
 def reference_and_evaluate(quant_onnx, spec: dict, paths: dict, d: Path, recipe: str = "int8") -> tuple[dict, dict]:
-    """The float reference and the evaluation of `quant_onnx` against it, as the pipeline runs them, in folder `d`."""
-    from npuflow.evaluate import evaluate, reference
+    """The float reference, the evaluation of `quant_onnx` against it and its per-layer analysis
+    (`l.json`), as the pipeline runs them, in folder `d`."""
+    from npuflow.evaluate import analyse, evaluate, reference
 
     ref = reference(paths["surgery_onnx"], manifest_json=paths["manifest"], spec=spec, out_npz=d / "r.npz", out_json=d / "r.json")
     report = evaluate(
         quant_onnx,
-        float_onnx=paths["surgery_onnx"],
         reference_npz=d / "r.npz",
         reference_json=d / "r.json",
         manifest_json=paths["manifest"],
         spec=spec,
         recipe=recipe,
         out_json=d / "e.json",
-        out_layers=d / "l.json",
     )
+    analyse(quant_onnx, float_onnx=paths["surgery_onnx"], reference_npz=d / "r.npz", spec=spec, out_layers=d / "l.json")
     return ref, report
 
 

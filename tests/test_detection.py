@@ -48,7 +48,7 @@ def labelled_photos(tmp_path_factory):
 def yolo(tmp_path_factory, labelled_photos):
     """yolo11n (random weights) at 320×320 through fetch … quantize, reference and evaluate on
     labelled photos, and a simulated build: (spec, paths, evaluate report, build report)."""
-    from npuflow.evaluate import evaluate, reference
+    from npuflow.evaluate import analyse, evaluate, reference
     from npuflow.quantize import quantize
     from npuflow.sim.build import build
     from npuflow.targets import load_targets
@@ -78,13 +78,18 @@ def yolo(tmp_path_factory, labelled_photos):
     ev_spec = stage_spec(spec, "evaluate")
     report = evaluate(
         d / "int8.onnx",
-        float_onnx=paths["surgery_onnx"],
         reference_npz=d / "r.npz",
         reference_json=d / "r.json",
         manifest_json=paths["manifest"],
         spec=ev_spec,
         recipe="int8",
         out_json=d / "e.json",
+    )
+    analyse(
+        d / "int8.onnx",
+        float_onnx=paths["surgery_onnx"],
+        reference_npz=d / "r.npz",
+        spec=stage_spec(spec, "analyse"),
         out_layers=d / "l.json",
     )
     built = build(d / "int8.onnx", load_targets({}).get("rdk-x5"), d / "build", "y", "random")

@@ -20,7 +20,7 @@ def dry_run_jobs(workdir, configfile) -> list[dict]:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs, job = [], None
     for line in proc.stdout.splitlines():
-        if line.startswith(("rule ", "localrule ")):
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
             job = {"rule": line.split()[1].rstrip(":"), "output": [], "log": None, "benchmark": None, "wildcards": {}, "resources": {}}
             jobs.append(job)
         elif job is None:

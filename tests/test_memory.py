@@ -14,7 +14,7 @@ def test_estimates_are_the_line_through_the_measured_peaks_with_the_margin():
     config = load_config(REPO / "config.yaml")
     small, large = model_spec(config, "swin_tiny"), model_spec(config, "segformer_b0_cityscapes")
     assert (megapixels(small), megapixels(large)) == (224 * 224 / 1e6, 640 * 1280 / 1e6)
-    for stage in ("export", "simplify", "calibrate", "reference", "evaluate"):
+    for stage in ("export", "simplify", "calibrate", "reference", "analyse"):
         (x0, y0), (x1, y1) = MEASURED_PEAKS_MB[stage]
 
         def line(x, x0=x0, y0=y0, x1=x1, y1=y1):
@@ -25,9 +25,11 @@ def test_estimates_are_the_line_through_the_measured_peaks_with_the_margin():
         # Twice SegFormer's pixels: on the line through the two peaks, beyond the second.
         assert job_mem_mb(stage, {"input": {"shape": [1, 3, 1280, 1280]}}) == math.ceil(MARGIN * line(2 * x1)), stage
     assert job_mem_mb("reference", {"input": {"shape": [1, 3, 8, 8]}}) == FLOOR_MB  # never below Snakemake's own default
-    # SegFormer's evaluation (13 GB measured) leaves no room for a second one on a 24 GB machine.
-    assert 13_000 < job_mem_mb("evaluate", large) < 24_000 / 1.4
-    assert job_mem_mb("mixed_precision", large) == job_mem_mb("evaluate", large)  # the same per-layer comparison
+    # SegFormer's per-layer analysis (13 GB measured) leaves no room for a second one on a 24 GB machine.
+    assert 13_000 < job_mem_mb("analyse", large) < 24_000 / 1.4
+    assert job_mem_mb("mixed_precision", large) == job_mem_mb("analyse", large)  # the same per-layer comparison
+    # The evaluation apart from it runs the quantised model as the reference runs the float one.
+    assert job_mem_mb("evaluate", large) == job_mem_mb("reference", large) < job_mem_mb("analyse", large)
 
 
 def test_local_limit_is_the_free_memory_or_the_containers_when_smaller(tmp_path, monkeypatch):
@@ -49,7 +51,7 @@ def test_local_limit_is_the_free_memory_or_the_containers_when_smaller(tmp_path,
 
 
 def test_jobs_declare_their_memory(tmp_path):
-    """The evaluation of a 640×1280 input asks for far more than one of 224×224."""
+    """The per-layer analysis of a 640×1280 input asks for far more than one of 224×224."""
     config = (REPO / "tests" / "config.tiny.yaml").read_text()
     (tmp_path / "c.yaml").write_text(config.replace("{shape: [1, 3, 224, 224]}", "{shape: [1, 3, 640, 1280]}"))
     (tmp_path / "tiny").mkdir()
@@ -58,17 +60,17 @@ def test_jobs_declare_their_memory(tmp_path):
     big = snakemake(tmp_path / "big", "-n", configfile=tmp_path / "c.yaml")
     assert tiny.returncode == 0 and big.returncode == 0, big.stderr[-2000:]
 
-    def evaluate_mem(proc):
+    def analyse_mem(proc):
         jobs = (proc.stdout + proc.stderr).split("rule ")
-        return {int(re.search(r"mem_mb=(\d+)", j).group(1)) for j in jobs if j.startswith("evaluate:")}
+        return {int(re.search(r"mem_mb=(\d+)", j).group(1)) for j in jobs if j.startswith("analyse:")}
 
     spec = {"input": {"shape": [1, 3, 640, 1280]}}
-    assert evaluate_mem(big) == {job_mem_mb("evaluate", spec)}
-    assert evaluate_mem(tiny) == {job_mem_mb("evaluate", {"input": {"shape": [1, 3, 224, 224]}})}
+    assert analyse_mem(big) == {job_mem_mb("analyse", spec)}
+    assert analyse_mem(tiny) == {job_mem_mb("analyse", {"input": {"shape": [1, 3, 224, 224]}})}
     # A limit the user gives wins over the free memory: the job is held to it (and runs alone).
     (tmp_path / "limited").mkdir()
     limited = snakemake(tmp_path / "limited", "-n", "--resources", "mem_mb=1500", configfile=tmp_path / "c.yaml")
-    assert evaluate_mem(limited) == {1500}
+    assert analyse_mem(limited) == {1500}
 
 
 def test_a_local_run_is_limited_to_the_free_memory(pipeline):

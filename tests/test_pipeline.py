@@ -135,10 +135,41 @@ def test_each_recipe_is_quantised_and_evaluated_once_with_a_layer_table_per_targ
     assert sorted(p.name for p in (model / "eval").iterdir()) == sorted(
         [f"{r}{ext}" for r in recipes for ext in (".json", ".layers.json")] + ["reference.json", "reference.npz"]
     )
+    # No two quantised models of the model have the same graph (node precision map).
+    from npuflow.onnxutil import load
+    from npuflow.precision import embedded_precision
+
+    graphs = [json.dumps(embedded_precision(load(p)), sort_keys=True) for p in (model / "quant").glob("*.onnx")]
+    assert len(graphs) == 2 and len(set(graphs)) == 2
     with open(model / "quant" / "rdk-x5.layers.csv") as f:
         rows = list(csv.DictReader(f))
     softmax = [r for r in rows if r["op_type"] == "Softmax"]
     assert softmax and {r["quantized_dtype"] for r in softmax} == {"int16"} and {r["unit"] for r in softmax} == {"vector"}
+
+
+def test_a_target_whose_recipe_resolves_as_another_builds_that_model(pipeline_copy, tmp_path):
+    """j5's recipe (int16 LayerNorm, GELU and Softmax) on a model without LayerNorm or GELU gives
+    every node the type rdk-x5's (int16 Softmax) does: once the `recipes` checkpoint has run,
+    adding j5 plans no quantisation, evaluation or analysis, and j5 builds rdk-x5's model."""
+    from npuflow.records import RecipeMap
+
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["targets"] = [*config["targets"], "j5"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(pipeline_copy, "--until", "recipes", configfile=tmp_path / "c.yaml")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model = pipeline_copy / "results" / "efficientvit_m0"
+    j5 = "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16"
+    assert RecipeMap.read(model / "recipes.json").uses == {
+        "int8": "int8",
+        "int8_Softmax-int16": "int8_Softmax-int16",
+        j5: "int8_Softmax-int16",
+    }
+    planned = snakemake(pipeline_copy, "-n", "-p", configfile=tmp_path / "c.yaml")
+    out = planned.stdout + planned.stderr
+    assert planned.returncode == 0 and "rule build:" in out and "wildcards: model=efficientvit_m0, target=j5" in out
+    assert not any(f"rule {r}:" in out for r in ("quantize", "evaluate", "analyse", "calibrate", "reference"))
+    assert "npuflow build results/efficientvit_m0/quant/int8_Softmax-int16.onnx --target j5" in out
 
 
 def test_second_run_does_nothing(pipeline):
@@ -202,7 +233,7 @@ def planned_jobs(workdir, configfile) -> set[tuple[str, str]]:
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs, rule = set(), None
     for line in proc.stdout.splitlines():
-        if line.startswith(("rule ", "localrule ")):
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
             rule = line.split()[1].rstrip(":")
         elif line.strip().startswith("wildcards:") and rule:
             wildcards = dict(w.split("=") for w in line.split(":", 1)[1].strip().split(", "))
@@ -220,7 +251,7 @@ def test_changed_entry_reruns_only_what_reads_the_change(pipeline, tmp_path):
     config["models"]["efficientvit_m0"]["calibration"] = {"images": 5}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     rules = {rule for rule, _ in planned_jobs(pipeline, tmp_path / "c.yaml")}
-    assert rules == {"calibrate", "quantize", "build", "evaluate", "plot", "track"}
+    assert rules == {"calibrate", "quantize", "build", "evaluate", "analyse", "plot", "track"}
 
 
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path):

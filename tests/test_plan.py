@@ -35,7 +35,7 @@ def test_mixed_precision_chooses_the_recipe_of_the_targets_it_names_only():
     assert (pair.recipe, pair.base_recipe, pair.mixed) == ("mixed-rdk-x5", "int8_Softmax-float", True)
     assert p.quantized("m", "rdk-x5") == "results/m/quant/mixed-rdk-x5.onnx"
     # The search starts from the precision analysis of the target's own recipe.
-    assert p.base_layers("m", "rdk-x5") == "results/m/eval/int8_Softmax-float.layers.json"
+    assert p.base_layers("m", "rdk-x5") == "results/m/eval/int8_Softmax-float.layers.json"  # the analyse stage's
     assert p.build_layers("m", "rdk-x5") == "results/m/eval/mixed-rdk-x5.layers.json"
     assert "mixed-rdk-x5" in p.recipe_ids() and "mixed-rdk-x5" not in p.recipes()
     files = p.run_files("m")
@@ -58,24 +58,27 @@ def test_a_mixed_pair_chains_through_the_search_and_a_dataset_through_its_prepar
         "export",
         "simplify",
         "surgery",
+        "recipes",
         "calibrate",
         "reference",
         "quantize",
         "evaluate",
+        "analyse",
         "mixed_precision",
         "evaluate",
+        "analyse",
         "build",
         "plot",
         "init_mlflow",
         "track",
     ]
     assert chain[0].log == "results/logs/dataset/mine.log" and chain[0].outputs == ("results/datasets/mine/index.json",)
-    assert chain[7].log == "results/logs/quantize/m.int8_Softmax-float.log"  # the base recipe, which the search starts from
-    assert chain[9].log == "results/logs/mixed_precision/m.rdk-x5.log"
-    assert chain[10].outputs[0] == "results/m/eval/mixed-rdk-x5.json"
+    assert chain[8].log == "results/logs/quantize/m.int8_Softmax-float.log"  # the base recipe, which the search starts from
+    assert chain[11].log == "results/logs/mixed_precision/m.rdk-x5.log"
+    assert chain[12].outputs[0] == "results/m/eval/mixed-rdk-x5.json"
     # A pair without mixed precision or datasets goes straight from its recipe's evaluation to the build.
     plain = Pair("m", "ax650n-npu3", "int8", "int8")
-    assert [s.stage for s in plain.chain()][5:9] == ["reference", "quantize", "evaluate", "build"]
+    assert [s.stage for s in plain.chain()][6:11] == ["reference", "quantize", "evaluate", "analyse", "build"]
     assert Pair.from_json(pair.to_json()) == pair
 
 
@@ -86,4 +89,58 @@ def test_specs_and_memory_per_stage():
     assert set(json.loads(p.spec_json("m", "surgery"))) == set(STAGES.surgery.fields)
     assert set(json.loads(p.spec_json("m", "mixed_precision"))) <= set(STAGES.mixed_precision.fields)
     # Mixed precision runs evaluation's per-layer comparison at each step: the same estimate.
-    assert p.job_mem_mb("mixed_precision", "m") == p.job_mem_mb("evaluate", "m") > p.job_mem_mb("reference", "m")
+    assert p.job_mem_mb("mixed_precision", "m") == p.job_mem_mb("analyse", "m") > p.job_mem_mb("reference", "m")
+
+
+def conv_relu_onnx(path):
+    """A model with no Softmax, LayerNorm or GELU: every recipe below leaves it all int8."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [w],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_recipes_that_resolve_alike_share_one_quantised_model(tmp_path):
+    from npuflow.layout import relocate
+    from npuflow.plan import recipe_identity, shared_recipes
+    from npuflow.recipes import recipe_map
+
+    p = plan(precision={"rdk-x5": {"op_types": {"Softmax": "int16"}}})
+    recipes = p.model_recipes("m")
+    assert set(recipes) == {"int8", "int8_Softmax-int16", "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16"}
+    # Before the model's map exists (a dry run in a fresh folder), each recipe stands for itself.
+    assert p.recipe_of("m", "j5") == "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16"
+
+    conv_relu_onnx(tmp_path / "m.onnx")
+    out = relocate(STAGES.recipes.output("map", model="m"), tmp_path / "results")
+    written = recipe_map(tmp_path / "m.onnx", recipes=recipes, spec=p.specs["m"], out_json=out)
+    assert written["uses"] == dict.fromkeys(recipes, "int8")  # the simplest id names the shared model
+    assert written["node_dtypes"]["int8_Softmax-int16"] == {"int8": 2}
+
+    resolved = Plan(p.config, recipe_maps=str(tmp_path / "results"))
+    assert [resolved.recipe_of("m", t) for t in ("ax650n-npu3", "rdk-x5", "j5")] == ["int8"] * 3
+    assert {resolved.quantized("m", t) for t in ("rdk-x5", "j5")} == {"results/m/quant/int8.onnx"}
+    assert resolved.base_layers("m", "j5") == "results/m/eval/int8.layers.json"
+    assert {pair.recipe for pair in resolved.pairs()} == {"int8"} and not any(pair.mixed for pair in resolved.pairs())
+    assert {f["quantize"] for f in resolved.run_files("m").values()} == {"results/m/quant/int8.json"}
+
+    # A searched target still builds mixed precision's choice, starting from the shared model.
+    mixed = {"targets": ["rdk-x5"], "goal": {"metric": "cosine", "value": 0.9}}
+    searched = Plan(plan(precision={"rdk-x5": {"op_types": {"Softmax": "int16"}}}, mixed_precision=mixed).config, str(tmp_path / "results"))
+    pair = searched.pair("m", "rdk-x5")
+    assert (pair.recipe, pair.base_recipe) == ("mixed-rdk-x5", "int8")
+    assert searched.base_quantized("m", "rdk-x5") == "results/m/quant/int8.onnx"
+
+    # Identity: the node map and the default type, not the spelling.
+    nodes = {"conv": "int8", "relu": "int8"}
+    assert recipe_identity(nodes, {"default": "int8"}) == recipe_identity(nodes, {"default": "int8", "op_types": {"Softmax": "float"}})
+    assert recipe_identity(nodes, {"default": "int8"}) != recipe_identity({**nodes, "relu": "int16"}, {"default": "int8"})
+    assert shared_recipes({"b_long": "x", "a": "x", "c": "y"}) == {"b_long": "a", "a": "a", "c": "c"}

@@ -1,6 +1,7 @@
 """Precision recipes, calibration methods, per-layer analysis, mixed precision, datasets and task accuracy."""
 
 import csv
+import os
 
 import numpy as np
 import onnx
@@ -193,7 +194,7 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
     assert float(logits_row["cosine"]) == pytest.approx(f @ q / np.sqrt((f @ f) * (q @ q)), rel=1e-5)
     assert {r["unit"] for r in table} >= {"tensor", "vector"}
     assert {r["quantized_dtype"] for r in table} >= {"int8", "int16"}
-    assert e["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
+    assert read_json(d / "l.json")["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
 
 
 def test_auto_calibration_keeps_the_best_candidate(segmenter, tmp_path):
@@ -255,6 +256,51 @@ def test_mixed_precision_walks_the_trade_off_curve(seg_quant, tmp_path):
     assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "s.onnx").read_bytes()
     kept = read_json(tmp_path / "m.q.json")
     assert {k: v for k, v in kept.items() if k != "seconds"} == {k: v for k, v in stage.items() if k != "seconds"}
+
+
+def test_mixed_precision_that_keeps_the_base_recipe_links_its_model(seg_quant, tmp_path, monkeypatch):
+    """A goal the base recipe meets: the search's first step is the base recipe's model as the
+    quantize stage made it (not quantised again), and the chosen model is that file, linked."""
+    from npuflow.mixed import mixed_precision
+    from npuflow.quantize import quantize
+    from npuflow.targets import load_targets
+
+    spec, p, d, q, e = seg_quant
+    spec = {
+        **spec,
+        "mixed_precision": {"goal": {"metric": "cosine", "value": -1.0}, "max_steps": 2, "max_latency_increase_pct": 10, "images": 2},
+    }
+    base = {"default": "int8"}
+    quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe=base,
+        out_onnx=tmp_path / "quant" / "int8.onnx",
+        out_json=tmp_path / "quant" / "int8.json",
+    )
+    import npuflow.quantize
+
+    calls = []
+    monkeypatch.setattr(npuflow.quantize, "quantize_model", lambda *a, **k: calls.append(a))
+    report = mixed_precision(
+        p["surgery_onnx"],
+        manifest_json=p["manifest"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        layers_json=d / "l.json",
+        spec=spec,
+        profile=load_targets().get("ax650n-npu3"),
+        base_recipe=base,
+        base_onnx=tmp_path / "quant" / "int8.onnx",
+        out_onnx=tmp_path / "quant" / "mixed-ax650n-npu3.onnx",
+        out_quant_json=tmp_path / "quant" / "mixed-ax650n-npu3.json",
+        out_json=tmp_path / "m.json",
+    ).to_json()
+    assert report["chosen"]["step"] == 0 and len(report["curve"]) == 1 and report["goal_met"] and calls == []
+    out = tmp_path / "quant" / "mixed-ax650n-npu3.onnx"
+    assert out.is_symlink() and os.readlink(out) == "int8.onnx"
+    assert read_json(tmp_path / "quant" / "mixed-ax650n-npu3.json")["recipe"] == base
 
 
 def _write_png(path, rng, size=(40, 56), mode="RGB"):

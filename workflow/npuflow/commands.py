@@ -142,6 +142,23 @@ class Surgery(Command):
 
 
 @command
+class Recipes(Command):
+    name = "recipes"
+    help = "resolve a model's precision recipes on it: which recipes make the same quantised model"
+
+    def add_arguments(self, p):
+        p.add_argument("input", type=onnx_file, help="the float (post-surgery) ONNX model")
+        p.add_argument("--recipes", required=True, type=json_object, help='the recipes as JSON, by id: {"int8": {"default": "int8"}, …}')
+        add_model_arguments(p)
+        _outputs(p, out="the recipe map (JSON) to write")
+
+    def run(self, args):
+        from .recipes import recipe_map
+
+        return recipe_map(args.input, recipes=args.recipes, spec=model_spec_of(args), out_json=args.out)
+
+
+@command
 class Calibrate(Command):
     name = "calibrate"
     help = "activation ranges on calibration images, once per model"
@@ -230,19 +247,18 @@ class Reference(Command):
 @command
 class Evaluate(Command):
     name = "evaluate"
-    help = "quantised vs float on held-out images, host int8 latency, per-layer analysis"
+    help = "quantised vs float on held-out images, host int8 latency"
 
     def add_arguments(self, p):
         p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
         add_model_arguments(p)
         p.add_argument("--recipe", default="int8", help="precision recipe id of the quantised model, for the record (default: %(default)s)")
-        p.add_argument("--float-model", required=True, type=onnx_file, help="the float (post-surgery) model, for the per-layer analysis")
         p.add_argument("--reference", required=True, type=input_file, help="the reference stage's outputs (.npz)")
         p.add_argument(
             "--reference-report", required=True, type=input_file, help="the reference stage's report (fp32 latency, float accuracy)"
         )
         p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (weights kind)")
-        _outputs(p, out="the stage report (JSON) to write", layers_out="the per-layer precision analysis (JSON) to write")
+        _outputs(p, out="the stage report (JSON) to write")
         _threads(p)
 
     def run(self, args):
@@ -250,14 +266,38 @@ class Evaluate(Command):
 
         return evaluate(
             args.input,
-            float_onnx=args.float_model,
             reference_npz=args.reference,
             reference_json=args.reference_report,
             manifest_json=args.manifest,
             spec=model_spec_of(args),
             recipe=args.recipe,
             out_json=args.out,
-            out_layers=args.layers_out,
+            threads=args.threads,
+        )
+
+
+@command
+class Analyse(Command):
+    name = "analyse"
+    help = "per-layer precision analysis: every float tensor against the quantised model's"
+
+    def add_arguments(self, p):
+        p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
+        add_model_arguments(p)
+        p.add_argument("--float-model", required=True, type=onnx_file, help="the float (post-surgery) model")
+        p.add_argument("--reference", required=True, type=input_file, help="the reference stage's outputs (.npz: the held-out images)")
+        _outputs(p, out="the per-layer precision analysis (JSON) to write")
+        _threads(p)
+
+    def run(self, args):
+        from .evaluate import analyse
+
+        return analyse(
+            args.input,
+            float_onnx=args.float_model,
+            reference_npz=args.reference,
+            spec=model_spec_of(args),
+            out_layers=args.out,
             threads=args.threads,
         )
 
@@ -278,6 +318,11 @@ class Mixed(Command):
             "--layers", required=True, type=input_file, help="precision analysis of the target's own recipe (eval/<recipe>.layers.json)"
         )
         p.add_argument("--recipe", required=True, type=json_object, help="the target's own recipe as JSON (where the search starts)")
+        p.add_argument(
+            "--base",
+            type=onnx_file,
+            help="the quantised model of that recipe (quant/<recipe>.onnx), the search's first step (default: quantise it)",
+        )
         _outputs(
             p,
             out="the chosen quantised model to write",
@@ -298,6 +343,7 @@ class Mixed(Command):
             spec=model_spec_of(args),
             profile=target_profile(args),
             base_recipe=args.recipe,
+            base_onnx=args.base,
             out_onnx=args.out,
             out_quant_json=args.quant_report,
             out_json=args.report,

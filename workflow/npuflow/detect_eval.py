@@ -18,7 +18,7 @@ from .detmetrics import average_precision
 from .io import atomic_path
 from .onnxutil import input_name, load, session
 from .progress import progress
-from .records import FLOAT_ACCURACY, EvalReport, LayerAnalysis, Manifest, ReferenceReport
+from .records import FLOAT_ACCURACY, EvalReport, Manifest, ReferenceReport
 
 # Ultralytics validates (mAP) at this threshold: the whole precision/recall curve.
 MAP_CONF = 0.001
@@ -130,12 +130,9 @@ def decode_nms_ms(runs: list[dict], head: dict, hw, settings: dict, repeats: int
     return float(np.median(times) * 1e3)
 
 
-def evaluate(
-    quant_onnx, *, float_onnx, reference_npz, reference_json, manifest_json, spec: dict, recipe: str, out_json, out_layers, threads=1
-) -> dict:
+def evaluate(quant_onnx, *, reference_npz, reference_json, manifest_json, spec: dict, recipe: str, out_json, threads=1) -> dict:
     from .detmetrics import agreement
     from .evaluate import host_latency_ms
-    from .layers import analyse_layers
 
     start = time.perf_counter()
     ref = np.load(reference_npz)
@@ -149,10 +146,6 @@ def evaluate(
     if "boxes" in ref:
         b = ref["boxes"]
         boxes = [b[b[:, 0] == i, 1:] for i in range(len(runs))]
-    analysed = time.perf_counter()
-    images = ref["images"][: spec["evaluation"]["analysis_images"]]
-    rows = analyse_layers(load(float_onnx), load(quant_onnx), images, threads)
-    LayerAnalysis(images=len(images), rows=rows).write(out_layers)
     report = {
         "model": spec["name"],
         "recipe": recipe,
@@ -170,11 +163,6 @@ def evaluate(
         "host_int8_repeats": repeats,
         "host_decode_nms_ms": decode_nms_ms(runs, head, hw, settings),
         "host_threads": threads,
-        "worst_layers": [
-            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
-            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
-        ],
-        "seconds_layer_analysis": round(time.perf_counter() - analysed, 3),
         "seconds": round(time.perf_counter() - start, 3),
     }
     # Through the record: it files the figures under their metric names (records.EVAL_METRICS).

@@ -2,8 +2,8 @@
 calibration), and host-CPU latency of both measured with onnxruntime.
 
 The float reference (outputs and fp32 latency) is computed once per model by `reference`; each
-quantised model (one per precision recipe, shared by the targets that use the recipe) is compared to
-it by `evaluate`."""
+quantised model (one per distinct node precision map, shared by the targets whose recipes make it)
+is compared to it by `evaluate`, and layer by layer by `analyse` (its own job: the memory-heavy part)."""
 
 from __future__ import annotations
 
@@ -185,33 +185,27 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
 def evaluate(
     quant_onnx: str | Path,
     *,
-    float_onnx: str | Path,
     reference_npz: str | Path,
     reference_json: str | Path,
     manifest_json: str | Path,
     spec: dict,
     recipe: str,
     out_json: str | Path,
-    out_layers: str | Path,
     threads: int = 1,
 ) -> dict:
-    """Fidelity and task accuracy of a quantised model against the float reference, its host
-    latency, and the per-layer precision analysis (`out_layers`, JSON rows)."""
-    from .layers import analyse_layers
-
+    """Fidelity and task accuracy of a quantised model against the float reference, and its host
+    latency (the per-layer analysis is `analyse`'s)."""
     if spec["task"] == "detection":
         from . import detect_eval
 
         return detect_eval.evaluate(
             quant_onnx,
-            float_onnx=float_onnx,
             reference_npz=reference_npz,
             reference_json=reference_json,
             manifest_json=manifest_json,
             spec=spec,
             recipe=recipe,
             out_json=out_json,
-            out_layers=out_layers,
             threads=threads,
         )
     start = time.perf_counter()
@@ -226,9 +220,6 @@ def evaluate(
     labels = ref["labels"] if "labels" in ref else None
     masks = ref["masks"] if "masks" in ref else None
     accuracy = task_metrics(scores, classes, labels, masks, spec["task"])
-    analysed = time.perf_counter()
-    rows = analyse_layers(load(float_onnx), load(quant_onnx), ref["images"][: spec["evaluation"]["analysis_images"]], threads)
-    LayerAnalysis(images=min(len(ref["images"]), spec["evaluation"]["analysis_images"]), rows=rows).write(out_layers)
     figures = {
         **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),
         **accuracy,
@@ -250,12 +241,36 @@ def evaluate(
         labelled_images=accuracy.get("labelled_images"),
         host_int8_repeats=repeats,
         host_threads=threads,
-        worst_layers=[
-            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
-            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
-        ],
-        seconds_layer_analysis=round(time.perf_counter() - analysed, 3),
         seconds=round(time.perf_counter() - start, 3),
     )
     report.write(out_json)
     return report.to_json()
+
+
+def analyse(
+    quant_onnx: str | Path,
+    *,
+    float_onnx: str | Path,
+    reference_npz: str | Path,
+    spec: dict,
+    out_layers: str | Path,
+    threads: int = 1,
+) -> dict:
+    """The per-layer precision analysis (npuflow.layers) of a quantised model against the float
+    model, on the first `evaluation.analysis_images` of the reference's images, any task."""
+    from .layers import analyse_layers
+
+    start = time.perf_counter()
+    images = np.load(reference_npz)["images"][: spec["evaluation"]["analysis_images"]]
+    rows = analyse_layers(load(float_onnx), load(quant_onnx), images, threads)
+    report = LayerAnalysis(
+        images=len(images),
+        rows=rows,
+        worst_layers=[
+            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
+            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
+        ],
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    report.write(out_layers)
+    return {"images": report.images, "layers": len(rows), "worst_layers": report.worst_layers, "seconds": report.seconds}

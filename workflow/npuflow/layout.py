@@ -140,6 +140,15 @@ STAGES = StageTable(
             _log("surgery", "{model}.log"),
             fields=("name", "surgery"),
         ),
+        # A checkpoint: which quantised model each of the model's recipes uses (recipes that resolve
+        # to the same node precision share one); the jobs after it are planned from its map.
+        Stage(
+            "recipes",
+            "recipes",
+            {"map": _model("recipes.json")},
+            _log("recipes", "{model}.log"),
+            fields=("name",),
+        ),
         Stage(
             "calibrate",
             "calibrate",
@@ -165,10 +174,21 @@ STAGES = StageTable(
         Stage(
             "evaluate",
             "evaluate",
-            {"report": _model("eval", "{recipe}.json"), "layers": _model("eval", "{recipe}.layers.json")},
+            {"report": _model("eval", "{recipe}.json")},
             _log("evaluate", "{model}.{recipe}.log"),
             fields=("name", "task", "evaluation"),
-            memory="evaluate",
+            # It runs the quantised model over the reference's images as reference runs the float one.
+            memory="reference",
+        ),
+        # The per-layer precision analysis of a quantised model, apart from its evaluation: mixed
+        # precision and the builds wait for it only, and it is what holds SegFormer's 13 GB.
+        Stage(
+            "analyse",
+            "analyse",
+            {"layers": _model("eval", "{recipe}.layers.json")},
+            _log("analyse", "{model}.{recipe}.log"),
+            fields=("name", "evaluation"),
+            memory="analyse",
         ),
         Stage(
             "mixed_precision",
@@ -182,7 +202,7 @@ STAGES = StageTable(
             _log("mixed_precision", "{model}.{target}.log"),
             fields=("name", "task", "calibration", "input", "seed", "mixed_precision"),
             # Every step runs the per-layer comparison evaluation runs.
-            memory="evaluate",
+            memory="analyse",
         ),
         Stage(
             "build",

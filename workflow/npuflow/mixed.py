@@ -9,6 +9,7 @@ point of the accuracy/latency trade-off curve; the chosen recipe is saved with t
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from .data import image_batches
 from .io import atomic_path
 from .onnxutil import load
-from .precision import recipe_id
+from .precision import embedded_precision, recipe_id
 from .progress import log
 from .records import CalibrationReport, CurvePoint, Goal, LayerAnalysis, Manifest, MixedReport, MixedStep
 
@@ -66,6 +67,7 @@ def mixed_precision(
     profile: dict,
     base_recipe: dict,
     out_onnx: str | Path,
+    base_onnx: str | Path | None = None,
     out_quant_json: str | Path,
     out_json: str | Path,
     datasets_dir: str | Path = "results/datasets",
@@ -103,10 +105,14 @@ def mixed_precision(
     curve = []
     with tempfile.TemporaryDirectory(prefix="npuflow-mixed-") as tmp:
 
-        def point(recipe: dict, promoted: dict) -> dict:
-            path = Path(tmp) / f"step{len(curve)}.onnx"
+        def point(recipe: dict, promoted: dict, quantized_onnx: str | Path | None = None) -> dict:
             t0 = time.perf_counter()
-            precision = quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path)
+            if quantized_onnx is None:
+                path = Path(tmp) / f"step{len(curve)}.onnx"
+                precision = quantize_model(copy.deepcopy(float_model), ranges_json, recipe, options, path)
+            else:  # the base recipe's model, as the quantize stage made it: not quantised again
+                path = Path(quantized_onnx)
+                precision = embedded_precision(load(path))
             quantize_s = time.perf_counter() - t0
             quantized = load(path)
             fid = _score(quantized, images, ref_scores, ref_classes, spec["task"])
@@ -131,7 +137,7 @@ def mixed_precision(
             )
             return p
 
-        base = point(base_recipe, {})
+        base = point(base_recipe, {}, base_onnx)
         base["within_budget"] = True
         budget_ms = base["latency_ms"] * (1 + mp["max_latency_increase_pct"] / 100)
         queue = [(layer, "int16") for layer in int8_layers] + [(layer, "float") for layer in int16_layers + int8_layers]
@@ -152,8 +158,14 @@ def mixed_precision(
         chosen = meeting[0] if meeting else max(feasible, key=lambda p: p[metric])
         # The chosen step's model is the quantize stage's output for its recipe (the same
         # quantize_model call); kept, with the stage's report beside it, not quantised again.
+        # Where the search keeps the base recipe, that is the base recipe's own model: a link to
+        # it, not a second copy (Snakemake times a link by the link itself).
         with atomic_path(out_onnx) as out:
-            shutil.copyfile(chosen["path"], out)
+            if chosen["step"] == 0 and base_onnx is not None:
+                out.unlink()
+                out.symlink_to(os.path.relpath(Path(base_onnx).resolve(), Path(out_onnx).resolve().parent))
+            else:
+                shutil.copyfile(chosen["path"], out)
         quant = quantize_report(onnx_opset(float_model), out_onnx, chosen["precision"], chosen["recipe"], calibration, chosen["quantize_s"])
         quant.write(out_quant_json)
     for p in curve:  # the step's files and node map stay out of the report

@@ -3,15 +3,22 @@ the (model, target) pairs, the precision recipe each target builds (its profile'
 changes, or the one automatic mixed precision chooses), the user datasets a model reads, the files
 of each MLflow run, and the chain of stages behind each pair (the report names the first one whose
 output is missing). workflow/rules/common.smk only wires these to the rules; tests/test_plan.py
-checks them without Snakemake."""
+checks them without Snakemake.
+
+A recipe is identified by what it does to the model, not by its spelling: the `recipes` checkpoint
+resolves each of a model's recipes to its node precision map after surgery (`recipe_identity`),
+and recipes that resolve alike use one quantised model (`shared_recipes`). Until a model's map
+exists, each recipe stands for itself (the plan of a dry run in a fresh folder)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 from .config import model_spec, stage_spec
-from .layout import MIXED_RECIPE, STAGES, run_files
+from .layout import MIXED_RECIPE, RESULTS, STAGES, run_files
 from .memory import job_mem_mb
 from .precision import merge_recipe, recipe_id
 from .targets import load_targets
@@ -19,6 +26,28 @@ from .targets import load_targets
 
 def mixed_recipe_id(target: str) -> str:
     return MIXED_RECIPE.format(target=target)
+
+
+# The parts of a model spec, beside its recipe, that change the quantised model a recipe makes
+# (quantisation settings that can differ per recipe would join here).
+IDENTITY_FIELDS: tuple[str, ...] = ()
+
+
+def recipe_identity(node_precision: dict[str, str], recipe: dict, spec: dict | None = None) -> str:
+    """What makes two quantised models of one model the same: the data type the recipe resolves
+    each node to, the recipe's default activation type, and the spec's IDENTITY_FIELDS."""
+    key = {"default": recipe.get("default", "int8"), "nodes": node_precision}
+    key.update({f: (spec or {}).get(f) for f in IDENTITY_FIELDS})
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shared_recipes(identities: dict[str, str]) -> dict[str, str]:
+    """{recipe id: the recipe id whose quantised model it uses}: of the recipes of one identity,
+    the shortest id (then the first alphabetically), so the file names stay the simplest."""
+    chosen: dict[str, str] = {}
+    for rid in sorted(identities, key=lambda r: (len(r), r)):
+        chosen.setdefault(identities[rid], rid)
+    return {rid: chosen[identity] for rid, identity in identities.items()}
 
 
 @dataclass(frozen=True)
@@ -69,14 +98,14 @@ class Pair:
 
     def chain(self) -> list[ChainStep]:
         """Every job the pair's MLflow run waits for, in pipeline order: its datasets, the model's
-        front stages, quantisation and evaluation of the target's own recipe, then (where mixed
-        precision chooses) the search and the evaluation of its choice, the build, the plot, the
-        store and the logging job."""
+        front stages and recipe map, quantisation, evaluation and per-layer analysis of the model
+        the target's own recipe uses, then (where mixed precision chooses) the search and the
+        evaluation and analysis of its choice, the build, the plot, the store and the logging job."""
         steps = [("dataset", {"dataset": d}) for d in self.datasets]
-        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "calibrate", "reference")]
-        steps += [("quantize", {"recipe": self.base_recipe}), ("evaluate", {"recipe": self.base_recipe})]
+        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "recipes", "calibrate", "reference")]
+        steps += [(s, {"recipe": self.base_recipe}) for s in ("quantize", "evaluate", "analyse")]
         if self.mixed:
-            steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe})]
+            steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe}), ("analyse", {"recipe": self.recipe})]
         steps += [("build", {}), ("plot", {}), ("init_mlflow", {}), ("track", {})]
         out = []
         for name, extra in steps:
@@ -89,10 +118,30 @@ class Pair:
 class Plan:
     """The validated config's decisions (config.validate_config has filled its defaults)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, recipe_maps: str = RESULTS):
         self.config = config
         self.specs = {name: model_spec(config, name) for name in config["models"]}
         self.targets = load_targets(config["target_profiles"])
+        self.recipe_maps = recipe_maps
+
+    # ------------------------------------------------------------------ recipe identity
+    def model_recipes(self, model: str) -> dict[str, dict]:
+        """{id: recipe} of the model's targets' own recipes (what its `recipes` checkpoint resolves)."""
+        return {recipe_id(r): r for r in (self.base_recipe(model, t) for t in self.specs[model]["targets"])}
+
+    def shared(self, model: str) -> dict[str, str]:
+        """{recipe id: the recipe id whose quantised model it uses}, from the model's recipe map
+        (the `recipes` checkpoint, under `recipe_maps`); before the map exists, each its own."""
+        from .records import RecipeMap
+
+        path = os.path.join(self.recipe_maps, os.path.relpath(STAGES.recipes.output("map", model=model), RESULTS))
+        uses = RecipeMap.read(path).uses if os.path.exists(path) else {}
+        return {rid: uses.get(rid, rid) for rid in self.model_recipes(model)}
+
+    def used_recipe(self, model: str, target: str) -> str:
+        """The id of the quantised model the target's own recipe uses."""
+        rid = recipe_id(self.base_recipe(model, target))
+        return self.shared(model).get(rid, rid)
 
     # ------------------------------------------------------------------ recipes
     def base_recipe(self, model: str, target: str) -> dict:
@@ -106,7 +155,7 @@ class Plan:
 
     def recipe_of(self, model: str, target: str) -> str:
         """The id of the quantised model a target builds: its recipe's, or mixed-<target>."""
-        return mixed_recipe_id(target) if self.searched(model, target) else recipe_id(self.base_recipe(model, target))
+        return mixed_recipe_id(target) if self.searched(model, target) else self.used_recipe(model, target)
 
     def recipes(self) -> dict[str, dict]:
         """The recipes the quantize stage runs, by id: targets (of any model) with the same recipe
@@ -128,7 +177,7 @@ class Plan:
         return sorted({spec[role]["dataset"] for role in roles} & set(self.config["datasets"]))
 
     def pair(self, model: str, target: str) -> Pair:
-        base = recipe_id(self.base_recipe(model, target))
+        base = self.used_recipe(model, target)
         return Pair(model, target, self.recipe_of(model, target), base, tuple(self.user_datasets(model)))
 
     def pairs(self) -> list[Pair]:
@@ -144,11 +193,15 @@ class Plan:
 
     def build_layers(self, model: str, target: str) -> str:
         """The precision analysis of the quantised model the target builds."""
-        return STAGES.evaluate.output("layers", model=model, recipe=self.recipe_of(model, target))
+        return STAGES.analyse.output("layers", model=model, recipe=self.recipe_of(model, target))
 
     def base_layers(self, model: str, target: str) -> str:
         """The precision analysis of the target's own recipe, which mixed precision starts from."""
-        return STAGES.evaluate.output("layers", model=model, recipe=recipe_id(self.base_recipe(model, target)))
+        return STAGES.analyse.output("layers", model=model, recipe=self.used_recipe(model, target))
+
+    def base_quantized(self, model: str, target: str) -> str:
+        """The quantised model of the target's own recipe (mixed precision's first step)."""
+        return STAGES.quantize.output("onnx", model=model, recipe=self.used_recipe(model, target))
 
     def run_files(self, model: str) -> dict[str, dict[str, str]]:
         """{target: {name: path}}: the stage reports and artifacts of each MLflow run of a model
@@ -163,6 +216,9 @@ class Plan:
 
     def profile_json(self, target: str) -> str:
         return json.dumps(self.targets.get(target), sort_keys=True)
+
+    def model_recipes_json(self, model: str) -> str:
+        return json.dumps(self.model_recipes(model), sort_keys=True)
 
     def recipe_json(self, recipe: str) -> str:
         return json.dumps(self.recipes()[recipe], sort_keys=True)

@@ -223,6 +223,17 @@ class CalibrationReport(Record):
 
 # ------------------------------------------------------------------------------ quantisation
 @dataclass(frozen=True, kw_only=True)
+class RecipeMap(Record):
+    """recipes.json (a checkpoint): the model's recipes by id, the identity each resolves to on the
+    model (npuflow.plan.recipe_identity) and the recipe whose quantised model it uses."""
+
+    model: str
+    identities: dict[str, str]
+    uses: dict[str, str]
+    node_dtypes: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantReport(Record):
     """quant/<recipe>.json: the quantised model and the recipe it carries."""
 
@@ -411,8 +422,6 @@ class EvalReport(Record):
     labelled_images: int | None = None
     host_int8_repeats: int
     host_threads: int
-    worst_layers: list[dict]
-    seconds_layer_analysis: float
     seconds: float
 
     @classmethod
@@ -431,10 +440,13 @@ class EvalReport(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class LayerAnalysis(Record):
-    """eval/<recipe>.layers.json: the per-layer precision analysis rows (npuflow.layers)."""
+    """eval/<recipe>.layers.json: the per-layer precision analysis rows (npuflow.layers), the five
+    of lowest cosine, and the stage's seconds."""
 
     images: int
     rows: list[dict]
+    worst_layers: list[dict] | None = None
+    seconds: float | None = None
 
 
 # ----------------------------------------------------------------------------------- tracking

@@ -79,19 +79,38 @@ def dataset_inputs(*roles):
     return lambda wildcards: PLAN.dataset_indexes(wildcards.model, roles)
 
 
+def resolved(*models):
+    """Waits for the models' recipe maps (checkpoint `recipes`): what the plan reads next uses them.
+    A dry run does not wait: where a map does not exist yet it plans each recipe for itself, so
+    that it lists every stage's jobs (README, "Dry runs")."""
+    if workflow.dryrun:
+        return
+    for model in models:
+        checkpoints.recipes.get(model=model)
+
+
 def quantized(wildcards):
+    resolved(wildcards.model)
     return PLAN.quantized(wildcards.model, wildcards.target)
 
 
+def base_quantized(wildcards):
+    resolved(wildcards.model)
+    return PLAN.base_quantized(wildcards.model, wildcards.target)
+
+
 def build_layers(wildcards):
+    resolved(wildcards.model)
     return PLAN.build_layers(wildcards.model, wildcards.target)
 
 
 def base_layers(wildcards):
+    resolved(wildcards.model)
     return PLAN.base_layers(wildcards.model, wildcards.target)
 
 
 def run_files(model):
+    resolved(model)
     return PLAN.run_files(model)
 
 
@@ -114,3 +133,27 @@ def planned(*rules):
         return any(job.rule.name in rules for job in workflow.dag.needrun_jobs())
     except AttributeError:  # a Snakemake whose DAG reads otherwise: assume so
         return True
+
+
+# The report (report.smk: PUBLISHED_CSV, its outputs): its pairs as the recipe maps decide them.
+def report_inputs():
+    """The pairs as the recipe maps that exist decide them (all of them, once the report runs)."""
+    return [
+        *[f"--pair={pair.to_json()}" for pair in PLAN.pairs()],
+        f"--published={PUBLISHED_CSV}",
+        f"--target-profiles={json.dumps(config['target_profiles'], sort_keys=True)}",
+    ]
+
+
+# The complete report replaces the partial one a run that stopped early left.
+def report_args(wildcards):
+    resolved(*PLAN.specs)
+    return shlex.join(
+        [
+            *report_inputs(),
+            f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
+            f"--csv={STAGES.report.outputs['csv']}",
+            f"--html={STAGES.report.outputs['html']}",
+            *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
+        ]
+    )

@@ -24,11 +24,10 @@ rule reference:
         " --out {output.npz} --report {output.report} --threads {threads} > {log} 2>&1"
 
 
-# Fidelity, task accuracy and host latency of a quantised model, and its per-layer precision analysis.
+# Fidelity, task accuracy and host latency of a quantised model.
 rule evaluate:
     input:
         onnx=STAGES.quantize.outputs["onnx"],
-        float_onnx=STAGES.surgery.outputs["onnx"],
         npz=STAGES.reference.outputs["npz"],
         reference=STAGES.reference.outputs["report"],
         manifest=STAGES.fetch.outputs["manifest"],
@@ -46,6 +45,31 @@ rule evaluate:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow evaluate {input.onnx} --spec {params.spec:q} --recipe {wildcards.recipe} --float-model {input.float_onnx}"
+        "npuflow evaluate {input.onnx} --spec {params.spec:q} --recipe {wildcards.recipe}"
         " --reference {input.npz} --reference-report {input.reference} --manifest {input.manifest}"
-        " --out {output.report} --layers-out {output.layers} --threads {threads} > {log} 2>&1"
+        " --out {output.report} --threads {threads} > {log} 2>&1"
+
+
+# The per-layer precision analysis of a quantised model, on the reference's first images: what
+# mixed precision ranks layers by and the builds join with their per-layer tables.
+rule analyse:
+    input:
+        onnx=STAGES.quantize.outputs["onnx"],
+        float_onnx=STAGES.surgery.outputs["onnx"],
+        npz=STAGES.reference.outputs["npz"],
+    output:
+        **STAGES.analyse.outputs,
+    params:
+        spec=spec_json("analyse"),
+    threads: 2
+    resources:
+        mem_mb=mem_mb("analyse"),
+    log:
+        STAGES.analyse.log,
+    benchmark:
+        STAGES.analyse.benchmark_pattern
+    conda:
+        "../../envs/onnx.yaml"
+    shell:
+        "npuflow analyse {input.onnx} --spec {params.spec:q} --float-model {input.float_onnx} --reference {input.npz}"
+        " --out {output.layers} --threads {threads} > {log} 2>&1"

@@ -29,6 +29,7 @@ rule mixed_precision:
         ranges=STAGES.calibrate.outputs["ranges"],
         calibration=STAGES.calibrate.outputs["report"],
         layers=base_layers,
+        base=base_quantized,
         datasets=dataset_inputs("calibration"),
     output:
         **STAGES.mixed_precision.outputs,
@@ -48,6 +49,6 @@ rule mixed_precision:
         "../../envs/onnx.yaml"
     shell:
         "npuflow mixed --spec {params.spec:q} --target {wildcards.target} --profile {params.profile:q} --input {input.onnx}"
-        " --manifest {input.manifest} --ranges {input.ranges} --calibration {input.calibration} --layers {input.layers}"
+        " --manifest {input.manifest} --ranges {input.ranges} --calibration {input.calibration} --layers {input.layers} --base {input.base}"
         " --recipe {params.recipe:q} --cache-dir {params.cache} --out {output.onnx} --quant-report {output.quant}"
         " --report {output.report} > {log} 2>&1"

@@ -32,30 +32,17 @@ rule plot:
 REPORT_TARGETS = list(dict.fromkeys(p.target for p in PLAN.pairs()))
 # The published measurements the simulator is fitted to, shown beside the simulated figures.
 PUBLISHED_CSV = os.path.join(workflow.basedir, "data", "published", "npu_latency_calibration.csv")
-REPORT_INPUTS = [
-    *[f"--pair={pair.to_json()}" for pair in PLAN.pairs()],
-    f"--published={PUBLISHED_CSV}",
-    f"--target-profiles={json.dumps(config['target_profiles'], sort_keys=True)}",
-]
 REPORT_OUTPUTS = [
     STAGES.report.outputs["csv"],
     STAGES.report.outputs["html"],
     *[STAGES.report.output("pareto", target=t) for t in REPORT_TARGETS],
-]
-# The complete report replaces the partial one a run that stopped early left.
-REPORT_ARGS = [
-    *REPORT_INPUTS,
-    f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
-    f"--csv={STAGES.report.outputs['csv']}",
-    f"--html={STAGES.report.outputs['html']}",
-    *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
 ]
 
 
 rule report:
     input:
         tracked=[STAGES.track.output("runs", model=m) for m in PLAN.specs],
-        runs=[path for m in PLAN.specs for files in run_files(m).values() for path in files.values()],
+        runs=lambda wc: [path for m in PLAN.specs for files in run_files(m).values() for path in files.values()],
     output:
         csv=report(STAGES.report.outputs["csv"], caption="../report/summary.rst", category="Comparison"),
         html=report(STAGES.report.outputs["html"], caption="../report/report.rst", category="Comparison"),
@@ -69,7 +56,7 @@ rule report:
             for t in REPORT_TARGETS
         ],
     params:
-        args=lambda wc: shlex.join(REPORT_ARGS),  # a function: its braces are not wildcards
+        args=report_args,  # a function: its braces are not wildcards
     log:
         STAGES.report.log,
     conda:
@@ -91,7 +78,7 @@ onerror:
     Path(REPORT_ONERROR_LOG).parent.mkdir(parents=True, exist_ok=True)
     with open(REPORT_ONERROR_LOG, "w") as report_log:
         partial = ["--partial", f"--csv={PARTIAL_REPORT['csv']}", f"--html={PARTIAL_REPORT['html']}"]
-        done = subprocess.run(["npuflow", "report", *REPORT_INPUTS, *partial], stdout=report_log, stderr=subprocess.STDOUT)
+        done = subprocess.run(["npuflow", "report", *report_inputs(), *partial], stdout=report_log, stderr=subprocess.STDOUT)
     removed = f" ({', '.join(stale)} removed: this run was to rewrite them)" if stale else ""
     if done.returncode == 0:
         from npuflow.report import failure_lines

@@ -19,6 +19,8 @@ rule track:
     input:
         unpack(track_inputs),
         store=STAGES.init_mlflow.outputs["store"],
+        # The map the run files were planned from (a dry run plans without waiting for it).
+        recipes=STAGES.recipes.outputs["map"],
     output:
         **STAGES.track.outputs,
     params:
