@@ -135,7 +135,7 @@ def evaluate(
 ) -> dict:
     from .detmetrics import agreement
     from .evaluate import host_latency_ms
-    from .layers import analyse_layers
+    from .layers import analyse_layers, worst_rows
 
     start = time.perf_counter()
     ref = np.load(reference_npz)
@@ -170,10 +170,7 @@ def evaluate(
         "host_int8_repeats": repeats,
         "host_decode_nms_ms": decode_nms_ms(runs, head, hw, settings),
         "host_threads": threads,
-        "worst_layers": [
-            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
-            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
-        ],
+        "worst_layers": worst_rows(rows),
         "seconds_layer_analysis": round(time.perf_counter() - analysed, 3),
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -197,7 +197,7 @@ def evaluate(
 ) -> dict:
     """Fidelity and task accuracy of a quantised model against the float reference, its host
     latency, and the per-layer precision analysis (`out_layers`, JSON rows)."""
-    from .layers import analyse_layers
+    from .layers import analyse_layers, fidelity_check, worst_rows
 
     if spec["task"] == "detection":
         from . import detect_eval
@@ -227,14 +227,25 @@ def evaluate(
     masks = ref["masks"] if "masks" in ref else None
     accuracy = task_metrics(scores, classes, labels, masks, spec["task"])
     analysed = time.perf_counter()
-    rows = analyse_layers(load(float_onnx), load(quant_onnx), ref["images"][: spec["evaluation"]["analysis_images"]], threads)
+    float_model = load(float_onnx)
+    rows = analyse_layers(float_model, load(quant_onnx), ref["images"][: spec["evaluation"]["analysis_images"]], threads)
     LayerAnalysis(images=min(len(ref["images"]), spec["evaluation"]["analysis_images"]), rows=rows).write(out_layers)
+    scores_at = 1 if len(outs) == 2 and np.issubdtype(outs[0].dtype, np.integer) else 0  # as scores_and_classes
+    scores_tensor = expose_logits(float_model).graph.output[scores_at].name  # the table's name for it: the float model's
+    check = fidelity_check(rows, scores_tensor, ref["scores"], scores, spec["evaluation"]["analysis_images"])
+    if check and not check["agrees"]:
+        print(
+            f"WARNING: headline cosine {check['headline_cosine']:.4f} disagrees with the per-layer table's output row"
+            f" ({check['tensor']}: {check['layer_table_cosine']:.4f}) on the same {check['images']} images",
+            flush=True,
+        )
     figures = {
         **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),
         **accuracy,
         **ref_report.accuracy,
         "host_fp32_ms": ref_report.host_fp32_ms,
         "host_int8_ms": int8_ms,
+        **({"layer_table_output_cosine": check["layer_table_cosine"], "fidelity_check_gap": check["gap"]} if check else {}),
     }
     unnamed = set(figures) - set(EVAL_METRICS) - {"labelled_images"}
     if unnamed:  # a figure every run, row and column shares needs its name in records.EVAL_METRICS
@@ -250,10 +261,8 @@ def evaluate(
         labelled_images=accuracy.get("labelled_images"),
         host_int8_repeats=repeats,
         host_threads=threads,
-        worst_layers=[
-            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
-            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
-        ],
+        worst_layers=worst_rows(rows),
+        fidelity_check=check,
         seconds_layer_analysis=round(time.perf_counter() - analysed, 3),
         seconds=round(time.perf_counter() - start, 3),
     )

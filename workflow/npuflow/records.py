@@ -39,6 +39,9 @@ EVAL_METRICS = (
     "float_pixel_accuracy",
     "host_fp32_ms",
     "host_int8_ms",
+    # the per-layer table's output row, and its gap to the headline cosine (npuflow.layers.fidelity_check)
+    "layer_table_output_cosine",
+    "fidelity_check_gap",
     # detection (npuflow.detect_eval): int8 boxes against the float model's, then against labels
     "box_agreement",
     "box_iou_mean",
@@ -411,6 +414,7 @@ class EvalReport(Record):
     host_int8_repeats: int
     host_threads: int
     worst_layers: list[dict]
+    fidelity_check: dict | None = None  # npuflow.layers.fidelity_check; None: no output row to check
     seconds_layer_analysis: float
     seconds: float
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import NpuflowError
 from .io import read_json
+from .layers import fidelity_check_text
 from .layout import ARTIFACTS, HASHED, STAGES
 from .records import (
     EVAL_METRICS,
@@ -207,6 +208,7 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "quant_activations": quant.activations,
         "evaluation_images": reports.evaluate.images,
         "evaluation_dataset": reports.evaluate.dataset,
+        "fidelity_check": fidelity_check_text(reports.evaluate.fidelity_check),
         "sim_batch": build.batch,
         "sim_profile_fitted": build.profile_fitted,
         "sim_profile_basis": build.profile_basis,
@@ -219,12 +221,12 @@ def layer_metrics(layers_csv: str | Path | None) -> dict[str, float]:
     """Summary of the per-layer precision table: the worst layer's figures and the layer count."""
     if not layers_csv:
         return {}
-    from .layers import read_layers_csv
+    from .layers import ranked, read_layers_csv
 
     rows = read_layers_csv(layers_csv)
     out = {"layers_analysed": float(len(rows))}
     for col in ("cosine", "sqnr_db"):
-        values = [r[col] for r in rows if isinstance(r.get(col), float) and math.isfinite(r[col])]
+        values = [r[col] for r in ranked(rows) if isinstance(r.get(col), float) and math.isfinite(r[col])]
         if values:
             out[f"layers_min_{col}"] = min(values)
     return out

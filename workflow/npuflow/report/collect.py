@@ -106,7 +106,9 @@ def failed_row(pair: Pair, stage: str, log: str) -> Row:
 
 # ------------------------------------------------------------------------------- the good rows
 def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
-    """The n layers furthest from float: lowest SQNR (cosine where a row has no SQNR)."""
+    """The n ranked layers furthest from float (`npuflow.layers.ranked`): lowest SQNR (cosine
+    where a row has no SQNR)."""
+    from ..layers import ranked
 
     def badness(r):
         s, c = r.get("sqnr_db"), r.get("cosine")
@@ -116,7 +118,7 @@ def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
             return (1, c)
         return (2, 0.0)
 
-    return sorted((r for r in rows if badness(r)[0] < 2), key=badness)[:n]
+    return sorted((r for r in ranked(rows) if badness(r)[0] < 2), key=badness)[:n]
 
 
 def cpu_fallback(build: BuildReport, trace: dict, profile: dict | None) -> CpuFallback | None:

@@ -163,6 +163,13 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
             }
         )
     out["layers"] = layer_tables
+    from ..layers import fidelity_check_text
+
+    out["fidelity_warnings"] = [
+        f"{r.target} ({r.build.precision_recipe}): {fidelity_check_text(r.evaluate.fidelity_check)}"
+        for r in ok
+        if r.evaluate.fidelity_check and not r.evaluate.fidelity_check["agrees"]
+    ]
     out["images"] = first.evaluate.images
     out["mixed"] = [_mixed(r) for r in ok if r.mixed]
     return out
