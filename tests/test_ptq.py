@@ -98,7 +98,7 @@ def _expose(model, tensor):
 def test_settings_are_checked_naming_the_key():
     from npuflow.ptq import PtqError
 
-    with pytest.raises(PtqError, match="unknown quantization key 'bias_corection'.*bias_correction"):
+    with pytest.raises(PtqError, match=r"unknown quantization key 'bias_corection'.*bias_correction"):
         check_settings({"bias_corection": True}, "models.m.quantization")
     with pytest.raises(PtqError, match=r"models.m.quantization.weights: expected one of per_channel, per_tensor"):
         check_settings({"weights": "per_row"}, "models.m.quantization")

@@ -141,6 +141,14 @@ STAGES = StageTable(
             fields=("name", "surgery"),
         ),
         Stage(
+            "ptq",
+            "ptq",
+            {"onnx": _model("model.ptq.onnx"), "report": _model("ptq.json")},
+            _log("ptq", "{model}.log"),
+            fields=("name", "quantization", "calibration", "input", "seed"),
+            memory="calibrate",
+        ),
+        Stage(
             "calibrate",
             "calibrate",
             {"ranges": _model("calibration.ranges.json"), "report": _model("calibration.json")},
@@ -267,6 +275,7 @@ RUN_FILES = (
     RunFile("export", "export", "report", "reports/export.json", hashed=True),
     RunFile("simplify", "simplify", "report", "reports/simplify.json", hashed=True),
     RunFile("surgery", "surgery", "report", "reports/surgery.json", hashed=True),
+    RunFile("ptq", "ptq", "report", "reports/ptq.json", hashed=True),
     RunFile("calibration", "calibrate", "report", "reports/calibration.json", hashed=True),
     RunFile("reference", "reference", "report", "reports/reference.json", hashed=True),
     # {recipe} is the quantised model the target builds: for mixed-<target>, mixed_precision's

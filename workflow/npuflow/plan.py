@@ -97,7 +97,11 @@ class Plan:
     # ------------------------------------------------------------------ recipes
     def base_recipe(self, model: str, target: str) -> dict:
         """The target profile's precision recipe with the model's own changes for that target."""
-        return merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
+        recipe = merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
+        # a chip whose quantiser takes one scale per weight tensor (its profile's quantization.weights)
+        if (self.targets.get(target).get("quantization") or {}).get("weights") == "per_tensor":
+            recipe = {**recipe, "weights": "per_tensor"}
+        return recipe
 
     def searched(self, model: str, target: str) -> bool:
         """Whether automatic mixed precision chooses this (model, target)'s recipe."""

@@ -149,6 +149,18 @@ def keep_float_nodes_float(model, precision: dict[str, str]) -> int:
     return steps
 
 
+def per_channel_weights(model, recipe: dict, options: dict) -> bool:
+    """Per-channel weight scales unless something asks for per-tensor: the target's recipe (its
+    profile's `quantization.weights`), the model's `quantization.weights` (carried in the ptq
+    stage's model), or the calibration stage's choice."""
+    from .ptq.stage import embedded_settings
+
+    settings = embedded_settings(model) or {}
+    if "per_tensor" in (recipe.get("weights"), settings.get("weights")):
+        return False
+    return bool(options.get("per_channel", True))
+
+
 def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, out_onnx: str | Path) -> dict[str, str]:
     """Quantise `model` (in memory) to `out_onnx` under `recipe`; returns the node precision map."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -178,7 +190,7 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
             calibration_cache_path=str(ranges_json),  # ranges from the calibrate stage, not recomputed
             calibrate_method=load_tensors_data(ranges_json).calibration_method,
             quant_format=QuantFormat.QDQ,
-            per_channel=options.get("per_channel", True),
+            per_channel=per_channel_weights(model, recipe, options),
             activation_type=qtype[recipe["default"]],
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(n for n, d in precision.items() if d == "float"),
@@ -223,6 +235,7 @@ def quantize_report(
 
     options = calibration.quantization
     quantized = load(quantized_onnx)
+    per_channel = per_channel_weights(quantized, recipe, options)
     ops = op_counts(quantized)
     return QuantReport(
         recipe=recipe,
@@ -230,7 +243,7 @@ def quantize_report(
         format="QDQ",
         opset_in=opset_in,
         opset=onnx_opset(quantized),
-        weights=f"int8 {'per-channel' if options.get('per_channel', True) else 'per-tensor'} symmetric",
+        weights=f"int8 {'per-channel' if per_channel else 'per-tensor'} symmetric",
         activations=f"{recipe['default']} per-tensor {'symmetric' if options.get('activation_symmetric') else 'asymmetric'}",
         node_dtypes=dict(Counter(precision.values())),
         calibration_method=calibration.method,

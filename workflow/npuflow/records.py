@@ -224,6 +224,18 @@ class CalibrationReport(Record):
     seconds: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class PtqReport(Record):
+    """ptq.json: the `quantization:` settings applied to the float model (npuflow.ptq), and per
+    method its status (applied, not applicable with the reason, disabled), figures and checks."""
+
+    settings: dict
+    settings_id: str
+    methods: dict[str, dict]
+    calibration_images: int
+    seconds: float
+
+
 # ------------------------------------------------------------------------------ quantisation
 @dataclass(frozen=True, kw_only=True)
 class QuantReport(Record):

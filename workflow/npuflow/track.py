@@ -36,6 +36,7 @@ from .records import (
     ExportReport,
     Manifest,
     MixedReport,
+    PtqReport,
     QuantReport,
     ReferenceReport,
     RunRecord,
@@ -170,6 +171,7 @@ class RunReports:
     build: BuildReport
     evaluate: EvalReport
     mixed: MixedReport | None
+    ptq: PtqReport | None = None
 
     @classmethod
     def read(cls, files: dict) -> RunReports:
@@ -183,6 +185,7 @@ class RunReports:
             build=BuildReport.read(files["build"]),
             evaluate=EvalReport.read(files["evaluate"]),
             mixed=MixedReport.read(files["mixed"]) if files.get("mixed") else None,
+            ptq=PtqReport.read(files["ptq"]) if files.get("ptq") and Path(files["ptq"]).exists() else None,
         )
 
 
@@ -209,12 +212,26 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "evaluation_images": reports.evaluate.images,
         "evaluation_dataset": reports.evaluate.dataset,
         "fidelity_check": fidelity_check_text(reports.evaluate.fidelity_check),
+        **ptq_params(reports.ptq),
         "sim_batch": build.batch,
         "sim_profile_fitted": build.profile_fitted,
         "sim_profile_basis": build.profile_basis,
         **{f"{tool}_version": v for tool, v in tool_versions(reports.export, reports.simplify).items()},
     }
     return {k: str(v) for k, v in params.items()}
+
+
+def ptq_params(ptq: PtqReport | None) -> dict[str, str]:
+    """The `quantization:` settings and what each method did (npuflow.ptq), as run params."""
+    if ptq is None:
+        return {}
+    from .ptq.report import method_text
+
+    return {
+        "quantization": ptq.settings_id,
+        "quantization_settings": json.dumps(ptq.settings, sort_keys=True),
+        **{f"ptq_{key}": method_text(entry) for key, entry in ptq.methods.items()},
+    }
 
 
 def layer_metrics(layers_csv: str | Path | None) -> dict[str, float]:

@@ -28,7 +28,7 @@ rule reference:
 rule evaluate:
     input:
         onnx=STAGES.quantize.outputs["onnx"],
-        float_onnx=STAGES.surgery.outputs["onnx"],
+        float_onnx=STAGES.ptq.outputs["onnx"],
         npz=STAGES.reference.outputs["npz"],
         reference=STAGES.reference.outputs["report"],
         manifest=STAGES.fetch.outputs["manifest"],

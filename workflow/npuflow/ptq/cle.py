@@ -78,20 +78,26 @@ def find_pairs(model, weights: Weights) -> list[Pair]:
     return pairs
 
 
-def _relu6_to_relu_min(model, weights: Weights, pair: Pair) -> None:
-    """Clip(0, m) → Relu → Min(bound) with a per-channel bound (m everywhere, to begin with)."""
+def _relu6_to_relu_min(model, weights: Weights, pairs: list[Pair]) -> None:
+    """Each pair's Clip(0, m) → Relu → Min(bound), a per-channel bound (m everywhere, to begin
+    with). One rebuild of the node list (its messages are copied, so no pair survives it)."""
     from onnx import helper
 
-    _, hi = _clip_bounds(pair.act, weights)
-    channels = weights.get(pair.first.input[1]).shape[0]
-    bound = weights.unique_name(f"{pair.act.name or pair.act.output[0]}_cle_bound")
-    weights.set(bound, np.full((channels, 1, 1), hi, np.float32))
-    relu_out = f"{pair.act.output[0]}_cle_relu"
-    relu = helper.make_node("Relu", [pair.act.input[0]], [relu_out], name=f"{pair.act.name}_cle_relu")
-    minimum = helper.make_node("Min", [relu_out, bound], [pair.act.output[0]], name=f"{pair.act.name}_cle_bound")
-    nodes = list(model.graph.node)
-    at = next(i for i, n in enumerate(nodes) if n is pair.act)
-    nodes[at : at + 1] = [relu, minimum]
+    replace = {}
+    for p in pairs:
+        _, hi = _clip_bounds(p.act, weights)
+        channels = weights.get(p.first.input[1]).shape[0]
+        base = p.act.name or p.act.output[0]
+        bound = weights.unique_name(f"{base}_cle_bound")
+        weights.set(bound, np.full((channels, 1, 1), hi, np.float32))
+        relu_out = f"{p.act.output[0]}_cle_relu"
+        replace[p.act.output[0]] = [
+            helper.make_node("Relu", [p.act.input[0]], [relu_out], name=f"{base}_cle_relu"),
+            helper.make_node("Min", [relu_out, bound], [p.act.output[0]], name=f"{base}_cle_bound"),
+        ]
+    nodes = []
+    for n in model.graph.node:
+        nodes.extend(replace.get(n.output[0], [n]) if n.op_type == "Clip" else [n])
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
@@ -104,9 +110,9 @@ def _input_ranges(w2: np.ndarray, depthwise: bool) -> np.ndarray:
 
 def equalise(model, weights: Weights) -> dict:
     """Equalise every pair in place; the pairs, sweeps and the largest scale applied."""
-    pairs = find_pairs(model, weights)
-    for p in [p for p in pairs if p.act.op_type == "Clip"]:
-        _relu6_to_relu_min(model, weights, p)
+    relu6 = [p for p in find_pairs(model, weights) if p.act.op_type == "Clip"]
+    if relu6:
+        _relu6_to_relu_min(model, weights, relu6)
     pairs = find_pairs(model, weights)
     sweeps, spread = 0, 1.0
     for sweeps in range(1, SWEEPS + 1):  # noqa: B007 (reported)

@@ -13,19 +13,24 @@ WEIGHT_QMAX = 127.0
 
 
 class Weights:
-    """A model's initializers as numpy arrays, written back on `set`."""
+    """A model's constants (initializers and Constant nodes' tensors) as numpy arrays, written
+    back on `set`."""
 
     def __init__(self, model):
         self.model = model
         self.init = {i.name: i for i in model.graph.initializer}
+        self.const = {}
+        for n in model.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.const[n.output[0]] = n.attribute[0].t
 
     def __contains__(self, name: str) -> bool:
-        return name in self.init
+        return name in self.init or name in self.const
 
     def get(self, name: str) -> np.ndarray:
         from onnx import numpy_helper
 
-        return numpy_helper.to_array(self.init[name])
+        return numpy_helper.to_array(self.init[name] if name in self.init else self.const[name])
 
     def set(self, name: str, value: np.ndarray) -> None:
         from onnx import numpy_helper
@@ -33,6 +38,8 @@ class Weights:
         new = numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name)
         if name in self.init:
             self.init[name].CopyFrom(new)
+        elif name in self.const:
+            self.const[name].CopyFrom(new)
         else:
             self.model.graph.initializer.append(new)
             self.init[name] = self.model.graph.initializer[-1]

@@ -163,6 +163,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
             }
         )
     out["layers"] = layer_tables
+    out["ptq"] = _ptq(first)
     from ..layers import fidelity_check_text
 
     out["fidelity_warnings"] = [
@@ -173,6 +174,19 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
     out["images"] = first.evaluate.images
     out["mixed"] = [_mixed(r) for r in ok if r.mixed]
     return out
+
+
+def _ptq(r: Row) -> dict | None:
+    """The model's `quantization:` settings and what each method did (the ptq stage's report)."""
+    from ..ptq.report import method_text
+    from ..records import PtqReport
+
+    path = r.files.get("ptq")
+    if not path or not Path(path).exists():
+        return None
+    ptq = PtqReport.read(path)
+    settings = ", ".join(f"{k}: {v}" for k, v in ptq.settings.items())
+    return {"settings": settings, "table": _table(["method", "result"], [[k, method_text(e)] for k, e in ptq.methods.items()])}
 
 
 def _mixed(r: Row) -> dict:
