@@ -109,3 +109,93 @@ def test_settings_are_checked_naming_the_key():
     )
     assert settings_id(resolve_settings({"smoothquant": 0.5})) == "pc_sq0.5"
     assert settings_id(resolve_settings()) == "pc"
+
+
+def test_the_ptq_stage_reports_each_method_and_carries_the_settings_to_the_quantiser(classifier, tmp_path):
+    """efficientvit_m0 (random weights): equalisation and bias correction apply, SmoothQuant is
+    not applicable (no LayerNorm feeding a MatMul); the quantiser then uses per-tensor weights."""
+    from conftest import make_config
+    from npuflow.config import model_spec
+    from npuflow.ptq.stage import embedded_settings, ptq
+    from npuflow.quantize import quantize
+    from npuflow.records import PtqReport
+
+    _, p = classifier
+    settings = {"weights": "per_tensor", "cross_layer_equalization": True, "bias_correction": True, "smoothquant": 0.5}
+    spec = model_spec(make_config(evit={**__import__("conftest").classifier_entry(), "quantization": settings}), "evit")
+    report = ptq(p["surgery_onnx"], manifest_json=p["manifest"], spec=spec, out_onnx=tmp_path / "m.onnx", out_json=tmp_path / "ptq.json")
+    assert PtqReport.read(tmp_path / "ptq.json").settings_id == report["settings_id"] == "pt_cle_sq0.5_bc"
+    methods = report["methods"]
+    assert methods["smoothquant"] == {"status": "not applicable", "reason": "no LayerNormalization feeding MatMul/Gemm weights"}
+    assert methods["cross_layer_equalization"]["status"] == "applied" and methods["cross_layer_equalization"]["verified"]
+    assert methods["cross_layer_equalization"]["max_abs_diff"] < 1e-3
+    bc = methods["bias_correction"]
+    assert bc["status"] == "applied" and bc["output_shift_after"] < bc["output_shift_before"]
+    assert report["calibration_images"] == spec["calibration"]["images"]
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert embedded_settings(model) == {**settings}
+    q = quantize(
+        tmp_path / "m.onnx",
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe={"default": "int8"},
+        out_onnx=tmp_path / "q.onnx",
+        out_json=tmp_path / "q.json",
+    )
+    assert q["weights"] == "int8 per-tensor symmetric"
+    quant = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i for i in quant.graph.initializer}
+    conv_weight_scales = [
+        inits[n.input[1]]
+        for n in quant.graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and len(inits[n.input[0]].dims) == 4
+    ]
+    assert conv_weight_scales and all(len(s.dims) == 0 or s.dims == [1] for s in conv_weight_scales)
+
+
+def test_a_target_profile_requiring_per_tensor_weights_gets_its_own_quantised_model():
+    from conftest import classifier_entry, make_config
+    from npuflow.plan import Plan
+    from npuflow.precision import recipe_id
+    from npuflow.quantize import per_channel_weights
+
+    config = make_config(evit=classifier_entry())
+    config["targets"] = ["ax650n-npu3", "pt-chip"]
+    config["target_profiles"] = {"pt-chip": {"base": "rdk-x5", "quantization": {"weights": "per_tensor"}}}
+    plan = Plan(config)
+    recipe = plan.base_recipe("evit", "pt-chip")
+    assert (
+        recipe["weights"] == "per_tensor" and plan.recipe_of("evit", "pt-chip") == recipe_id(recipe) and recipe_id(recipe).endswith("_wpt")
+    )
+    assert "weights" not in plan.base_recipe("evit", "ax650n-npu3")
+    assert per_channel_weights(onnx.ModelProto(), recipe, {"per_channel": True}) is False
+    assert per_channel_weights(onnx.ModelProto(), plan.base_recipe("evit", "ax650n-npu3"), {"per_channel": True}) is True
+
+
+def test_equalisation_and_bias_correction_rescue_per_tensor_mobilenet_v2(real_mobilenet):
+    """torchvision's MobileNetV2 with its real ImageNet weights, int8 with per-tensor weights:
+    CLE + BC bring the output SQNR and cosine back to the per-channel model's (benchmarks/ptq.py
+    prints the full table)."""
+    from npuflow.data import CALIBRATION_PHOTOS, image_batches
+    from npuflow.io import read_json
+    from npuflow.ptq.study import measure
+
+    spec, paths, _ = real_mobilenet
+    model = onnx.load(str(paths["surgery_onnx"]))
+    pre = read_json(paths["manifest"])["preprocessing"]
+    shape = spec["input"]["shape"]
+    calib = image_batches("samples", "calibration", 16, shape, pre, spec["seed"], paths["manifest"].parent.parent / "datasets").images
+    n = len(CALIBRATION_PHOTOS)
+    held = image_batches(
+        "samples", "calibration", 32 + n, shape, pre, spec["seed"] + 1000, paths["manifest"].parent.parent / "datasets"
+    ).images[n:]
+    per_channel = measure(model, {}, calib, held, layer_images=0)
+    per_tensor = measure(model, {"weights": "per_tensor"}, calib, held, layer_images=0)
+    rescued = measure(
+        model, {"weights": "per_tensor", "cross_layer_equalization": True, "bias_correction": True}, calib, held, layer_images=0
+    )
+    assert per_tensor["sqnr_db"] < per_channel["sqnr_db"] - 2  # per-tensor weights cost MobileNetV2 dearly
+    assert rescued["sqnr_db"] > per_tensor["sqnr_db"] + 3 and rescued["sqnr_db"] > per_channel["sqnr_db"] - 0.5
+    assert rescued["cosine"] > per_tensor["cosine"] + 0.02
+    assert rescued["top1_agreement"] >= per_channel["top1_agreement"] - 0.1
+    assert rescued["methods"]["cross_layer_equalization"]["max_abs_diff"] < 1e-3

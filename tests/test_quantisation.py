@@ -233,6 +233,7 @@ def test_a_float_op_runs_in_float_between_int8_crossings(tmp_path, monkeypatch):
     assert latency[0] == pytest.approx(latency[1], rel=1e-9)
 
 
+@pytest.mark.slow  # a ViT through torch export, calibration and quantisation: ~15 s
 def test_a_float_softmax_stays_float_in_a_vision_transformer(tmp_path):
     """DeiT-Tiny (random weights, 64 px): with Softmax float, onnxruntime's optimised session keeps
     every Softmax a float Softmax (no QLinearSoftmax, no int8 pair fused around it), and its output

@@ -21,11 +21,14 @@ def _channel_mean(x: np.ndarray, axis: int) -> np.ndarray:
     return x.reshape(x.shape[0], -1).mean(axis=1)
 
 
-def input_means(model, layers: list[Layer], images: np.ndarray) -> dict[str, np.ndarray]:
-    """E[x] per input channel of each layer's input, over `images`."""
-    axes = {lay.x: channel_axis(lay) for lay in layers}
+def channel_means(model, axes: dict[str, int], images: np.ndarray) -> dict[str, np.ndarray]:
+    """The mean per channel (`axes[tensor]`) of each tensor over `images`."""
     sums = run_exposing(model, images, sorted(axes), lambda t, v, prev: _channel_mean(v, axes[t]) + (0 if prev is None else prev))
     return {t: s / len(images) for t, s in sums.items()}
+
+
+def _output_axes(layers: list[Layer]) -> dict[str, int]:
+    return {lay.node.output[0]: 1 if lay.node.op_type == "Conv" else -1 for lay in layers}
 
 
 def output_shift(layer: Layer, dw: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
@@ -71,7 +74,9 @@ def correct(model, weights: Weights, images: np.ndarray, per_channel: bool) -> d
     pairs = correctable(model, weights)
     layers = [lay for lay, _ in pairs]
     before_model = copy_model(model)
-    means = input_means(model, layers, images)
+    # the layers' inputs (what the correction needs) and outputs (the float reference of the
+    # measurement), in one pass
+    means = channel_means(model, {**{lay.x: channel_axis(lay) for lay in layers}, **_output_axes(layers)}, images)
     corrected = 0
     for lay, bias in pairs:
         w = weights.get(lay.weight)
@@ -84,9 +89,16 @@ def correct(model, weights: Weights, images: np.ndarray, per_channel: bool) -> d
                 lay.node.input.append("")
             lay.node.input[2] = bias
             lay.bias = bias
+        else:
+            at = list(lay.node.input).index(bias) if lay.node.op_type != "MatMul" else None
+            if at is not None:
+                bias = lay.bias = weights.private(lay.node, at)
+            else:  # the constant of the Add after the MatMul
+                add = next(n for n in model.graph.node if lay.node.output[0] in n.input and bias in n.input)
+                bias = weights.private(add, list(add.input).index(bias))
         weights.set(bias, weights.get(bias) - shift)
         corrected += 1
-    before, after = measured_shift(before_model, model, layers, images, per_channel)
+    before, after = measured_shift(before_model, model, layers, images, per_channel, means)
     return {"layers": corrected, "output_shift_before": before, "output_shift_after": after}
 
 
@@ -98,20 +110,16 @@ def with_quantised_weights(model, per_channel: bool):
     return m
 
 
-def measured_shift(float_model, corrected_model, layers: list[Layer], images: np.ndarray, per_channel: bool) -> tuple[float, float]:
+def measured_shift(
+    float_model, corrected_model, layers: list[Layer], images: np.ndarray, per_channel: bool, float_means: dict | None = None
+) -> tuple[float, float]:
     """RMS over the corrected layers' output channels of (mean output with quantised weights −
     the float model's mean output), without and with the correction: what BC targets."""
-    outs = {lay.node.output[0]: 1 if lay.node.op_type == "Conv" else -1 for lay in layers}
-    names = sorted(outs)
-
-    def means(model):
-        sums = run_exposing(model, images, names, lambda t, v, prev: _channel_mean(v, outs[t]) + (0 if prev is None else prev))
-        return {t: s / len(images) for t, s in sums.items()}
-
-    ref = means(float_model)
+    axes = _output_axes(layers)
+    ref = float_means if float_means is not None else channel_means(float_model, axes, images)
     figures = []
     for model in (with_quantised_weights(float_model, per_channel), with_quantised_weights(corrected_model, per_channel)):
-        m = means(model)
-        d = np.concatenate([m[t] - ref[t] for t in names])
+        m = channel_means(model, axes, images)
+        d = np.concatenate([m[t] - ref[t] for t in sorted(axes)])
         figures.append(float(np.sqrt(np.mean(d**2))) if d.size else 0.0)
     return figures[0], figures[1]

@@ -114,6 +114,11 @@ def equalise(model, weights: Weights) -> dict:
     if relu6:
         _relu6_to_relu_min(model, weights, relu6)
     pairs = find_pairs(model, weights)
+    for p in pairs:  # each pair rescales constants of its own
+        for node in (p.first, p.second):
+            for i in range(1, len(node.input)):
+                if node.input[i]:
+                    weights.private(node, i)
     sweeps, spread = 0, 1.0
     for sweeps in range(1, SWEEPS + 1):  # noqa: B007 (reported)
         moved = 0.0

@@ -44,6 +44,19 @@ class Weights:
             self.model.graph.initializer.append(new)
             self.init[name] = self.model.graph.initializer[-1]
 
+    def private(self, node, index: int) -> str:
+        """The constant at `node.input[index]`, made the node's own first where other inputs
+        read it too (onnxsim merges equal initializers: a zero bias may serve every conv), so
+        that changing it changes only this node. Returns its (possibly new) name."""
+        name = node.input[index]
+        uses = sum(t == name for n in self.model.graph.node for t in n.input)
+        if uses > 1:
+            copy = self.unique_name(f"{name}_{node.name or node.output[0]}")
+            self.set(copy, self.get(name))
+            node.input[index] = copy
+            name = copy
+        return name
+
     def unique_name(self, base: str) -> str:
         taken = set(self.init) | {t for n in self.model.graph.node for t in [*n.input, *n.output]}
         name, k = base, 0

@@ -108,6 +108,10 @@ def smooth(model, weights: Weights, images: np.ndarray, alpha: float) -> dict:
         s = np.where((a > 0) & (w > 0), a**alpha / np.maximum(w, 1e-30) ** (1 - alpha), 1.0)
         s = np.clip(s, *SCALE_LIMITS).astype(np.float32)
         ln = g["norm"]
+        for i in (1, 2):  # constants of its own (equal ones may be shared after onnxsim)
+            weights.private(ln, i)
+        for m in g["matmuls"]:
+            weights.private(m, 1)
         weights.set(ln.input[1], weights.get(ln.input[1]) / s)
         weights.set(ln.input[2], weights.get(ln.input[2]) / s)
         for m in g["matmuls"]:
