@@ -73,7 +73,7 @@ class Pair:
         precision chooses) the search and the evaluation of its choice, the build, the plot, the
         store and the logging job."""
         steps = [("dataset", {"dataset": d}) for d in self.datasets]
-        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "calibrate", "reference")]
+        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "ptq", "calibrate", "reference")]
         steps += [("quantize", {"recipe": self.base_recipe}), ("evaluate", {"recipe": self.base_recipe})]
         if self.mixed:
             steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe})]
