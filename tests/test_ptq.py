@@ -199,3 +199,14 @@ def test_equalisation_and_bias_correction_rescue_per_tensor_mobilenet_v2(real_mo
     assert rescued["cosine"] > per_tensor["cosine"] + 0.02
     assert rescued["top1_agreement"] >= per_channel["top1_agreement"] - 0.1
     assert rescued["methods"]["cross_layer_equalization"]["max_abs_diff"] < 1e-3
+
+
+def test_a_methods_result_reads_as_one_line():
+    from npuflow.ptq.report import method_text
+
+    model = PTQ_METHODS.get("cross_layer_equalization").example()
+    _, report = apply_methods(model, resolve_settings({"cross_layer_equalization": True}), images_for(model))
+    text = method_text(report["cross_layer_equalization"])
+    assert text.startswith("applied (pairs 2, sweeps ") and "max_abs_diff " in text and "; verified; " in text
+    assert method_text(report["bias_correction"]) == "disabled"
+    assert method_text({"status": "not applicable", "reason": "no LayerNormalization"}) == "not applicable: no LayerNormalization"

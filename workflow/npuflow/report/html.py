@@ -178,6 +178,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
 
 def _ptq(r: Row) -> dict | None:
     """The model's `quantization:` settings and what each method did (the ptq stage's report)."""
+    from ..ptq import resolve_settings, settings_id
     from ..ptq.report import method_text
     from ..records import PtqReport
 
@@ -185,6 +186,8 @@ def _ptq(r: Row) -> dict | None:
     if not path or not Path(path).exists():
         return None
     ptq = PtqReport.read(path)
+    if ptq.settings_id == settings_id(resolve_settings()):  # the defaults: nothing to show
+        return None
     settings = ", ".join(f"{k}: {v}" for k, v in ptq.settings.items())
     return {"settings": settings, "table": _table(["method", "result"], [[k, method_text(e)] for k, e in ptq.methods.items()])}
 
