@@ -336,21 +336,23 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
 
 
 def test_near_zero_and_float_tensors_are_left_out_of_the_worst_layer_rankings(tmp_path):
-    from npuflow.layers import NEAR_ZERO_RMS, read_layers_csv, unranked_reason, worst_rows, write_layers_csv
+    from npuflow.layers import NEAR_ZERO_RATIO, read_layers_csv, unranked_reason, worst_rows, write_layers_csv
     from npuflow.report import worst_layers
     from npuflow.track import layer_metrics
 
     def row(tensor, cosine, sqnr, quantised=True, rms=1.0):
         return {"tensor": tensor, "node": tensor, "op_type": "X", "shape": "1", "dtype": "float32", "quantized_dtype": "int8" if quantised else "float",
-                "cosine": cosine, "sqnr_db": sqnr, "mse": 0.0, "local_sqnr_db": 30.0, "float_rms": rms, "unranked": unranked_reason(quantised, rms)}  # fmt: skip
+                "cosine": cosine, "sqnr_db": sqnr, "mse": 0.0, "local_sqnr_db": 30.0, "float_rms": rms, "unranked": unranked_reason(quantised, rms, 1.0)}  # fmt: skip
 
     rows = [
         row("conv", 0.99, 20.0),
-        row("mean", -0.001, -114.0, rms=NEAR_ZERO_RMS / 100),
+        row("mean", -0.001, -114.0, rms=NEAR_ZERO_RATIO / 100),
         row("reshape", 0.5, 3.0, quantised=False),
         row("add", 0.95, 12.0),
     ]
     assert [r["unranked"] for r in rows] == ["", "near zero", "not quantised", ""]
+    # relative to the node's inputs: a random-weight model's small activations stay ranked
+    assert unranked_reason(True, 1e-9, 1e-8) == "" and unranked_reason(True, 1e-9, None) == ""
     write_layers_csv(rows, tmp_path / "l.csv")
     table = read_layers_csv(tmp_path / "l.csv")
     assert [r["tensor"] for r in table] == ["add", "conv", "mean", "reshape"]

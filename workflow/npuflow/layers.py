@@ -30,10 +30,11 @@ COLUMNS = [
     "float_rms",
     "unranked",
 ]
-# A float tensor whose RMS is below this (inputs are normalised images, ~1) holds rounding residue:
-# LayerNorm's ReduceMean of an already centred tensor. Its cosine and SQNR compare noise with
+# A tensor whose RMS is below this fraction of its node's largest input RMS holds rounding residue
+# (LayerNorm's ReduceMean of an already centred tensor): its cosine and SQNR compare noise with
 # noise (SegFormer: cosine -0.001, SQNR -114 dB), so it is left out of the worst-layer ranking.
-NEAR_ZERO_RMS = 1e-5
+# Relative, because a random-weight model's activations may all be tiny.
+NEAR_ZERO_RATIO = 1e-4
 _SKIP = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape"}
 _QTYPES = {3: "int8", 2: "int8", 5: "int16", 4: "int16"}  # onnx TensorProto INT8, UINT8, INT16, UINT16
 
@@ -141,10 +142,13 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
                 a[5] += np.sum((pre - q) ** 2)
             del fout, qout
         del fsess, qsess
+    rms_of = {t: float(np.sqrt(a[1] / max(a[4], 1))) for t, a in acc.items()}
+    inputs_of = {n.name: list(n.input) for n in float_model.graph.node}
     rows = []
     for t, node, op_type, shape in tensors:
         fq, ff, qq, err, count, local = acc[t]
-        rms = float(np.sqrt(ff / max(count, 1)))
+        rms = rms_of[t]
+        input_rms = max((rms_of[i] for i in inputs_of.get(node, []) if i in rms_of), default=None)
         rows.append(
             {
                 "tensor": t,
@@ -158,19 +162,19 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
                 "mse": float(err / max(count, 1)),
                 "local_sqnr_db": _db(qq, local),
                 "float_rms": rms,
-                "unranked": unranked_reason(t in qdq, rms),
+                "unranked": unranked_reason(t in qdq, rms, input_rms),
             }
         )
     return rows
 
 
-def unranked_reason(quantised: bool, float_rms: float) -> str:
+def unranked_reason(quantised: bool, float_rms: float, input_rms: float | None) -> str:
     """Why a tensor's row is left out of the worst-layer ranking ('' when it is ranked): a tensor
     the quantised model keeps float adds no error of its own (it carries its inputs'), and a
-    near-zero one's figures compare noise with noise."""
+    near-zero one (against its node's inputs, `input_rms`) has figures that compare noise with noise."""
     if not quantised:
         return "not quantised"
-    if float_rms < NEAR_ZERO_RMS:
+    if input_rms is not None and float_rms < NEAR_ZERO_RATIO * input_rms:
         return "near zero"
     return ""
 
