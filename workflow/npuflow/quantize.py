@@ -2,7 +2,7 @@
 at the precision the recipe gives each node (int8 or int16 activations, float for nodes kept out of
 quantisation), so calibration runs once per model and quantisation once per distinct recipe.
 
-Weights are int8 (per-channel unless the calibration stage chose per-tensor). A node at int16 has
+Weights are int8, per-channel unless something asks for per-tensor (`per_channel_weights`). A node at int16 has
 its activation tensors quantised to int16; a tensor between an int8 and an int16 node takes the
 wider type, as the vendor compilers do. A float node stays float end to end: its output crosses
 back to the NPU through a same-grid int16 step that no runtime kernel fuses (`keep_float_nodes_float`).

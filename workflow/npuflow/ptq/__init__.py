@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..registry import Registry
-from .graph import Weights, copy_model, outputs_of, weighted_layers
+from .graph import Weights, copy_model, outputs_of
 
 WEIGHTS = ("per_channel", "per_tensor")
 DEFAULT_SETTINGS = {"weights": "per_channel", "cross_layer_equalization": False, "bias_correction": False, "smoothquant": False}
@@ -226,4 +226,4 @@ def apply_methods(model, settings: dict, images: np.ndarray) -> tuple[object, di
     return model, report
 
 
-__all__ = ["PTQ_METHODS", "Context", "PtqMethod", "apply_methods", "check_settings", "resolve_settings", "settings_id", "weighted_layers"]
+__all__ = ["PTQ_METHODS", "Context", "PtqError", "PtqMethod", "apply_methods", "check_settings", "resolve_settings", "settings_id"]
