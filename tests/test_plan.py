@@ -76,7 +76,7 @@ def test_a_mixed_pair_chains_through_the_search_and_a_dataset_through_its_prepar
     assert chain[11].outputs[0] == "results/m/eval/mixed-rdk-x5.json"
     # A pair without mixed precision or datasets goes straight from its recipe's evaluation to the build.
     plain = Pair("m", "ax650n-npu3", "int8", "int8")
-    assert [s.stage for s in plain.chain()][5:9] == ["reference", "quantize", "evaluate", "build"]
+    assert [s.stage for s in plain.chain()][6:10] == ["reference", "quantize", "evaluate", "build"]
     assert Pair.from_json(pair.to_json()) == pair
 
 

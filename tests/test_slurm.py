@@ -62,7 +62,7 @@ def test_every_job_ran_as_a_slurm_job_within_the_node(slurm, main_run):
     # `all` has no command: Snakemake runs it itself, as it says; every other job is a Slurm job.
     assert planned.pop("all") == 1 and "localrule all:" in main_run.output
     completed = Counter(slurm_runs.rule_of(j) for j in main_run.jobs if j["state"] == "COMPLETED")
-    assert completed == planned and sum(completed.values()) == 16
+    assert completed == planned and sum(completed.values()) == 17
     # Capped by the node, as nothing was given on the command line: the profile's 4 threads become
     # the node's CPUs, and no job asks for more memory than the node has.
     node = slurm.node
