@@ -520,6 +520,7 @@ def test_the_run_lock_is_held_until_its_process_ends_however_it_ends(tmp_path):
 
 # The front stages of the session's tiny pipeline, as if an earlier run had made them (no report yet).
 FRONT = ("fetch", "model.onnx", "export.json", "model.sim.onnx", "simplify.json", "model.surgery.onnx", "surgery.json")
+FRONT += ("model.ptq.onnx", "ptq.json")
 FRONT += ("calibration.ranges.json", "calibration.json", "quant/int8.onnx", "quant/int8.json")
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -154,6 +155,132 @@ def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_p
     assert report["precision_recipe"] == "int8_Softmax-float"
 
 
+def _near_uniform_attention(tmp_path):
+    """x → MatMul → Softmax over 197 near-equal logits → MatMul: DeiT-Tiny's attention with random
+    weights, whose Softmax output (at most ~0.008) gets an int8 scale of ~3e-5. Calibrated."""
+    from npuflow.calibrate import collect, compute_ranges, save_ranges
+
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array((rng.standard_normal((16, 197)) * 0.02).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array(rng.standard_normal((197, 16)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["s"], name="qk"),
+        helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "w2"], ["y"], name="av"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 197, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 197, 16])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "f.onnx")
+    images = rng.standard_normal((8, 197, 16)).astype(np.float32)
+    save_ranges(compute_ranges(collect(tmp_path / "f.onnx", images, False), "minmax", {}), tmp_path / "r.json")
+    return model, images
+
+
+def test_a_float_op_runs_in_float_between_int8_crossings(tmp_path, monkeypatch):
+    """The quantised model keeps a float op float where onnxruntime's optimiser used to fuse
+    DQ → Softmax → Q into its int8 QLinearSoftmax; the tensors crossing to and from the NPU stay
+    int8 at their calibrated scales, and the simulator sees the same model as before."""
+    import onnxruntime as ort
+
+    from npuflow import quantize as q
+    from npuflow.sim import analyse, simulate
+    from npuflow.targets import load_targets
+
+    model, images = _near_uniform_attention(tmp_path)
+    recipe = {"default": "int8", "op_types": {"Softmax": "float"}}
+    q.quantize_model(model, tmp_path / "r.json", recipe, {}, tmp_path / "new.onnx")
+    with monkeypatch.context() as m:  # the model as it was quantised before: no int16 step
+        m.setattr(q, "keep_float_nodes_float", lambda model, precision: 0)
+        q.quantize_model(model, tmp_path / "r.json", recipe, {}, tmp_path / "old.onnx")
+
+    def run(path, optimise, outputs=None):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if not optimise:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.optimized_model_filepath = str(tmp_path / f"opt-{Path(path).stem}-{optimise}.onnx")
+        m = onnx.load(str(path))
+        for name in outputs or []:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run(outputs or None, {"x": x[None]})[-1] for x in images]), onnx.load(opts.optimized_model_filepath)
+
+    def cosine(a, b):
+        return float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b))
+
+    reference = np.concatenate([run_float(model, x) for x in images])
+    old, old_graph = run(tmp_path / "old.onnx", True)
+    new, new_graph = run(tmp_path / "new.onnx", True)
+    ops = lambda g: {n.op_type for n in g.graph.node}  # noqa: E731
+    unfused, _ = run(tmp_path / "new.onnx", False)
+    assert "QLinearSoftmax" in ops(old_graph)  # the bug: the "float" Softmax ran in int8 at a tiny scale
+    assert "QLinearSoftmax" not in ops(new_graph) and "Softmax" in ops(new_graph)
+    assert cosine(new, reference) > cosine(old, reference) + 0.01
+    # with or without graph optimisation, the float Softmax gives the same result: what the target runs
+    assert cosine(new, reference) == pytest.approx(cosine(unfused, reference), abs=2e-3)
+    # what crosses back to the NPU is exactly the int8 value the old graph gave it
+    av_input = next(n for n in onnx.load(str(tmp_path / "new.onnx")).graph.node if n.name == "av").input[0]
+    old_input = next(n for n in onnx.load(str(tmp_path / "old.onnx")).graph.node if n.name == "av").input[0]
+    np.testing.assert_array_equal(run(tmp_path / "new.onnx", False, [av_input])[0], run(tmp_path / "old.onnx", False, [old_input])[0])
+    # the simulator looks through the Q/DQ nodes: the same build either way
+    profile = load_targets().get("rdk-x5")
+    latency = [simulate(analyse(onnx.load(str(tmp_path / f)), profile), profile, 1).total_s for f in ("old.onnx", "new.onnx")]
+    assert latency[0] == pytest.approx(latency[1], rel=1e-9)
+
+
+@pytest.mark.slow  # a ViT through torch export, calibration and quantisation: ~15 s
+def test_a_float_softmax_stays_float_in_a_vision_transformer(tmp_path):
+    """DeiT-Tiny (random weights, 64 px): with Softmax float, onnxruntime's optimised session keeps
+    every Softmax a float Softmax (no QLinearSoftmax, no int8 pair fused around it), and its output
+    cosine matches the unoptimised session's."""
+    import timm
+    import torch
+
+    from npuflow.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.onnxutil import session
+    from npuflow.quantize import quantize_model
+
+    torch.manual_seed(0)
+    net = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64).eval()
+    torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(tmp_path / "f.onnx"), opset_version=17, dynamo=False)
+    images = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    save_ranges(compute_ranges(collect(tmp_path / "f.onnx", images, False), "minmax", {}), tmp_path / "r.json")
+    model = onnx.load(str(tmp_path / "f.onnx"))
+    softmax = sum(n.op_type == "Softmax" for n in model.graph.node)
+    quantize_model(model, tmp_path / "r.json", {"default": "int8", "op_types": {"Softmax": "float"}}, {}, tmp_path / "q.onnx")
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), opts, providers=["CPUExecutionProvider"])
+    optimised = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+    assert "QLinearSoftmax" not in optimised and optimised.count("Softmax") == softmax == 12
+
+    def outputs(path, optimize):
+        sess = session(path, 1, optimize)
+        return np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[None]})[0] for x in images])
+
+    ref = outputs(tmp_path / "f.onnx", False)
+    cos = [
+        float(np.sum(ref * q) / np.linalg.norm(ref) / np.linalg.norm(q)) for q in (outputs(tmp_path / "q.onnx", o) for o in (True, False))
+    ]
+    assert cos[0] == pytest.approx(cos[1], abs=0.01) and cos[0] > 0.5
+
+
+def run_float(model, x):
+    from npuflow.onnxutil import run_onnx
+
+    return run_onnx(model, {"x": x[None]})[0]
+
+
 def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_quant, tmp_path):
     from npuflow.sim.build import build
     from npuflow.targets import load_targets
@@ -176,8 +303,12 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
         "mse",
         "local_sqnr_db",
     ]
-    cosines = [float(r["cosine"]) for r in table]
+    # ranked rows worst first, then the rows left out of the ranking (kept float, near zero)
+    flags = [bool(r["unranked"]) for r in table]
+    assert flags == sorted(flags) and "not quantised" in {r["unranked"] for r in table}
+    cosines = [float(r["cosine"]) for r in table if not r["unranked"]]
     assert cosines == sorted(cosines)
+    assert all(r["quantized_dtype"] != "float" for r in table if not r["unranked"])
     # The logits' row, recomputed here: the float model's against the quantised model's as its
     # consumer (the ArgMax) reads them, over the analysis images.
     from npuflow.evaluate import expose_logits
@@ -194,7 +325,91 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
     assert float(logits_row["cosine"]) == pytest.approx(f @ q / np.sqrt((f @ f) * (q @ q)), rel=1e-5)
     assert {r["unit"] for r in table} >= {"tensor", "vector"}
     assert {r["quantized_dtype"] for r in table} >= {"int8", "int16"}
-    assert read_json(d / "l.json")["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
+    analysis = read_json(d / "l.json")
+    assert analysis["worst_layers"][0]["cosine"] == pytest.approx(cosines[0], rel=1e-4)
+    # the headline and the table's logits row measure the same model
+    check = analysis["fidelity_check"]
+    assert (
+        check["tensor"] == logits
+        and check["agrees"]
+        and check["layer_table_cosine"] == pytest.approx(float(logits_row["cosine"]), rel=1e-5)
+    )
+    assert check["gap"] < 0.02
+
+
+def test_near_zero_and_float_tensors_are_left_out_of_the_worst_layer_rankings(tmp_path):
+    from npuflow.layers import NEAR_ZERO_RATIO, read_layers_csv, unranked_reason, worst_rows, write_layers_csv
+    from npuflow.report import worst_layers
+    from npuflow.track import layer_metrics
+
+    def row(tensor, cosine, sqnr, quantised=True, rms=1.0):
+        return {"tensor": tensor, "node": tensor, "op_type": "X", "shape": "1", "dtype": "float32", "quantized_dtype": "int8" if quantised else "float",
+                "cosine": cosine, "sqnr_db": sqnr, "mse": 0.0, "local_sqnr_db": 30.0, "float_rms": rms, "unranked": unranked_reason(quantised, rms, 1.0)}  # fmt: skip
+
+    rows = [
+        row("conv", 0.99, 20.0),
+        row("mean", -0.001, -114.0, rms=NEAR_ZERO_RATIO / 100),
+        row("reshape", 0.5, 3.0, quantised=False),
+        row("add", 0.95, 12.0),
+    ]
+    assert [r["unranked"] for r in rows] == ["", "near zero", "not quantised", ""]
+    # relative to the node's inputs: a random-weight model's small activations stay ranked
+    assert unranked_reason(True, 1e-9, 1e-8) == "" and unranked_reason(True, 1e-9, None) == ""
+    write_layers_csv(rows, tmp_path / "l.csv")
+    table = read_layers_csv(tmp_path / "l.csv")
+    assert [r["tensor"] for r in table] == ["add", "conv", "mean", "reshape"]
+    assert [r["tensor"] for r in worst_layers(table, 10)] == ["add", "conv"]  # report and summary.csv
+    assert [r["tensor"] for r in worst_rows(rows)] == ["add", "conv"]  # eval report
+    assert layer_metrics(tmp_path / "l.csv") == {"layers_analysed": 4.0, "layers_min_cosine": 0.95, "layers_min_sqnr_db": 12.0}
+
+
+def test_fidelity_check_flags_a_headline_the_layer_table_disagrees_with():
+    from npuflow.layers import fidelity_check, fidelity_check_text
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 10))
+    rows = [{"tensor": "logits", "cosine": 0.976}]
+    near = fidelity_check(rows, "logits", ref, ref + 0.2 * rng.standard_normal((4, 10)), 4)
+    assert near["agrees"] and near["headline_cosine"] == pytest.approx(0.976, abs=0.02)
+    far = fidelity_check(rows, "logits", ref, ref + rng.standard_normal((4, 10)), 4)
+    assert not far["agrees"] and far["gap"] == pytest.approx(0.976 - far["headline_cosine"])
+    assert fidelity_check_text(far).startswith("DISAGREES: headline cosine 0.")
+    assert fidelity_check(rows, "other", ref, ref, 4) is None
+
+
+def test_an_activation_folded_into_its_conv_keeps_the_convs_unit_and_time(tmp_path):
+    """onnxruntime's quantiser removes ResNet's Relu behind each Conv (the Conv writes the Relu's
+    tensor); the Relu rows get the Conv's unit and simulated time."""
+    import timm
+    import torch
+
+    from npuflow.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.layers import analyse_layers
+    from npuflow.quantize import quantize_model
+    from npuflow.sim import analyse, simulate
+    from npuflow.sim.build import layer_table
+    from npuflow.targets import load_targets
+
+    torch.manual_seed(0)
+    torch.onnx.export(
+        timm.create_model("resnet18").eval(), torch.randn(1, 3, 32, 32), str(tmp_path / "f.onnx"), opset_version=17, dynamo=False
+    )
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    save_ranges(compute_ranges(collect(tmp_path / "f.onnx", images, False), "minmax", {}), tmp_path / "r.json")
+    quantize_model(onnx.load(str(tmp_path / "f.onnx")), tmp_path / "r.json", {"default": "int8"}, {}, tmp_path / "q.onnx")
+    quant = onnx.load(str(tmp_path / "q.onnx"))
+    assert "Relu" not in {n.op_type for n in quant.graph.node if n.name.endswith("act1/Relu")}
+    rows = analyse_layers(onnx.load(str(tmp_path / "f.onnx")), quant, images[:1], threads=1)
+    profile = load_targets().get("ax650n-npu3")
+    analysis = analyse(quant, profile)
+    table = layer_table(rows, analysis, simulate(analysis, profile, 1))
+    relu = [r for r in table if r["op_type"] == "Relu" and r["node"] not in analysis.graph.by_name]
+    assert len(relu) >= 9  # the stem's and each basic block's first Relu
+    assert {r["unit"] for r in relu} == {"tensor"} and all(r["fused_into"].endswith("Conv") for r in relu)
+    # a Relu the Conv writes carries the Conv's time (the Conv has no row of its own); one behind
+    # a residual Add is fused into that Conv's op, whose time the Conv's row carries
+    assert all(r["sim_time_us"] > 0 for r in relu if r["fused_into"] == r["node"].replace("act1/Relu", "conv1/Conv"))
+    assert sum(r["sim_time_us"] > 0 for r in relu) >= 9
 
 
 def test_auto_calibration_keeps_the_best_candidate(segmenter, tmp_path):

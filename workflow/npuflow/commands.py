@@ -159,6 +159,32 @@ class Recipes(Command):
 
 
 @command
+class Ptq(Command):
+    name = "ptq"
+    help = "the model's `quantization:` methods applied to the float model, once per model"
+
+    def add_arguments(self, p):
+        p.add_argument("input", type=onnx_file, help="the float (post-surgery) ONNX model")
+        add_model_arguments(p)
+        p.add_argument("--manifest", required=True, type=input_file, help="the fetch manifest (preprocessing)")
+        _outputs(p, out="the transformed float ONNX model to write", report="the stage report (JSON) to write")
+        add_data_arguments(p)
+
+    def run(self, args):
+        from .ptq.stage import ptq
+
+        return ptq(
+            args.input,
+            manifest_json=args.manifest,
+            spec=model_spec_of(args),
+            out_onnx=args.out,
+            out_json=args.report,
+            datasets_dir=args.datasets_dir,
+            cache_dir=args.cache_dir,
+        )
+
+
+@command
 class Calibrate(Command):
     name = "calibrate"
     help = "activation ranges on calibration images, once per model"

@@ -99,6 +99,7 @@ def _check_semantics(config: dict) -> None:
             problems.append(f"targets.{i}: {targets.unknown_message(t)}")
     datasets = _dataset_names(config)
     problems += _check_calibration("calibration", config["calibration"], CALIBRATION_METHODS, datasets)
+    problems += _check_quantization("quantization", config.get("quantization", {}))
     if config["evaluation"]["dataset"] not in datasets:
         problems.append(f"evaluation.dataset: {datasets.unknown_message(config['evaluation']['dataset'])}")
     for name, entry in config["datasets"].items():
@@ -146,6 +147,7 @@ def _check_semantics(config: dict) -> None:
                 problems.append(f"{where}.targets.{i}: {targets.unknown_message(t)}")
         if "calibration" in entry:
             problems += _check_calibration(f"{where}.calibration", entry["calibration"], CALIBRATION_METHODS, datasets)
+        problems += _check_quantization(f"{where}.quantization", entry.get("quantization", {}))
         model_targets = entry.get("targets", config["targets"])
         for t in entry.get("precision", {}):
             if t not in model_targets:
@@ -215,6 +217,17 @@ def _dataset_names(config: dict):
     for name in list(DATASETS.names()) + list(config["datasets"]):
         names.add(name, name)
     return names
+
+
+def _check_quantization(where: str, block: dict) -> list[str]:
+    """The `quantization:` keys against the PTQ-method registry (npuflow.ptq)."""
+    from .ptq import PtqError, check_settings
+
+    try:
+        check_settings(block, where)
+    except PtqError as e:
+        return [str(e)]
+    return []
 
 
 def _check_calibration(where: str, calib: dict, methods, datasets) -> list[str]:
@@ -359,6 +372,7 @@ def model_spec(config: dict, name: str) -> dict:
     entry = copy.deepcopy(config["models"][name])
     calibration = dict(config["calibration"])
     calibration.update(entry.pop("calibration", {}))
+    quantization = {**config.get("quantization", {}), **entry.pop("quantization", {})}
     spec = {
         "name": name,
         "weights": config["weights"],
@@ -366,6 +380,7 @@ def model_spec(config: dict, name: str) -> dict:
         "targets": entry.pop("targets", config["targets"]),
         "calibration": calibration,
         "evaluation": dict(config["evaluation"]),
+        "quantization": quantization,  # npuflow.ptq's settings, as given (defaults in the stage)
     }
     spec.update(entry)
     return spec

@@ -258,18 +258,31 @@ def analyse(
 ) -> dict:
     """The per-layer precision analysis (npuflow.layers) of a quantised model against the float
     model, on the first `evaluation.analysis_images` of the reference's images, any task."""
-    from .layers import analyse_layers
+    from .layers import analyse_layers, fidelity_check, worst_rows
 
     start = time.perf_counter()
-    images = np.load(reference_npz)["images"][: spec["evaluation"]["analysis_images"]]
-    rows = analyse_layers(load(float_onnx), load(quant_onnx), images, threads)
+    ref = np.load(reference_npz)
+    images = ref["images"][: spec["evaluation"]["analysis_images"]]
+    float_model, quant_model = load(float_onnx), load(quant_onnx)
+    rows = analyse_layers(float_model, quant_model, images, threads)
+    check = None
+    if spec["task"] != "detection":  # the table's output row against the headline's formula
+        _, _, outs = run_model(expose_logits(quant_model), images, threads)
+        scores, _ = scores_and_classes(outs)
+        scores_at = 1 if len(outs) == 2 and np.issubdtype(outs[0].dtype, np.integer) else 0  # as scores_and_classes
+        scores_tensor = expose_logits(float_model).graph.output[scores_at].name  # the table's name for it: the float model's
+        check = fidelity_check(rows, scores_tensor, ref["scores"], scores, len(images))
+        if check and not check["agrees"]:
+            print(
+                f"WARNING: headline cosine {check['headline_cosine']:.4f} disagrees with the per-layer table's output row"
+                f" ({check['tensor']}: {check['layer_table_cosine']:.4f}) on the same {check['images']} images",
+                flush=True,
+            )
     report = LayerAnalysis(
         images=len(images),
         rows=rows,
-        worst_layers=[
-            {k: r[k] for k in ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")}
-            for r in sorted(rows, key=lambda r: r["cosine"])[:5]
-        ],
+        worst_layers=worst_rows(rows),
+        fidelity_check=check,
         seconds=round(time.perf_counter() - start, 3),
     )
     report.write(out_layers)

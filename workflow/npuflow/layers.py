@@ -16,7 +16,25 @@ from .io import atomic_path
 from .onnxutil import input_name, session
 from .progress import progress
 
-COLUMNS = ["tensor", "node", "op_type", "shape", "dtype", "quantized_dtype", "cosine", "sqnr_db", "mse", "local_sqnr_db"]
+COLUMNS = [
+    "tensor",
+    "node",
+    "op_type",
+    "shape",
+    "dtype",
+    "quantized_dtype",
+    "cosine",
+    "sqnr_db",
+    "mse",
+    "local_sqnr_db",
+    "float_rms",
+    "unranked",
+]
+# A tensor whose RMS is below this fraction of its node's largest input RMS holds rounding residue
+# (LayerNorm's ReduceMean of an already centred tensor): its cosine and SQNR compare noise with
+# noise (SegFormer: cosine -0.001, SQNR -114 dB), so it is left out of the worst-layer ranking.
+# Relative, because a random-weight model's activations may all be tiny.
+NEAR_ZERO_RATIO = 1e-4
 _SKIP = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape"}
 _QTYPES = {3: "int8", 2: "int8", 5: "int16", 4: "int16"}  # onnx TensorProto INT8, UINT8, INT16, UINT16
 
@@ -52,19 +70,26 @@ def _with_outputs(model, names: list[str]):
 
 
 def _qdq_of(quant_model) -> dict[str, tuple[str, str]]:
-    """{tensor: (its dequantised name, quantised dtype)} for tensors behind a Q/DQ pair."""
+    """{tensor: (its dequantised name, quantised dtype)} for tensors behind a Q/DQ pair. A chain
+    of pairs (a float node's same-grid int16 step before its int8 one, npuflow.quantize) counts
+    as its last pair: what the consumers read."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in quant_model.graph.initializer}
     dq_of = {n.input[0]: n.output[0] for n in quant_model.graph.node if n.op_type == "DequantizeLinear"}
-    out = {}
+    pairs = {}
     for n in quant_model.graph.node:
         if n.op_type == "QuantizeLinear" and n.output[0] in dq_of:
             zp = inits.get(n.input[2]) if len(n.input) > 2 else None
             dtype = _QTYPES.get(zp.data_type, "int8") if zp is not None else "int8"
             if zp is not None and zp.data_type not in _QTYPES:
                 dtype = str(numpy_helper.to_array(zp).dtype)
-            out[n.input[0]] = (dq_of[n.output[0]], dtype)
+            pairs[n.input[0]] = (dq_of[n.output[0]], dtype)
+    out = {}
+    for tensor, last in pairs.items():
+        while last[0] in pairs:
+            last = pairs[last[0]]
+        out[tensor] = last
     return out
 
 
@@ -117,9 +142,13 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
                 a[5] += np.sum((pre - q) ** 2)
             del fout, qout
         del fsess, qsess
+    rms_of = {t: float(np.sqrt(a[1] / max(a[4], 1))) for t, a in acc.items()}
+    inputs_of = {n.name: list(n.input) for n in float_model.graph.node}
     rows = []
     for t, node, op_type, shape in tensors:
         fq, ff, qq, err, count, local = acc[t]
+        rms = rms_of[t]
+        input_rms = max((rms_of[i] for i in inputs_of.get(node, []) if i in rms_of), default=None)
         rows.append(
             {
                 "tensor": t,
@@ -132,9 +161,72 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
                 "sqnr_db": _db(ff, err),
                 "mse": float(err / max(count, 1)),
                 "local_sqnr_db": _db(qq, local),
+                "float_rms": rms,
+                "unranked": unranked_reason(t in qdq, rms, input_rms),
             }
         )
     return rows
+
+
+def unranked_reason(quantised: bool, float_rms: float, input_rms: float | None) -> str:
+    """Why a tensor's row is left out of the worst-layer ranking ('' when it is ranked): a tensor
+    the quantised model keeps float adds no error of its own (it carries its inputs'), and a
+    near-zero one (against its node's inputs, `input_rms`) has figures that compare noise with noise."""
+    if not quantised:
+        return "not quantised"
+    if input_rms is not None and float_rms < NEAR_ZERO_RATIO * input_rms:
+        return "near zero"
+    return ""
+
+
+def worst_rows(rows: list[dict], n: int = 5) -> list[dict]:
+    """The eval report's worst layers: the n ranked rows of lowest cosine, their key figures."""
+    keys = ("tensor", "op_type", "quantized_dtype", "cosine", "sqnr_db")
+    return [{k: r[k] for k in keys} for r in sorted(ranked(rows), key=lambda r: r["cosine"])[:n]]
+
+
+# The headline fidelity and the per-layer table's output row measure the same tensor on the same
+# images, the headline through the session a runtime would optimise, the table through one whose
+# exposed tensors keep every op unfused. Beyond this gap in cosine they do not measure the same
+# model (DeiT-Tiny's "float" Softmax fused into an int8 kernel: 0.50 against 0.976).
+FIDELITY_CHECK_TOLERANCE = 0.02
+
+
+def fidelity_check(rows: list[dict], tensor: str, ref_scores: np.ndarray, scores: np.ndarray, images: int) -> dict | None:
+    """The headline's cosine over the analysis images (the table's formula) against the table's
+    row for the output `tensor`; None when the table has no row for it."""
+    row = next((r for r in rows if r["tensor"] == tensor), None)
+    if row is None:
+        return None
+    f = ref_scores[:images].astype(np.float64).ravel()
+    q = scores[:images].astype(np.float64).ravel()
+    headline = float(f @ q / np.sqrt((f @ f) * (q @ q))) if f @ f > 0 and q @ q > 0 else 0.0
+    gap = abs(headline - row["cosine"])
+    return {
+        "tensor": tensor,
+        "images": int(min(images, len(scores))),
+        "headline_cosine": headline,
+        "layer_table_cosine": row["cosine"],
+        "gap": gap,
+        "tolerance": FIDELITY_CHECK_TOLERANCE,
+        "agrees": bool(gap <= FIDELITY_CHECK_TOLERANCE),
+    }
+
+
+def fidelity_check_text(check: dict | None) -> str:
+    """The eval report's fidelity check in words, for a run's params and the report."""
+    if not check:
+        return "not checked (no per-layer row for the output)"
+    verdict = "agrees" if check["agrees"] else "DISAGREES"
+    return (
+        f"{verdict}: headline cosine {check['headline_cosine']:.4f} vs per-layer output row {check['layer_table_cosine']:.4f}"
+        f" on {check['images']} images (tolerance {check['tolerance']})"
+    )
+
+
+def ranked(rows: list[dict]) -> list[dict]:
+    """The rows the worst-layer rankings (report, summary.csv, MLflow, eval report) consider."""
+    return [r for r in rows if not r.get("unranked")]
 
 
 def _db(signal: float, noise: float) -> float:
@@ -146,9 +238,9 @@ def _db(signal: float, noise: float) -> float:
 
 
 def write_layers_csv(rows: list[dict], path: str | Path, extra_columns: list[str] = ()) -> None:
-    """Worst layers first (lowest cosine), as the report shows them."""
+    """Worst ranked layers first (lowest cosine), as the report shows them; then the unranked rows."""
     columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
-    ordered = sorted(rows, key=lambda r: (r["cosine"], r["sqnr_db"]))
+    ordered = sorted(rows, key=lambda r: (bool(r.get("unranked")), r["cosine"], r["sqnr_db"]))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
@@ -161,7 +253,7 @@ def read_layers_csv(path: str | Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for col in ("cosine", "sqnr_db", "mse", "local_sqnr_db"):
+        for col in ("cosine", "sqnr_db", "mse", "local_sqnr_db", "float_rms"):
             if r.get(col) not in (None, ""):
                 with contextlib.suppress(ValueError):
                     r[col] = float(r[col])

@@ -140,6 +140,14 @@ STAGES = StageTable(
             _log("surgery", "{model}.log"),
             fields=("name", "surgery"),
         ),
+        Stage(
+            "ptq",
+            "ptq",
+            {"onnx": _model("model.ptq.onnx"), "report": _model("ptq.json")},
+            _log("ptq", "{model}.log"),
+            fields=("name", "quantization", "calibration", "input", "seed"),
+            memory="calibrate",
+        ),
         # A checkpoint: which quantised model each of the model's recipes uses (recipes that resolve
         # to the same node precision share one); the jobs after it are planned from its map.
         Stage(
@@ -287,6 +295,7 @@ RUN_FILES = (
     RunFile("export", "export", "report", "reports/export.json", hashed=True),
     RunFile("simplify", "simplify", "report", "reports/simplify.json", hashed=True),
     RunFile("surgery", "surgery", "report", "reports/surgery.json", hashed=True),
+    RunFile("ptq", "ptq", "report", "reports/ptq.json", hashed=True),
     RunFile("calibration", "calibrate", "report", "reports/calibration.json", hashed=True),
     RunFile("reference", "reference", "report", "reports/reference.json", hashed=True),
     # {recipe} is the quantised model the target builds: for mixed-<target>, mixed_precision's
@@ -296,6 +305,7 @@ RUN_FILES = (
     RunFile("trace", "build", "trace", "reports/trace.json"),
     RunFile("build_summary", "build", "summary", "reports/build_summary.txt"),
     RunFile("evaluate", "evaluate", "report", "reports/evaluate.json", hashed=True),
+    RunFile("analysis", "analyse", "layers", "reports/analysis.json", hashed=True),
     RunFile("layers", "build", "layers", "precision/layers.csv", hashed=True),
     RunFile("mixed", "mixed_precision", "report", "precision/mixed_precision.json", hashed=True, mixed_only=True),
     RunFile("plot", "plot", "png", "plots/latency.png"),

@@ -35,8 +35,9 @@ IDENTITY_FIELDS: tuple[str, ...] = ()
 
 def recipe_identity(node_precision: dict[str, str], recipe: dict, spec: dict | None = None) -> str:
     """What makes two quantised models of one model the same: the data type the recipe resolves
-    each node to, the recipe's default activation type, and the spec's IDENTITY_FIELDS."""
-    key = {"default": recipe.get("default", "int8"), "nodes": node_precision}
+    each node to, the recipe's default activation type and weight granularity (a target may ask
+    for per-tensor weights), and the spec's IDENTITY_FIELDS."""
+    key = {"default": recipe.get("default", "int8"), "weights": recipe.get("weights"), "nodes": node_precision}
     key.update({f: (spec or {}).get(f) for f in IDENTITY_FIELDS})
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -102,7 +103,7 @@ class Pair:
         the target's own recipe uses, then (where mixed precision chooses) the search and the
         evaluation and analysis of its choice, the build, the plot, the store and the logging job."""
         steps = [("dataset", {"dataset": d}) for d in self.datasets]
-        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "recipes", "calibrate", "reference")]
+        steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "ptq", "recipes", "calibrate", "reference")]
         steps += [(s, {"recipe": self.base_recipe}) for s in ("quantize", "evaluate", "analyse")]
         if self.mixed:
             steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe}), ("analyse", {"recipe": self.recipe})]
@@ -146,7 +147,11 @@ class Plan:
     # ------------------------------------------------------------------ recipes
     def base_recipe(self, model: str, target: str) -> dict:
         """The target profile's precision recipe with the model's own changes for that target."""
-        return merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
+        recipe = merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
+        # a chip whose quantiser takes one scale per weight tensor (its profile's quantization.weights)
+        if (self.targets.get(target).get("quantization") or {}).get("weights") == "per_tensor":
+            recipe = {**recipe, "weights": "per_tensor"}
+        return recipe
 
     def searched(self, model: str, target: str) -> bool:
         """Whether automatic mixed precision chooses this (model, target)'s recipe."""

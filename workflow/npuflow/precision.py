@@ -48,6 +48,8 @@ def recipe_id(recipe: dict) -> str:
     `int8_Softmax-float`), plus a short content hash when layers or subgraphs are set."""
     recipe = {k: v for k, v in recipe.items() if v not in ({}, [])}
     parts = [recipe.get("default", "int8")] + [f"{op}-{dtype}" for op, dtype in sorted((recipe.get("op_types") or {}).items())]
+    if recipe.get("weights") == "per_tensor":  # a target profile's quantization.weights (npuflow.plan)
+        parts.append("wpt")
     if recipe.get("layers") or recipe.get("subgraphs"):
         parts.append("h" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8])
     return "_".join(parts)

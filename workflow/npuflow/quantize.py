@@ -2,10 +2,12 @@
 at the precision the recipe gives each node (int8 or int16 activations, float for nodes kept out of
 quantisation), so calibration runs once per model and quantisation once per distinct recipe.
 
-Weights are int8 (per-channel unless the calibration stage chose per-tensor). A node at int16 has
+Weights are int8, per-channel unless something asks for per-tensor (`per_channel_weights`). A node at int16 has
 its activation tensors quantised to int16; a tensor between an int8 and an int16 node takes the
-wider type, as the vendor compilers do. The resolved per-node map is embedded in the quantised
-model, so the simulated build sees exactly the recipe the quantiser applied."""
+wider type, as the vendor compilers do. A float node stays float end to end: its output crosses
+back to the NPU through a same-grid int16 step that no runtime kernel fuses (`keep_float_nodes_float`).
+The resolved per-node map is embedded in the quantised model, so the simulated build sees exactly
+the recipe the quantiser applied."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from .records import CalibrationReport, QuantReport
 # raise an opset-11 model (the SegFormer flow) by itself, so npuflow converts it first. (16-bit
 # types make onnxruntime raise the model to opset 21 itself.)
 QDQ_MIN_OPSET = 13
+# QuantizeLinear to int16 (the float nodes' same-grid step) is standard ONNX from opset 21.
+INT16_QDQ_OPSET = 21
 
 
 def onnx_opset(model) -> int:
@@ -84,6 +88,79 @@ def quantizer_settings():
         root.setLevel(level)
 
 
+def keep_float_nodes_float(model, precision: dict[str, str]) -> int:
+    """Make every float node of a QDQ model float end to end, as the target runs it on the CPU.
+
+    onnxruntime's quantiser leaves a float node between the dequantised int8 tensor it reads and
+    the QuantizeLinear of its output (the NPU consumer's int8 input): DequantizeLinear → op →
+    QuantizeLinear, which every QDQ runtime reads as one quantised op. onnxruntime's optimiser
+    fuses it into its own int8 kernel (QLinearSoftmax, QLinearAdd, QLinearConcat, …), so the
+    "float" op ran in int8 at a calibrated output scale (DeiT-Tiny's Softmax on rdk-x5: cosine
+    0.50 against 0.96 unfused). Here the float node's output is quantised first to int16 on the
+    int8 grid (same scale and zero point), then to int8: exactly the int8 value (the int16 step
+    only skips the saturation, which the int8 step then applies), but the node now reads int8
+    and writes int16, a pair that no onnxruntime kernel takes, so it runs in float; the tensor
+    still crosses to the NPU as int8 at its calibrated scale. Q/DQ nodes are what the simulator
+    looks through, so its view of the model is unchanged. Returns the outputs so treated."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    float_nodes = {name for name, dtype in precision.items() if dtype == "float"}
+    before: dict[int, list] = {}  # id(QuantizeLinear node) -> the nodes to insert before it
+    steps = 0
+    for node in graph.node:
+        if node.name not in float_nodes:
+            continue
+        for out in node.output:
+            quantizers = [q for q in readers.get(out, []) if q.op_type == "QuantizeLinear" and len(q.input) == 3]
+            quantizers = [
+                q for q in quantizers if q.input[2] in inits and inits[q.input[2]].data_type in (TensorProto.INT8, TensorProto.UINT8)
+            ]
+            if not quantizers:
+                continue
+            zp = inits[quantizers[0].input[2]]
+            wide_zp = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(zp).astype("int16"), f"{out}_float_boundary_zero_point")
+            graph.initializer.append(wide_zp)
+            wide, step_out = f"{out}_float_boundary_int16", f"{out}_float_boundary"
+            scale = quantizers[0].input[1]
+            nodes = [
+                helper.make_node("QuantizeLinear", [out, scale, wide_zp.name], [wide], name=f"{out}_float_boundary_QuantizeLinear"),
+                helper.make_node(
+                    "DequantizeLinear", [wide, scale, wide_zp.name], [step_out], name=f"{out}_float_boundary_DequantizeLinear"
+                ),
+            ]
+            for q in quantizers:
+                q.input[0] = step_out
+            before[id(quantizers[0])] = nodes
+            steps += 1
+    if steps:
+        ordered = []
+        for n in graph.node:
+            ordered.extend(before.get(id(n), []))
+            ordered.append(n)
+        del graph.node[:]
+        graph.node.extend(ordered)
+    return steps
+
+
+def per_channel_weights(model, recipe: dict, options: dict) -> bool:
+    """Per-channel weight scales unless something asks for per-tensor: the target's recipe (its
+    profile's `quantization.weights`), the model's `quantization.weights` (carried in the ptq
+    stage's model), or the calibration stage's choice."""
+    from .ptq.stage import embedded_settings
+
+    settings = embedded_settings(model) or {}
+    if "per_tensor" in (recipe.get("weights"), settings.get("weights")):
+        return False
+    return bool(options.get("per_channel", True))
+
+
 def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, out_onnx: str | Path) -> dict[str, str]:
     """Quantise `model` (in memory) to `out_onnx` under `recipe`; returns the node precision map."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -95,6 +172,13 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
         model = version_converter.convert_version(model, QDQ_MIN_OPSET)
     qtype = {"int8": QuantType.QInt8, "int16": QuantType.QInt16}
     precision = resolve_precision(model, recipe)
+    if "float" in precision.values() and onnx_opset(model) < INT16_QDQ_OPSET:
+        from onnx import version_converter
+
+        # the float nodes' int16 step (keep_float_nodes_float) is standard ONNX from opset 21, as
+        # onnxruntime's quantiser itself converts a model for its int16 types
+        model = version_converter.convert_version(model, INT16_QDQ_OPSET)
+        precision = resolve_precision(model, recipe)
     overrides = {t: [{"quant_type": qtype[d]}] for t, d in tensor_types(model, precision, recipe["default"]).items()}
     with atomic_path(out_onnx) as tmp, quantizer_settings():
         quantize_static(
@@ -106,7 +190,7 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
             calibration_cache_path=str(ranges_json),  # ranges from the calibrate stage, not recomputed
             calibrate_method=load_tensors_data(ranges_json).calibration_method,
             quant_format=QuantFormat.QDQ,
-            per_channel=options.get("per_channel", True),
+            per_channel=per_channel_weights(model, recipe, options),
             activation_type=qtype[recipe["default"]],
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(n for n, d in precision.items() if d == "float"),
@@ -117,6 +201,7 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
             },
         )
         quantized = load(tmp)
+        keep_float_nodes_float(quantized, precision)
         embed_precision(quantized, precision, recipe)
         import onnx
 
@@ -150,6 +235,7 @@ def quantize_report(
 
     options = calibration.quantization
     quantized = load(quantized_onnx)
+    per_channel = per_channel_weights(quantized, recipe, options)
     ops = op_counts(quantized)
     return QuantReport(
         recipe=recipe,
@@ -157,7 +243,7 @@ def quantize_report(
         format="QDQ",
         opset_in=opset_in,
         opset=onnx_opset(quantized),
-        weights=f"int8 {'per-channel' if options.get('per_channel', True) else 'per-tensor'} symmetric",
+        weights=f"int8 {'per-channel' if per_channel else 'per-tensor'} symmetric",
         activations=f"{recipe['default']} per-tensor {'symmetric' if options.get('activation_symmetric') else 'asymmetric'}",
         node_dtypes=dict(Counter(precision.values())),
         calibration_method=calibration.method,

@@ -39,6 +39,9 @@ EVAL_METRICS = (
     "float_pixel_accuracy",
     "host_fp32_ms",
     "host_int8_ms",
+    # the per-layer table's output row, and its gap to the headline cosine (npuflow.layers.fidelity_check)
+    "layer_table_output_cosine",
+    "fidelity_check_gap",
     # detection (npuflow.detect_eval): int8 boxes against the float model's, then against labels
     "box_agreement",
     "box_iou_mean",
@@ -218,6 +221,18 @@ class CalibrationReport(Record):
     tensors: int
     seconds_preprocess: float | None = None
     seconds_collect: float | None = None
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PtqReport(Record):
+    """ptq.json: the `quantization:` settings applied to the float model (npuflow.ptq), and per
+    method its status (applied, not applicable with the reason, disabled), figures and checks."""
+
+    settings: dict
+    settings_id: str
+    methods: dict[str, dict]
+    calibration_images: int
     seconds: float
 
 
@@ -446,6 +461,7 @@ class LayerAnalysis(Record):
     images: int
     rows: list[dict]
     worst_layers: list[dict] | None = None
+    fidelity_check: dict | None = None  # npuflow.layers.fidelity_check; None: no output row to check
     seconds: float | None = None
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import NpuflowError
 from .io import read_json
+from .layers import fidelity_check_text
 from .layout import ARTIFACTS, HASHED, STAGES
 from .records import (
     EVAL_METRICS,
@@ -33,8 +34,10 @@ from .records import (
     CalibrationReport,
     EvalReport,
     ExportReport,
+    LayerAnalysis,
     Manifest,
     MixedReport,
+    PtqReport,
     QuantReport,
     ReferenceReport,
     RunRecord,
@@ -169,6 +172,8 @@ class RunReports:
     build: BuildReport
     evaluate: EvalReport
     mixed: MixedReport | None
+    ptq: PtqReport | None = None
+    analysis: LayerAnalysis | None = None
 
     @classmethod
     def read(cls, files: dict) -> RunReports:
@@ -182,6 +187,8 @@ class RunReports:
             build=BuildReport.read(files["build"]),
             evaluate=EvalReport.read(files["evaluate"]),
             mixed=MixedReport.read(files["mixed"]) if files.get("mixed") else None,
+            ptq=PtqReport.read(files["ptq"]) if files.get("ptq") and Path(files["ptq"]).exists() else None,
+            analysis=LayerAnalysis.read(files["analysis"]) if files.get("analysis") and Path(files["analysis"]).exists() else None,
         )
 
 
@@ -207,6 +214,8 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "quant_activations": quant.activations,
         "evaluation_images": reports.evaluate.images,
         "evaluation_dataset": reports.evaluate.dataset,
+        "fidelity_check": fidelity_check_text(reports.analysis.fidelity_check if reports.analysis else None),
+        **ptq_params(reports.ptq),
         "sim_batch": build.batch,
         "sim_profile_fitted": build.profile_fitted,
         "sim_profile_basis": build.profile_basis,
@@ -215,16 +224,29 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
     return {k: str(v) for k, v in params.items()}
 
 
+def ptq_params(ptq: PtqReport | None) -> dict[str, str]:
+    """The `quantization:` settings and what each method did (npuflow.ptq), as run params."""
+    if ptq is None:
+        return {}
+    from .ptq.report import method_text
+
+    return {
+        "quantization": ptq.settings_id,
+        "quantization_settings": json.dumps(ptq.settings, sort_keys=True),
+        **{f"ptq_{key}": method_text(entry) for key, entry in ptq.methods.items()},
+    }
+
+
 def layer_metrics(layers_csv: str | Path | None) -> dict[str, float]:
     """Summary of the per-layer precision table: the worst layer's figures and the layer count."""
     if not layers_csv:
         return {}
-    from .layers import read_layers_csv
+    from .layers import ranked, read_layers_csv
 
     rows = read_layers_csv(layers_csv)
     out = {"layers_analysed": float(len(rows))}
     for col in ("cosine", "sqnr_db"):
-        values = [r[col] for r in rows if isinstance(r.get(col), float) and math.isfinite(r[col])]
+        values = [r[col] for r in ranked(rows) if isinstance(r.get(col), float) and math.isfinite(r[col])]
         if values:
             out[f"layers_min_{col}"] = min(values)
     return out
@@ -257,9 +279,16 @@ def run_metrics(reports: RunReports, files: dict) -> dict[str, float]:
         "nodes_simplified": simplify.nodes_after,
         **{k: v for k, v in reports.evaluate.metrics.items() if k in EVAL_METRICS and isinstance(v, (int, float))},
         **layer_metrics(files.get("layers")),
+        **fidelity_metrics(reports.analysis),
         **mixed_metrics(reports.mixed),
     }
     return {k: float(v) for k, v in metrics.items() if not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def fidelity_metrics(analysis: LayerAnalysis | None) -> dict[str, float]:
+    """The per-layer table's output row and its gap to the headline (npuflow.layers.fidelity_check)."""
+    check = analysis.fidelity_check if analysis else None
+    return {"layer_table_output_cosine": check["layer_table_cosine"], "fidelity_check_gap": check["gap"]} if check else {}
 
 
 def log_model_runs(*, uri: str, experiment: str, spec: dict, runs: dict[str, dict], out_json: str | Path) -> TrackReport:

@@ -16,7 +16,7 @@ rule dataset:
 # Once per model: every target's quantisation reuses these ranges.
 rule calibrate:
     input:
-        onnx=STAGES.surgery.outputs["onnx"],
+        onnx=STAGES.ptq.outputs["onnx"],
         manifest=STAGES.fetch.outputs["manifest"],
         datasets=dataset_inputs("calibration"),
     output:

@@ -55,7 +55,7 @@ rule evaluate:
 rule analyse:
     input:
         onnx=STAGES.quantize.outputs["onnx"],
-        float_onnx=STAGES.surgery.outputs["onnx"],
+        float_onnx=STAGES.ptq.outputs["onnx"],
         npz=STAGES.reference.outputs["npz"],
     output:
         **STAGES.analyse.outputs,

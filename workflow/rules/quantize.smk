@@ -1,7 +1,7 @@
 # Once per distinct precision recipe: targets with the same recipe share the quantised model.
 rule quantize:
     input:
-        onnx=STAGES.surgery.outputs["onnx"],
+        onnx=STAGES.ptq.outputs["onnx"],
         ranges=STAGES.calibrate.outputs["ranges"],
         calibration=STAGES.calibrate.outputs["report"],
     output:
@@ -24,7 +24,7 @@ rule quantize:
 # Automatic mixed precision (models with `mixed_precision`): the target builds the chosen recipe.
 rule mixed_precision:
     input:
-        onnx=STAGES.surgery.outputs["onnx"],
+        onnx=STAGES.ptq.outputs["onnx"],
         manifest=STAGES.fetch.outputs["manifest"],
         ranges=STAGES.calibrate.outputs["ranges"],
         calibration=STAGES.calibrate.outputs["report"],

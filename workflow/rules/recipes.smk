@@ -1,9 +1,9 @@
-# Which quantised model each of a model's recipes uses, resolved on the model after surgery: the
-# jobs after it (quantize, evaluate, build, mixed precision, logging) are planned from its map,
-# so a dry run in a fresh folder lists them once this job has run (README, "Dry runs").
+# Which quantised model each of a model's recipes uses, resolved on the model quantisation reads
+# (after surgery and the ptq methods): the jobs after it (quantize, evaluate, build, mixed
+# precision, logging) are planned from its map, so a dry run in a fresh folder lists them once this job has run (README, "Dry runs").
 checkpoint recipes:
     input:
-        onnx=STAGES.surgery.outputs["onnx"],
+        onnx=STAGES.ptq.outputs["onnx"],
     output:
         **STAGES.recipes.outputs,
     params:

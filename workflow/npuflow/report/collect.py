@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..layers import read_layers_csv
 from ..plan import Pair
-from ..records import BuildReport, EvalReport, ExportReport, Manifest, MixedReport, QuantReport, RunRecord, TrackReport
+from ..records import BuildReport, EvalReport, ExportReport, LayerAnalysis, Manifest, MixedReport, QuantReport, RunRecord, TrackReport
 
 # A target's CPU fallback is called out when it takes at least this share of the simulated time.
 CPU_DOMINATES = 0.5
@@ -69,6 +69,7 @@ class Row:
     quant: QuantReport | None = None
     build: BuildReport | None = None
     evaluate: EvalReport | None = None
+    analysis: LayerAnalysis | None = None
     mixed: MixedReport | None = None
     worst_layer: dict | None = None
     published: list[Published] = field(default_factory=list)
@@ -106,7 +107,9 @@ def failed_row(pair: Pair, stage: str, log: str) -> Row:
 
 # ------------------------------------------------------------------------------- the good rows
 def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
-    """The n layers furthest from float: lowest SQNR (cosine where a row has no SQNR)."""
+    """The n ranked layers furthest from float (`npuflow.layers.ranked`): lowest SQNR (cosine
+    where a row has no SQNR)."""
+    from ..layers import ranked
 
     def badness(r):
         s, c = r.get("sqnr_db"), r.get("cosine")
@@ -116,7 +119,7 @@ def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
             return (1, c)
         return (2, 0.0)
 
-    return sorted((r for r in rows if badness(r)[0] < 2), key=badness)[:n]
+    return sorted((r for r in ranked(rows) if badness(r)[0] < 2), key=badness)[:n]
 
 
 def cpu_fallback(build: BuildReport, trace: dict, profile: dict | None) -> CpuFallback | None:
@@ -165,6 +168,7 @@ def good_row(pair: Pair, track: TrackReport, published: list, profiles) -> Row:
         quant=QuantReport.read(files["quantize"]),
         build=build,
         evaluate=EvalReport.read(files["evaluate"]),
+        analysis=LayerAnalysis.read(files["analysis"]) if files.get("analysis") and Path(files["analysis"]).exists() else None,
         mixed=MixedReport.read(files["mixed"]) if files.get("mixed") and Path(files["mixed"]).exists() else None,
     )
     if files.get("layers") and Path(files["layers"]).exists():

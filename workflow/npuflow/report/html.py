@@ -173,9 +173,33 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
             }
         )
     out["layers"] = layer_tables
+    out["ptq"] = _ptq(first)
+    from ..layers import fidelity_check_text
+
+    out["fidelity_warnings"] = [
+        f"{r.target} ({r.build.precision_recipe}): {fidelity_check_text(r.analysis.fidelity_check if r.analysis else None)}"
+        for r in ok
+        if r.analysis and r.analysis.fidelity_check and not r.analysis.fidelity_check["agrees"]
+    ]
     out["images"] = first.evaluate.images
     out["mixed"] = [_mixed(r) for r in ok if r.mixed]
     return out
+
+
+def _ptq(r: Row) -> dict | None:
+    """The model's `quantization:` settings and what each method did (the ptq stage's report)."""
+    from ..ptq import resolve_settings, settings_id
+    from ..ptq.report import method_text
+    from ..records import PtqReport
+
+    path = r.files.get("ptq")
+    if not path or not Path(path).exists():
+        return None
+    ptq = PtqReport.read(path)
+    if ptq.settings_id == settings_id(resolve_settings()):  # the defaults: nothing to show
+        return None
+    settings = ", ".join(f"{k}: {v}" for k, v in ptq.settings.items())
+    return {"settings": settings, "table": _table(["method", "result"], [[k, method_text(e)] for k, e in ptq.methods.items()])}
 
 
 def _mixed(r: Row) -> dict:

@@ -33,18 +33,33 @@ def layer_table(rows: list[dict], analysis: Analysis, sim: Simulation) -> list[d
     time (a fused node's time is its op's, given on the op's anchor; `fused_into` names it)."""
     index = {id(op): i for i, op in enumerate(analysis.ops)}
     graph_nodes = analysis.graph.by_name
+    # onnxruntime's quantiser folds a Relu/Clip behind a Conv into it (the Conv writes the Relu's
+    # tensor); such a row is the Conv's, which then has no row of its own
+    producer = {t: n.name for n in analysis.graph.nodes for t in n.outputs}
+    row_nodes = {r["node"] for r in rows}
     out = []
     for r in rows:
-        op = analysis.mapping.op_of.get(r["node"])
+        node = r["node"]
+        if node not in graph_nodes and producer.get(r["tensor"]) in analysis.mapping.op_of:
+            node = producer[r["tensor"]]
+        op = analysis.mapping.op_of.get(node)
         if op is None:
-            unit = "free" if r["node"] in graph_nodes else ""
+            unit = "free" if node in graph_nodes else ""
             out.append({**r, "unit": unit, "fused_into": "", "sim_time_us": 0.0 if unit else ""})
             continue
+        if node != r["node"]:
+            anchor = op.node.name == node and node not in row_nodes
+            out.append({**r, "unit": op.unit, "fused_into": op.name, "sim_time_us": _op_us(sim, index[id(op)]) if anchor else 0.0})
+            continue
         anchor = op.node.name == r["node"]
-        i = index[id(op)]
-        seconds = sim.costs.busy_s[i] + sim.costs.overhead_s[i]
-        out.append({**r, "unit": op.unit, "fused_into": "" if anchor else op.name, "sim_time_us": seconds * 1e6 if anchor else 0.0})
+        out.append(
+            {**r, "unit": op.unit, "fused_into": "" if anchor else op.name, "sim_time_us": _op_us(sim, index[id(op)]) if anchor else 0.0}
+        )
     return out
+
+
+def _op_us(sim: Simulation, i: int) -> float:
+    return float(sim.costs.busy_s[i] + sim.costs.overhead_s[i]) * 1e6
 
 
 def build_report(analysis: Analysis, profile: dict, model_name: str = "", weights: str = "") -> tuple[dict, Simulation]:

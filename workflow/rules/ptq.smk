@@ -1,0 +1,23 @@
+# Once per model: its `quantization:` methods transform the float model that every target's
+# calibration, quantisation and per-layer analysis read.
+rule ptq:
+    input:
+        onnx=STAGES.surgery.outputs["onnx"],
+        manifest=STAGES.fetch.outputs["manifest"],
+        datasets=dataset_inputs("calibration"),
+    output:
+        **STAGES.ptq.outputs,
+    params:
+        spec=spec_json("ptq"),
+        cache=IMAGE_CACHE,
+    resources:
+        mem_mb=mem_mb("ptq"),
+    log:
+        STAGES.ptq.log,
+    benchmark:
+        STAGES.ptq.benchmark_pattern
+    conda:
+        "../../envs/onnx.yaml"
+    shell:
+        "npuflow ptq {input.onnx} --spec {params.spec:q} --manifest {input.manifest} --cache-dir {params.cache}"
+        " --out {output.onnx} --report {output.report} > {log} 2>&1"
