@@ -526,11 +526,11 @@ class Report(Command):
     def run(self, args):
         from pathlib import Path
 
-        from .plan import Pair
+        from .plan import Pair, resolve_pair
         from .report import report
 
         rows = report(
-            pairs=[Pair.from_dict(p) for p in args.pair],
+            pairs=[resolve_pair(Pair.from_dict(p)) for p in args.pair],
             out_csv=args.csv,
             out_html=args.html,
             plots_dir=args.plots_dir,

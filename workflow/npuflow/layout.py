@@ -195,7 +195,7 @@ STAGES = StageTable(
             "analyse",
             {"layers": _model("eval", "{recipe}.layers.json")},
             _log("analyse", "{model}.{recipe}.log"),
-            fields=("name", "evaluation"),
+            fields=("name", "task", "evaluation"),
             memory="analyse",
         ),
         Stage(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import model_spec, stage_spec
 from .layout import MIXED_RECIPE, RESULTS, STAGES, run_files
@@ -119,7 +119,7 @@ class Pair:
 class Plan:
     """The validated config's decisions (config.validate_config has filled its defaults)."""
 
-    def __init__(self, config: dict, recipe_maps: str = RESULTS):
+    def __init__(self, config: dict, recipe_maps: str | None = RESULTS):
         self.config = config
         self.specs = {name: model_spec(config, name) for name in config["models"]}
         self.targets = load_targets(config["target_profiles"])
@@ -135,8 +135,10 @@ class Plan:
         (the `recipes` checkpoint, under `recipe_maps`); before the map exists, each its own."""
         from .records import RecipeMap
 
-        path = os.path.join(self.recipe_maps, os.path.relpath(STAGES.recipes.output("map", model=model), RESULTS))
-        uses = RecipeMap.read(path).uses if os.path.exists(path) else {}
+        uses = {}
+        if self.recipe_maps is not None:  # None: plan as before any map
+            path = os.path.join(self.recipe_maps, os.path.relpath(STAGES.recipes.output("map", model=model), RESULTS))
+            uses = RecipeMap.read(path).uses if os.path.exists(path) else {}
         return {rid: uses.get(rid, rid) for rid in self.model_recipes(model)}
 
     def used_recipe(self, model: str, target: str) -> str:
@@ -188,6 +190,14 @@ class Plan:
     def pairs(self) -> list[Pair]:
         return [self.pair(m, t) for m, t in self.model_targets()]
 
+    def unresolved_pairs(self) -> list[Pair]:
+        """The pairs as planned before any recipe map (each recipe its own model), which
+        `resolve_pair` settles where the job runs. The report job takes these: a job that
+        aggregates every model must not wait on a checkpoint, as Snakemake (9.27) runs no job that
+        waits on a missing checkpoint's output when the job's own outputs exist, so a model added to
+        a finished folder would be left out; its command line stays the same once the maps exist."""
+        return Plan(self.config, recipe_maps=None).pairs()
+
     # ------------------------------------------------------------------ files of the rules
     def dataset_indexes(self, model: str, roles: tuple[str, ...]) -> list[str]:
         return [STAGES.dataset.output("index", dataset=d) for d in self.user_datasets(model, roles)]
@@ -233,3 +243,16 @@ class Plan:
 
     def job_mem_mb(self, stage: str, model: str) -> int:
         return job_mem_mb(stage, self.specs[model])
+
+
+def resolve_pair(pair: Pair, recipe_maps: str = RESULTS) -> Pair:
+    """The pair with its recipes as its model's recipe map shares them (unchanged where the map
+    does not exist yet: its stages have not run)."""
+    from .records import RecipeMap
+
+    path = os.path.join(recipe_maps, os.path.relpath(STAGES.recipes.output("map", model=pair.model), RESULTS))
+    if not os.path.exists(path):
+        return pair
+    uses = RecipeMap.read(path).uses
+    base = uses.get(pair.base_recipe, pair.base_recipe)
+    return replace(pair, recipe=pair.recipe if pair.mixed else base, base_recipe=base)

@@ -66,3 +66,24 @@ def release_run_lock() -> None:
     if _held is not None:
         _held.close()  # closing the file releases the lock
         _held = None
+
+
+def remove_incomplete_outputs(folder: str | Path = ".") -> list[str]:
+    """Remove the outputs that carry Snakemake's "incomplete" mark (the job was stopped, e.g. by
+    Ctrl-C as it ended), so that their jobs run again: Snakemake 9.27's --rerun-incomplete loses
+    them once a checkpoint's dependencies are updated (the `recipes` checkpoint), and the run
+    would leave them marked and stale. Call only while holding the run lock: no job of another
+    run is writing them. Returns the paths removed."""
+    from base64 import urlsafe_b64decode
+
+    marks = Path(folder) / ".snakemake" / "incomplete"
+    removed = []
+    for mark in sorted(marks.iterdir()) if marks.is_dir() else []:
+        try:
+            path = Path(folder) / urlsafe_b64decode(mark.name.encode()).decode()
+        except ValueError:
+            continue  # not a mark of an output file
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(str(path))
+    return removed

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import sys
 
 from snakemake.exceptions import WorkflowError
 
@@ -67,6 +68,21 @@ wildcard_constraints:
 
 def mem_mb(stage):
     return lambda wildcards: PLAN.job_mem_mb(stage, wildcards.model)
+
+
+# A run stopped as a job ended leaves that job's outputs marked incomplete, and Snakemake 9.27
+# does not run it again once the `recipes` checkpoint's dependencies are updated: the main
+# process of a real run removes them first (npuflow.runlock.remove_incomplete_outputs), under
+# the folder's run lock, which it then holds for the run (another run's jobs may be writing them).
+if workflow.is_main_process and not workflow.dryrun:
+    from npuflow.runlock import RunningElsewhere, hold_run_lock, remove_incomplete_outputs
+
+    try:
+        if hold_run_lock():
+            for path in remove_incomplete_outputs():
+                print(f"npuflow: {path} was left incomplete by a stopped run; its job runs again", file=sys.stderr)
+    except RunningElsewhere:
+        pass  # refused in onstart, before any job, in one line
 
 
 def spec_json(stage):
@@ -137,9 +153,9 @@ def planned(*rules):
 
 # The report (report.smk: PUBLISHED_CSV, its outputs): its pairs as the recipe maps decide them.
 def report_inputs():
-    """The pairs as the recipe maps that exist decide them (all of them, once the report runs)."""
+    """The pairs before any recipe map (npuflow.plan.Plan.unresolved_pairs); the report settles them."""
     return [
-        *[f"--pair={pair.to_json()}" for pair in PLAN.pairs()],
+        *[f"--pair={pair.to_json()}" for pair in PLAN.unresolved_pairs()],
         f"--published={PUBLISHED_CSV}",
         f"--target-profiles={json.dumps(config['target_profiles'], sort_keys=True)}",
     ]
@@ -147,7 +163,6 @@ def report_inputs():
 
 # The complete report replaces the partial one a run that stopped early left.
 def report_args(wildcards):
-    resolved(*PLAN.specs)
     return shlex.join(
         [
             *report_inputs(),

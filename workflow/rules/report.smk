@@ -42,7 +42,6 @@ REPORT_OUTPUTS = [
 rule report:
     input:
         tracked=[STAGES.track.output("runs", model=m) for m in PLAN.specs],
-        runs=lambda wc: [path for m in PLAN.specs for files in run_files(m).values() for path in files.values()],
     output:
         csv=report(STAGES.report.outputs["csv"], caption="../report/summary.rst", category="Comparison"),
         html=report(STAGES.report.outputs["html"], caption="../report/report.rst", category="Comparison"),
