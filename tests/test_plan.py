@@ -145,3 +145,40 @@ def test_recipes_that_resolve_alike_share_one_quantised_model(tmp_path):
     assert recipe_identity(nodes, {"default": "int8"}) == recipe_identity(nodes, {"default": "int8", "op_types": {"Softmax": "float"}})
     assert recipe_identity(nodes, {"default": "int8"}) != recipe_identity({**nodes, "relu": "int16"}, {"default": "int8"})
     assert shared_recipes({"b_long": "x", "a": "x", "c": "y"}) == {"b_long": "a", "a": "a", "c": "c"}
+
+
+def test_the_report_gets_pairs_planned_before_any_map_and_settles_them_where_it_runs(tmp_path):
+    from npuflow.plan import resolve_pair
+    from npuflow.records import RecipeMap
+
+    plain, mixed = Pair("m", "j5", "int8_LayerNorm-int16", "int8_LayerNorm-int16"), Pair("m", "j5", "mixed-j5", "int8_LayerNorm-int16")
+    assert resolve_pair(plain, str(tmp_path)) == plain  # no map yet: its stages have not run
+    path = tmp_path / STAGES.recipes.output("map", model="m").split("/", 1)[1]
+    path.parent.mkdir(parents=True)
+    uses = {"int8_LayerNorm-int16": "int8", "int8_Softmax-float": "int8", "int8": "int8"}
+    RecipeMap(model="m", identities=dict.fromkeys(uses, "a"), uses=uses, node_dtypes={}).write(path)
+    assert resolve_pair(plain, str(tmp_path)) == Pair("m", "j5", "int8", "int8")
+    assert resolve_pair(mixed, str(tmp_path)) == Pair("m", "j5", "mixed-j5", "int8")  # the search starts from the shared model
+    # planned before any map, whatever maps exist: the report job's command line does not change when one appears
+    config = validate_config(make_config(m=classifier_entry()))
+    resolved = Plan(config, recipe_maps=str(tmp_path))
+    assert resolved.pair("m", "rdk-x5").recipe == "int8"
+    unresolved = resolved.unresolved_pairs()
+    assert unresolved == Plan(config, recipe_maps=None).pairs() and unresolved[1].recipe == "int8_Softmax-float"
+    assert [resolve_pair(p, str(tmp_path)) for p in unresolved] == resolved.pairs()
+
+
+def test_outputs_a_stopped_run_left_marked_incomplete_are_removed(tmp_path):
+    from base64 import urlsafe_b64encode
+
+    from npuflow.runlock import remove_incomplete_outputs
+
+    marks = tmp_path / ".snakemake" / "incomplete"
+    marks.mkdir(parents=True)
+    for name in ("results/m/eval/reference.npz", "results/m/gone.json"):
+        (marks / urlsafe_b64encode(name.encode()).decode()).write_text("")
+    (tmp_path / "results" / "m" / "eval").mkdir(parents=True)
+    (tmp_path / "results" / "m" / "eval" / "reference.npz").write_bytes(b"x")
+    (tmp_path / "results" / "m" / "kept.json").write_text("{}")
+    assert remove_incomplete_outputs(tmp_path) == [str(tmp_path / "results/m/eval/reference.npz")]
+    assert not (tmp_path / "results/m/eval/reference.npz").exists() and (tmp_path / "results/m/kept.json").exists()
