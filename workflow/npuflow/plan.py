@@ -99,12 +99,14 @@ class Pair:
 
     def chain(self) -> list[ChainStep]:
         """Every job the pair's MLflow run waits for, in pipeline order: its datasets, the model's
-        front stages and recipe map, quantisation, evaluation and per-layer analysis of the model
-        the target's own recipe uses, then (where mixed precision chooses) the search and the
+        front stages and recipe map, quantisation, evaluation (unless mixed precision chooses) and
+        per-layer analysis of the model the target's own recipe uses, then (where mixed precision chooses) the search and the
         evaluation and analysis of its choice, the build, the plot, the store and the logging job."""
         steps = [("dataset", {"dataset": d}) for d in self.datasets]
         steps += [(s, {}) for s in ("fetch", "export", "simplify", "surgery", "ptq", "recipes", "calibrate", "reference")]
-        steps += [(s, {"recipe": self.base_recipe}) for s in ("quantize", "evaluate", "analyse")]
+        # the search reads the base model and its analysis, not its evaluation
+        base_stages = ("quantize", "analyse") if self.mixed else ("quantize", "evaluate", "analyse")
+        steps += [(s, {"recipe": self.base_recipe}) for s in base_stages]
         if self.mixed:
             steps += [("mixed_precision", {}), ("evaluate", {"recipe": self.recipe}), ("analyse", {"recipe": self.recipe})]
         steps += [("build", {}), ("plot", {}), ("init_mlflow", {}), ("track", {})]
