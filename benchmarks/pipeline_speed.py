@@ -43,17 +43,20 @@ def snakemake(snakefile: Path, workdir: Path, configfile: Path, cores: int, *ext
     return time.perf_counter() - start, proc
 
 
-def stage_times(workdir: Path) -> dict[str, list[tuple[float, float | None]]]:
-    """{stage: [(seconds, peak RSS in MB or None), …]} from the jobs' benchmark files."""
+def _number(row: dict, key: str) -> float | None:
+    try:
+        return float(row.get(key, "NA"))
+    except ValueError:
+        return None
+
+
+def stage_times(workdir: Path) -> dict[str, list[tuple[float, float | None, float | None]]]:
+    """{stage: [(seconds, peak RSS in MB or None, CPU seconds or None), …]} from the jobs' benchmark files."""
     times = defaultdict(list)
     for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
         with open(tsv) as f:
             row = next(csv.DictReader(f, delimiter="\t"))
-        try:
-            rss = float(row.get("max_rss", "NA"))
-        except ValueError:
-            rss = None
-        times[tsv.parent.name].append((float(row["s"]), rss))
+        times[tsv.parent.name].append((float(row["s"]), _number(row, "max_rss"), _number(row, "cpu_time")))
     return times
 
 
@@ -69,6 +72,7 @@ def main() -> int:
 
     snakefile = args.snakefile.resolve()
     cold, proc = snakemake(snakefile, workdir, configfile, args.cores)
+    (workdir / "cold-run.log").write_text(proc.stdout + proc.stderr)  # its jobs' start and end times
     if proc.returncode != 0:
         print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
         print(f"cold run FAILED after {cold:.1f} s (workdir {workdir})")
@@ -80,15 +84,20 @@ def main() -> int:
     print(f"cold run:   {cold:8.1f} s")
     print(f"no-op run:  {noop:8.1f} s  ({'nothing to be done' if nothing else 'JOBS RAN'})")
     times = stage_times(workdir)
-    print(f"\n{'stage':<16} {'jobs':>5} {'total s':>9} {'max s':>8} {'peak MB':>9}")
-    for stage, jobs in sorted(times.items(), key=lambda kv: -sum(s for s, _ in kv[1])):
-        secs = [s for s, _ in jobs]
-        peaks = [r for _, r in jobs if r is not None]
+    print(f"\n{'stage':<16} {'jobs':>5} {'total s':>9} {'max s':>8} {'CPU s':>8} {'peak MB':>9}")
+    for stage, jobs in sorted(times.items(), key=lambda kv: -sum(j[0] for j in kv[1])):
+        secs = [j[0] for j in jobs]
+        peaks = [j[1] for j in jobs if j[1] is not None]
         peak = f"{max(peaks):>9.0f}" if peaks else f"{'n/a':>9}"
-        print(f"{stage:<16} {len(secs):>5} {sum(secs):>9.1f} {max(secs):>8.1f} {peak}")
+        cpu = sum(j[2] or 0.0 for j in jobs)
+        print(f"{stage:<16} {len(secs):>5} {sum(secs):>9.1f} {max(secs):>8.1f} {cpu:>8.1f} {peak}")
     every = [j for jobs in times.values() for j in jobs]
-    peaks = [r for _, r in every if r is not None]
-    print(f"{'all':<16} {len(every):>5} {sum(s for s, _ in every):>9.1f} {'':>8} {max(peaks) if peaks else 0:>9.0f}")
+    peaks = [j[1] for j in every if j[1] is not None]
+    cpu = sum(j[2] or 0.0 for j in every)
+    print(f"{'all':<16} {len(every):>5} {sum(j[0] for j in every):>9.1f} {'':>8} {cpu:>8.1f} {max(peaks) if peaks else 0:>9.0f}")
+    # How much of the cores the jobs kept busy: the rest is waiting (dependencies, memory) and
+    # Snakemake's own work between jobs (checkpoint updates, job start-up).
+    print(f"jobs' CPU time / (cold run × cores): {cpu / (cold * args.cores):.0%}")
     return 0
 
 
