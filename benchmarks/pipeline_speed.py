@@ -3,8 +3,9 @@ stage (Snakemake `benchmark:` files). Prints figures; asserts nothing.
 
     python benchmarks/pipeline_speed.py [--configfile config.yaml] [--cores 2] [--workdir DIR] [--snakefile S]
 
-Per stage: its jobs, their seconds in all and the longest, and the largest peak RSS of one job
-(`max_rss` of the benchmark files, MB). `--snakefile` measures another checkout (before/after).
+Per stage: its jobs, their seconds in all and the longest, their CPU seconds (`cpu_time`), and the
+largest peak RSS of one job (`max_rss` of the benchmark files, MB); then the share of the cores the
+jobs kept busy. The cold run's Snakemake output stays in the workdir as cold-run.log. `--snakefile` measures another checkout (before/after).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,13 +52,26 @@ def _number(row: dict, key: str) -> float | None:
         return None
 
 
-def stage_times(workdir: Path) -> dict[str, list[tuple[float, float | None, float | None]]]:
-    """{stage: [(seconds, peak RSS in MB or None, CPU seconds or None), …]} from the jobs' benchmark files."""
+class JobTime(NamedTuple):
+    """One job's benchmark file: wall seconds, peak RSS (MB) and CPU seconds (None: not recorded)."""
+
+    seconds: float
+    peak_mb: float | None
+    cpu_s: float | None
+
+
+def _sum_or_none(values: list[float | None]) -> float | None:
+    """The sum, or None where any value is missing (a partial sum would understate it)."""
+    return None if any(v is None for v in values) else sum(values)
+
+
+def stage_times(workdir: Path) -> dict[str, list[JobTime]]:
+    """{stage: [JobTime, …]} from the jobs' benchmark files."""
     times = defaultdict(list)
     for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
         with open(tsv) as f:
             row = next(csv.DictReader(f, delimiter="\t"))
-        times[tsv.parent.name].append((float(row["s"]), _number(row, "max_rss"), _number(row, "cpu_time")))
+        times[tsv.parent.name].append(JobTime(float(row["s"]), _number(row, "max_rss"), _number(row, "cpu_time")))
     return times
 
 
@@ -85,19 +100,22 @@ def main() -> int:
     print(f"no-op run:  {noop:8.1f} s  ({'nothing to be done' if nothing else 'JOBS RAN'})")
     times = stage_times(workdir)
     print(f"\n{'stage':<16} {'jobs':>5} {'total s':>9} {'max s':>8} {'CPU s':>8} {'peak MB':>9}")
-    for stage, jobs in sorted(times.items(), key=lambda kv: -sum(j[0] for j in kv[1])):
-        secs = [j[0] for j in jobs]
-        peaks = [j[1] for j in jobs if j[1] is not None]
+    for stage, jobs in sorted(times.items(), key=lambda kv: -sum(j.seconds for j in kv[1])):
+        secs = [j.seconds for j in jobs]
+        peaks = [j.peak_mb for j in jobs if j.peak_mb is not None]
         peak = f"{max(peaks):>9.0f}" if peaks else f"{'n/a':>9}"
-        cpu = sum(j[2] or 0.0 for j in jobs)
-        print(f"{stage:<16} {len(secs):>5} {sum(secs):>9.1f} {max(secs):>8.1f} {cpu:>8.1f} {peak}")
+        cpu = _sum_or_none([j.cpu_s for j in jobs])
+        cpu_text = f"{cpu:>8.1f}" if cpu is not None else f"{'n/a':>8}"
+        print(f"{stage:<16} {len(secs):>5} {sum(secs):>9.1f} {max(secs):>8.1f} {cpu_text} {peak}")
     every = [j for jobs in times.values() for j in jobs]
-    peaks = [j[1] for j in every if j[1] is not None]
-    cpu = sum(j[2] or 0.0 for j in every)
-    print(f"{'all':<16} {len(every):>5} {sum(j[0] for j in every):>9.1f} {'':>8} {cpu:>8.1f} {max(peaks) if peaks else 0:>9.0f}")
+    peaks = [j.peak_mb for j in every if j.peak_mb is not None]
+    cpu = _sum_or_none([j.cpu_s for j in every])
+    cpu_text = f"{cpu:>8.1f}" if cpu is not None else f"{'n/a':>8}"
+    print(f"{'all':<16} {len(every):>5} {sum(j.seconds for j in every):>9.1f} {'':>8} {cpu_text} {max(peaks) if peaks else 0:>9.0f}")
     # How much of the cores the jobs kept busy: the rest is waiting (dependencies, memory) and
     # Snakemake's own work between jobs (checkpoint updates, job start-up).
-    print(f"jobs' CPU time / (cold run × cores): {cpu / (cold * args.cores):.0%}")
+    if cpu is not None:
+        print(f"jobs' CPU time / (cold run × cores): {cpu / (cold * args.cores):.0%}")
     return 0
 
 
