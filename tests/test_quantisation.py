@@ -377,6 +377,47 @@ def test_fidelity_check_flags_a_headline_the_layer_table_disagrees_with():
     assert fidelity_check(rows, "other", ref, ref, 4) is None
 
 
+def test_layer_figures_are_sums_over_the_images_of_the_float_and_quantised_tensors(tmp_path):
+    """Each row's cosine, SQNR, MSE and local SQNR against their formulas, recomputed here from
+    the two models' tensors, with one tensor a group (a session each) and a tensor kept float."""
+    from npuflow.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.layers import analyse_layers
+    from npuflow.onnxutil import run_onnx
+    from npuflow.quantize import quantize_model
+
+    model = _attention_like()
+    model.ir_version = 8  # onnxruntime's highest is below what onnx.helper writes
+    model.graph.initializer[0].CopyFrom(
+        onnx.numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32), "w")
+    )
+    onnx.save(model, tmp_path / "f.onnx")
+    images = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
+    save_ranges(compute_ranges(collect(tmp_path / "f.onnx", images, False), "minmax", {}), tmp_path / "r.json")
+    quantize_model(model, tmp_path / "r.json", {"default": "int8", "layers": {"gelu_half": "float"}}, {}, tmp_path / "q.onnx")
+    quant = onnx.load(str(tmp_path / "q.onnx"))
+    rows = {r["tensor"]: r for r in analyse_layers(model, quant, images, threads=1, group_bytes=1)}
+    dq_of = {n.input[0]: n.output[0] for n in quant.graph.node if n.op_type == "DequantizeLinear"}
+    q_of = {n.input[0]: n.output[0] for n in quant.graph.node if n.op_type == "QuantizeLinear"}
+
+    def values(m, tensor):
+        m = onnx.ModelProto.FromString(m.SerializeToString())
+        m.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+        return np.concatenate([run_onnx(m, {"x": i[None]}, outputs=[tensor])[0].ravel() for i in images]).astype(np.float64)
+
+    assert rows["y"]["quantized_dtype"] == "float" and rows["p"]["quantized_dtype"] == "int8"
+    for tensor in ("a", "p", "v", "e", "y"):
+        f, pre = values(model, tensor), values(quant, tensor)
+        q = values(quant, dq_of[q_of[tensor]]) if tensor in q_of else pre
+        row = rows[tensor]
+        assert row["cosine"] == pytest.approx(f @ q / np.sqrt((f @ f) * (q @ q)), rel=1e-9)
+        assert row["mse"] == pytest.approx(np.mean((f - q) ** 2), rel=1e-9)
+        assert row["sqnr_db"] == pytest.approx(10 * np.log10((f @ f) / np.sum((f - q) ** 2)), rel=1e-9)
+        if tensor in q_of:
+            assert 0 < row["local_sqnr_db"] == pytest.approx(10 * np.log10((q @ q) / np.sum((pre - q) ** 2)), rel=1e-9)
+        else:  # no Q/DQ pair: no local error
+            assert row["local_sqnr_db"] == float("inf")
+
+
 def test_an_activation_folded_into_its_conv_keeps_the_convs_unit_and_time(tmp_path):
     """onnxruntime's quantiser removes ResNet's Relu behind each Conv (the Conv writes the Relu's
     tensor); the Relu rows get the Conv's unit and simulated time."""

@@ -130,16 +130,21 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
             fout = fsess.run(None, {fin: img[None]})
             qout = qsess.run(None, {qin: img[None]})
             for t, post in zip(names, post_names):
-                f = fout[fidx[t]].astype(np.float64).ravel()
-                q = qout[qidx[post]].astype(np.float64).ravel()
-                pre = qout[qidx[t]].astype(np.float64).ravel()
+                # Sums of squares as dot products of one difference buffer: the activations are
+                # the analysis's largest arrays (SegFormer: ~5 GB an image), so no temporaries.
+                f = fout[fidx[t]].ravel().astype(np.float64)
+                q = qout[qidx[post]].ravel().astype(np.float64)
                 a = acc[t]
                 a[0] += f @ q
                 a[1] += f @ f
                 a[2] += q @ q
-                a[3] += np.sum((f - q) ** 2)
-                a[4] += f.size
-                a[5] += np.sum((pre - q) ** 2)
+                diff = np.subtract(f, q, out=f)
+                a[3] += diff @ diff
+                a[4] += diff.size
+                if post != t:  # a tensor without a Q/DQ pair is its own dequantised value: no local error
+                    diff = np.subtract(qout[qidx[t]].ravel(), q, out=diff)
+                    a[5] += diff @ diff
+                del f, q, diff
             del fout, qout
         del fsess, qsess
     rms_of = {t: float(np.sqrt(a[1] / max(a[4], 1))) for t, a in acc.items()}
