@@ -61,7 +61,9 @@ rule analyse:
         **STAGES.analyse.outputs,
     params:
         spec=spec_json("analyse"),
-    threads: 2
+    # One core: with two threads its jobs kept 1.0 core busy (benchmarks/pipeline_speed.py, default
+    # config), and holding a second one kept every other job waiting.
+    threads: 1
     resources:
         mem_mb=mem_mb("analyse"),
     log:

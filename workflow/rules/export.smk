@@ -6,7 +6,9 @@ rule export:
     params:
         spec=spec_json("export"),
         fetch_dir=lambda wildcards, input: os.path.dirname(input.manifest),
-    threads: 2
+    # One core: with two threads its jobs kept 1.0 core busy (benchmarks/pipeline_speed.py, default
+    # config), and holding a second one kept every other job waiting.
+    threads: 1
     resources:
         mem_mb=mem_mb("export"),
     log:

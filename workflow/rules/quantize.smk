@@ -38,7 +38,8 @@ rule mixed_precision:
         profile=profile_json,
         recipe=lambda wc: PLAN.base_recipe_json(wc.model, wc.target),
         cache=IMAGE_CACHE,
-    threads: 2
+    # One core: the search's sessions run on onnxruntime's default of one thread (no --threads).
+    threads: 1
     resources:
         mem_mb=mem_mb("mixed_precision"),
     log:

@@ -3,7 +3,9 @@ rule simplify:
         onnx=STAGES.export.outputs["onnx"],
     output:
         **STAGES.simplify.outputs,
-    threads: 2
+    # One core: with two threads its jobs kept 1.0 core busy (benchmarks/pipeline_speed.py, default
+    # config), and holding a second one kept every other job waiting.
+    threads: 1
     resources:
         mem_mb=mem_mb("simplify"),
     log:
