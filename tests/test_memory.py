@@ -25,8 +25,8 @@ def test_estimates_are_the_line_through_the_measured_peaks_with_the_margin():
         # Twice SegFormer's pixels: on the line through the two peaks, beyond the second.
         assert job_mem_mb(stage, {"input": {"shape": [1, 3, 1280, 1280]}}) == math.ceil(MARGIN * line(2 * x1)), stage
     assert job_mem_mb("reference", {"input": {"shape": [1, 3, 8, 8]}}) == FLOOR_MB  # never below Snakemake's own default
-    # SegFormer's per-layer analysis (13 GB measured) leaves no room for a second one on a 24 GB machine.
-    assert 13_000 < job_mem_mb("analyse", large) < 24_000 / 1.4
+    # Two of SegFormer's per-layer analyses (7.4 GB measured) run side by side on a 24 GB machine, not three.
+    assert 2 * job_mem_mb("analyse", large) < 23_000 < 3 * job_mem_mb("analyse", large)
     assert job_mem_mb("mixed_precision", large) == job_mem_mb("analyse", large)  # the same per-layer comparison
     # The evaluation apart from it runs the quantised model as the reference runs the float one.
     assert job_mem_mb("evaluate", large) == job_mem_mb("reference", large) < job_mem_mb("analyse", large)

@@ -189,7 +189,7 @@ STAGES = StageTable(
             memory="reference",
         ),
         # The per-layer precision analysis of a quantised model, apart from its evaluation: mixed
-        # precision and the builds wait for it only, and it is what holds SegFormer's 13 GB.
+        # precision and the builds wait for it only, and it is what holds SegFormer's 7 GB.
         Stage(
             "analyse",
             "analyse",

@@ -26,13 +26,16 @@ def op_counts(model_or_path) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in graph.node).items()))
 
 
-def session(model_or_path, threads: int = 1, optimize: bool = True):
+def session(model_or_path, threads: int = 1, optimize: bool = True, arena: bool = True):
+    """An onnxruntime CPU session. `arena=False` frees each buffer when the run is done with it
+    instead of keeping the run's high-water mark for the next one."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = str(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
