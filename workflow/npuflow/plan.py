@@ -126,11 +126,14 @@ class Plan:
         self.specs = {name: model_spec(config, name) for name in config["models"]}
         self.targets = load_targets(config["target_profiles"])
         self.recipe_maps = recipe_maps
+        # Snakemake asks for the same recipes and maps thousands of times while it builds the DAG.
+        self._base_recipes: dict[tuple[str, str], tuple[dict, str]] = {}
+        self._maps: dict[str, tuple[tuple[int, int] | None, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ recipe identity
     def model_recipes(self, model: str) -> dict[str, dict]:
         """{id: recipe} of the model's targets' own recipes (what its `recipes` checkpoint resolves)."""
-        return {recipe_id(r): r for r in (self.base_recipe(model, t) for t in self.specs[model]["targets"])}
+        return {self.base_recipe_id(model, t): self.base_recipe(model, t) for t in self.specs[model]["targets"]}
 
     def shared(self, model: str) -> dict[str, str]:
         """{recipe id: the recipe id whose quantised model it uses}, from the model's recipe map
@@ -140,17 +143,37 @@ class Plan:
         uses = {}
         if self.recipe_maps is not None:  # None: plan as before any map
             path = os.path.join(self.recipe_maps, os.path.relpath(STAGES.recipes.output("map", model=model), RESULTS))
-            uses = RecipeMap.read(path).uses if os.path.exists(path) else {}
+            try:
+                st = os.stat(path)
+                version = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                version = None
+            # read again when the checkpoint has written the map (or written it anew)
+            if self._maps.get(path, (False,))[0] != version:
+                self._maps[path] = (version, RecipeMap.read(path).uses if version else {})
+            uses = self._maps[path][1]
         return {rid: uses.get(rid, rid) for rid in self.model_recipes(model)}
 
     def used_recipe(self, model: str, target: str) -> str:
         """The id of the quantised model the target's own recipe uses."""
-        rid = recipe_id(self.base_recipe(model, target))
+        rid = self.base_recipe_id(model, target)
         return self.shared(model).get(rid, rid)
 
     # ------------------------------------------------------------------ recipes
     def base_recipe(self, model: str, target: str) -> dict:
-        """The target profile's precision recipe with the model's own changes for that target."""
+        """The target profile's precision recipe with the model's own changes for that target
+        (one object per pair, which callers read and do not change)."""
+        if (model, target) not in self._base_recipes:
+            recipe = self._merged_recipe(model, target)
+            self._base_recipes[model, target] = (recipe, recipe_id(recipe))
+        return self._base_recipes[model, target][0]
+
+    def base_recipe_id(self, model: str, target: str) -> str:
+        """`recipe_id` of `base_recipe`."""
+        self.base_recipe(model, target)
+        return self._base_recipes[model, target][1]
+
+    def _merged_recipe(self, model: str, target: str) -> dict:
         recipe = merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
         # a chip whose quantiser takes one scale per weight tensor (its profile's quantization.weights)
         if (self.targets.get(target).get("quantization") or {}).get("weights") == "per_tensor":
@@ -169,7 +192,7 @@ class Plan:
     def recipes(self) -> dict[str, dict]:
         """The recipes the quantize stage runs, by id: targets (of any model) with the same recipe
         share one quantised model."""
-        return {recipe_id(self.base_recipe(m, t)): self.base_recipe(m, t) for m, t in self.model_targets()}
+        return {self.base_recipe_id(m, t): self.base_recipe(m, t) for m, t in self.model_targets()}
 
     def recipe_ids(self) -> list[str]:
         """Every quantised model's id: the recipes', and mixed precision's choice for any target."""

@@ -5,6 +5,7 @@ resolved, against the profile schema (`schema.py`)."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -22,8 +23,20 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+@functools.cache
+def _parsed_profiles(files: tuple[tuple[str, int, int], ...]) -> dict[str, tuple[dict, str]]:
+    return {Path(f).stem: (yaml.safe_load(Path(f).read_text()), f"built-in profile {Path(f).name}") for f, _, _ in files}
+
+
+def _builtin_profiles() -> dict[str, tuple[dict, str]]:
+    """The built-in profiles' YAML, parsed once per version of the files (the config check and the
+    plan each load the targets, and parsing was most of the time that takes; `sim-fit` rewrites them)."""
+    files = sorted(PROFILE_DIR.glob("*.yaml"))
+    return copy.deepcopy(_parsed_profiles(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+
+
 def _raw_profiles(user_profiles: dict) -> dict[str, tuple[dict, str]]:
-    raw = {p.stem: (yaml.safe_load(p.read_text()), f"built-in profile {p.name}") for p in sorted(PROFILE_DIR.glob("*.yaml"))}
+    raw = _builtin_profiles()
     for name, prof in user_profiles.items():
         raw[name] = (prof, f"target_profiles.{name}")
     return raw
