@@ -148,10 +148,10 @@ class Plan:
                 version = (st.st_mtime_ns, st.st_size)
             except FileNotFoundError:
                 version = None
-            # read again when the checkpoint has written the map (or written it anew)
-            if self._maps.get(path, (False,))[0] != version:
-                self._maps[path] = (version, RecipeMap.read(path).uses if version else {})
-            uses = self._maps[path][1]
+            cached = self._maps.get(path)
+            if cached is None or cached[0] != version:  # the checkpoint has written it (anew)
+                cached = self._maps[path] = (version, RecipeMap.read(path).uses if version else {})
+            uses = cached[1]
         return {rid: uses.get(rid, rid) for rid in self.model_recipes(model)}
 
     def used_recipe(self, model: str, target: str) -> str:
@@ -163,15 +163,17 @@ class Plan:
     def base_recipe(self, model: str, target: str) -> dict:
         """The target profile's precision recipe with the model's own changes for that target
         (one object per pair, which callers read and do not change)."""
-        if (model, target) not in self._base_recipes:
-            recipe = self._merged_recipe(model, target)
-            self._base_recipes[model, target] = (recipe, recipe_id(recipe))
-        return self._base_recipes[model, target][0]
+        return self._recipe_and_id(model, target)[0]
 
     def base_recipe_id(self, model: str, target: str) -> str:
         """`recipe_id` of `base_recipe`."""
-        self.base_recipe(model, target)
-        return self._base_recipes[model, target][1]
+        return self._recipe_and_id(model, target)[1]
+
+    def _recipe_and_id(self, model: str, target: str) -> tuple[dict, str]:
+        if (model, target) not in self._base_recipes:
+            recipe = self._merged_recipe(model, target)
+            self._base_recipes[model, target] = (recipe, recipe_id(recipe))
+        return self._base_recipes[model, target]
 
     def _merged_recipe(self, model: str, target: str) -> dict:
         recipe = merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
