@@ -13,7 +13,7 @@ import yaml
 
 from .errors import ConfigError
 from .layout import STAGES, reserved_names
-from .targets import load_targets
+from .targets import YAML_LOADER, load_targets
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 # Entries of results/ that are not model folders: a model of one of these names would write into
@@ -35,7 +35,7 @@ def load_schema() -> dict:
     `source` description and each source's own fields (one registry entry per source)."""
     from .sources import SOURCES, source_fields
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
     model = schema["$defs"]["model"]["properties"]
     kinds = ", ".join(SOURCES.get(k).syntax for k in SOURCES.names())
     model["source"]["description"] = f"{kinds}. {model['source']['description']}"

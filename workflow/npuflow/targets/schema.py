@@ -32,8 +32,10 @@ def profile_schema() -> dict:
     definition of a recipe for both)."""
     import yaml
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    config = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    from . import YAML_LOADER
+
+    schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
+    config = yaml.load((SCHEMA_DIR / "config.schema.yaml").read_text(), Loader=YAML_LOADER)
     schema["$defs"]["recipe"] = config["$defs"]["recipe"]
     return schema
 
