@@ -226,6 +226,7 @@ MY_NPU = "target_profiles.my-npu"
             f"{MY_NPU}.quantization.weights: expected one of per_channel, per_tensor, got 'per_layer'",
         ),
         ({"precision": {"default": "float"}}, f"{MY_NPU}.precision.default: expected one of int8, int16, got 'float'"),
+        ({1: "a"}, f"{MY_NPU}.1: unknown key"),
     ],
     ids=[
         "misspelt-rate",
@@ -242,6 +243,7 @@ MY_NPU = "target_profiles.my-npu"
         "free-and-on-a-unit",
         "per-layer-weights",
         "float-default-recipe",
+        "number-as-key",
     ],
 )
 def test_a_bad_target_profile_is_refused_naming_the_profile_and_key_path(profile, expected):
@@ -249,6 +251,14 @@ def test_a_bad_target_profile_is_refused_naming_the_profile_and_key_path(profile
     config["target_profiles"] = {"my-npu": {"base": "ax650n-npu3", **profile}}
     message = error_of(config)
     assert expected in message, message
+
+
+def test_a_profile_that_passed_its_check_is_checked_again_once_it_changes():
+    # load_targets keeps the profiles that passed (npuflow.targets._check): a changed one is new
+    good = {"my-npu": {"base": "ax650n-npu3", "batch": 1}}
+    assert load_targets(good).get("my-npu")["batch"] == load_targets(good).get("my-npu")["batch"] == 1
+    with pytest.raises(ConfigError, match=r"my-npu\.batch"):
+        load_targets({"my-npu": {"base": "ax650n-npu3", "batch": "one"}})
 
 
 def test_the_quantization_key_takes_per_tensor_weights():

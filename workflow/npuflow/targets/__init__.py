@@ -87,8 +87,11 @@ def _check(prof: dict, where: str) -> None:
     from ..sim.fit import check_fit_parameters  # the simulator's own checks of a profile's fit section
     from .schema import profile_problems
 
-    key = json.dumps([prof, where], sort_keys=True, default=repr)
-    if key in _passed:
+    try:
+        key = json.dumps([prof, where], sort_keys=True, default=repr)
+    except TypeError:  # keys of mixed types cannot be sorted: check it, and let the schema say what is wrong
+        key = None
+    if key is not None and key in _passed:
         return
 
     problems = profile_problems(prof, where)
@@ -96,7 +99,8 @@ def _check(prof: dict, where: str) -> None:
         problems = check_fit_parameters(prof, where)
     if problems:
         raise ConfigError("\n  ".join(problems))
-    _passed.add(key)
+    if key is not None:
+        _passed.add(key)
 
 
 def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> Registry[dict]:
