@@ -115,14 +115,14 @@ def collect(model_onnx: str | Path, images: np.ndarray, histogram: bool) -> dict
             providers=["CPUExecutionProvider"],
         )
     sess = calibrator.infer_session
-    run = ReusedOutputs(sess)  # every image's activations into the same warm pages
+    reused = ReusedOutputs(sess)  # every image's activations into the same warm pages
     names = [o.name for o in sess.get_outputs()]
     wanted = [i for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
     collector = HistogramCollector("entropy", False, HISTOGRAM_BINS, ENTROPY_QUANTIZED_BINS, 99.999, "same")
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
     for img in progress(images, "calibration images", unit="img"):
-        outs = run.run({name: img[None]})
+        outs = reused.run({name: img[None]})
         if histogram:
             collector.collect({names[i]: [outs[i]] for i in wanted})
             continue

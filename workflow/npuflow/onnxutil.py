@@ -77,9 +77,6 @@ class ReusedOutputs:
     def __init__(self, sess, buffer: OutputBuffer | None = None):
         self.sess, self.buffer = sess, buffer or OutputBuffer()
         self._outputs = sess.get_outputs()
-        # An output that is also an input is the feed, copied: bound, onnxruntime handed back the
-        # feed's memory (a calibration model that outputs its input).
-        self._inputs = {i.name for i in sess.get_inputs()}
         self._specs = [self._stated(o) for o in self._outputs]
         self._sizes = [int(np.prod(s[0])) * s[1].itemsize if s else 0 for s in self._specs]
         self._offsets = np.cumsum([0] + [-(-n // _ALIGN) * _ALIGN for n in self._sizes])
@@ -94,15 +91,14 @@ class ReusedOutputs:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         memory = self.buffer.take(int(self._offsets[-1]))
         binding = self.sess.io_binding()
-        fed = {name: np.ascontiguousarray(array) for name, array in feeds.items()}  # alive until the run is done
+        # Kept until the outputs are copied: an output that is an input (a calibration model
+        # outputs its input) comes back as the feed's own memory, and a strided image's
+        # contiguous copy would be freed by then.
+        fed = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
         for name, array in fed.items():
             binding.bind_cpu_input(name, array)
-        bound, views = [], []
+        views = []
         for out, spec, size, offset in zip(self._outputs, self._specs, self._sizes, self._offsets):
-            if out.name in self._inputs:
-                views.append(fed[out.name].copy())
-                continue
-            bound.append(len(views))
             if spec is None:
                 binding.bind_output(out.name, "cpu")
                 views.append(None)
@@ -111,9 +107,9 @@ class ReusedOutputs:
             binding.bind_output(out.name, "cpu", 0, spec[1], list(spec[0]), view.ctypes.data)
             views.append(view)
         self.sess.run_with_iobinding(binding)
-        # onnxruntime may hand back a value of its own instead of writing into the bound buffer (a
-        # constant output): take that one.
-        for i, value in zip(bound, binding.get_outputs()):
+        # onnxruntime may hand back a value of its own instead of writing into the bound buffer (an
+        # input or a constant as an output): copy that one.
+        for i, value in enumerate(binding.get_outputs()):
             if views[i] is None or value.data_ptr() != views[i].ctypes.data:
                 views[i] = value.numpy().copy()
         return views
