@@ -16,7 +16,7 @@ from npuflow.config import model_spec, validate_config
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "tests" / "config.tiny.yaml"
 # Fixtures that take minutes on 2 cores: a test using one (directly or through another) is `slow`.
-SLOW_FIXTURES = {"pipeline", "pipeline_copy", "classifier", "segmenter", "killed_then_rerun", "yolo", "real_mobilenet"}
+SLOW_FIXTURES = {"pipeline", "pipeline_copy", "classifier", "segmenter", "killed_then_rerun", "yolo", "real_mobilenet", "slurm"}
 
 
 def pytest_collection_modifyitems(items):
