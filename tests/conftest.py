@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import background
 from npuflow.config import model_spec, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,6 +24,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # The tests that use a background fixture last, so that the others run while it is computed,
+    # and the Slurm test's after them (its runs take longest).
+    items.sort(key=lambda item: ("slurm" in getattr(item, "fixturenames", ()), background.rank(item)))
 
 
 def snakemake_command(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> list[str]:
@@ -43,7 +47,7 @@ def snakemake_command(workdir: Path, *args, configfile: Path = TINY_CONFIG, core
 
 
 def snakemake_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in background.environment().items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `npuflow`
     return env
 
@@ -59,7 +63,7 @@ def snakemake(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int =
     )
 
 
-@pytest.fixture(scope="session")
+@background.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """The tiny config through the whole workflow, once per session (test_report reuses its front stages)."""
     workdir = tmp_path_factory.mktemp("e2e")
@@ -117,7 +121,10 @@ def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | 
             port = s.getsockname()[1]
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in background.environment().items() if not k.startswith("MLFLOW_")}
+    # Without the server's job runner: seven more processes (about 230 MB each) importing MLflow at
+    # every start, for the GenAI jobs MLflow runs on a server; npuflow submits none.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     if auth_config is not None:
         command += ["--app-name", "basic-auth"]
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY="npuflow-tests")
@@ -145,10 +152,12 @@ def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | 
 
 
 def pytest_collection_finish(session):
-    """The Slurm test's runs wait on the scheduler most of the time, so they start as soon as the
-    tests are collected and go on beside the others (tests/slurm_runs.py)."""
+    """The Slurm test's runs wait on the scheduler most of the time, and the whole-pipeline
+    fixtures on their Snakemake subprocesses, so they start as soon as the tests are collected
+    and go on beside the others (tests/slurm_runs.py, tests/background.py)."""
     if session.config.option.collectonly:
         return
+    background.start(session)
     if any(item.path.name == "test_slurm.py" and "slurm" in getattr(item, "fixturenames", ()) for item in session.items):
         import slurm_runs
 

@@ -16,8 +16,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
-
+import background
 from conftest import copy_pipeline, mlflow_server, snakemake_command, snakemake_env
 
 ADMIN_PASSWORD = "admin-pw-for-tests-only"
@@ -94,7 +93,7 @@ def run(workdir: Path, uri: str, user: str | None = None, password: str | None =
     return subprocess.run(snakemake_command(workdir), capture_output=True, text=True, cwd=workdir, env=env)
 
 
-@pytest.fixture(scope="module")
+@background.fixture(scope="module")
 def authenticated(pipeline, tmp_path_factory):
     """The tiny pipeline's working folder logged to a basic-auth server through the proxy: with a
     wrong password, with none, then with the right one while the proxy dies after the first run,

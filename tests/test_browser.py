@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import background
 from conftest import REPO, TINY_CONFIG, copy_pipeline, snakemake
 from npuflow.records import TrackReport
 
@@ -91,7 +92,7 @@ def test_report_fits_1400_px_and_shows_every_model_and_target(pipeline, chromium
     assert screenshot(chromium, "report-1400px.png").stat().st_size > 10_000
 
 
-@pytest.fixture(scope="module")
+@background.fixture(scope="module")
 def with_detector(pipeline, tmp_path_factory):
     """The tiny pipeline's folder with a YOLO added by a config entry only (random weights, 256×256)
     and run again: its jobs, the tracking and the report run; the classifier's are up to date."""

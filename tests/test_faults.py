@@ -23,6 +23,7 @@ from typing import ClassVar
 import pytest
 import yaml
 
+import background
 from conftest import REPO, classifier_entry, snakemake, snakemake_command, snakemake_env
 from npuflow.config import ConfigError, load_config
 
@@ -532,7 +533,7 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
+@background.fixture(scope="module")
 def failed_fixed_interrupted(pipeline, tmp_path_factory):
     """A fresh folder holding the tiny pipeline's front stages, on one target, evaluated on a
     folder of images one of which is broken:

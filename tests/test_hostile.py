@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import pytest
 
+import background
 from npuflow.archive import ArchiveError, extract_archive, fetch_archive
 
 # ---------------------------------------------------------------------------------------------
@@ -786,7 +787,7 @@ def _run_then_kill(workdir: Path, config: Path, conditions: dict, log_name: str)
     }
 
 
-@pytest.fixture(scope="module")
+@background.fixture(scope="module")
 def killed_then_rerun(tmp_path_factory):
     """FAULT_CONFIG killed twice, then finished: first while the stage jobs run (as soon as one
     export is done, the other models' jobs are mid-way), then while a logging job has its MLflow
