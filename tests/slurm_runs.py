@@ -89,6 +89,9 @@ def snakemake_slurm(workdir: Path, *args) -> list[str]:
         str(TINY_CONFIG),
         "--profile",
         str(REPO / "profiles" / "slurm"),
+        # The executor looks at the queue this long after a submission (the profile: 10 s), then
+        # 10 s later each time no job has ended; on the test cluster a short job's end is seen sooner.
+        "--slurm-init-seconds-before-status-checks=2",
         *args,
     ]
 
