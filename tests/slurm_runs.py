@@ -37,7 +37,7 @@ from conftest import REPO, TINY_CONFIG, mlflow_server, snakemake_env
 CLUSTER = REPO / ".ci" / "slurm-cluster"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 CLUSTER_MARK = "# Written by npuflow's .ci/slurm-cluster"
-RUN_TIMEOUT = 900  # s; the tiny config took 4–5 min here (README, "Scaling out")
+RUN_TIMEOUT = 900  # s; the tiny config took 3 min 45 s here (README, "Scaling out")
 DOWN_TIMEOUT = 300
 # The node-down run: a 1-minute job with a deadline 70 s after its submission is removed by Slurm
 # once it has been queued for 10 s, at the next scheduling pass (every 10 s on the test cluster);
