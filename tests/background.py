@@ -60,7 +60,6 @@ class _Work:
 
 
 _WORKS: dict[str, _Work] = {}
-_CONFIG = pytest.StashKey["_Runner"]()
 
 
 def fixture(scope: str):
@@ -118,6 +117,5 @@ def start(session) -> None:
     if names:
         session.config._tmp_path_factory.getbasetemp()  # made here, once: two threads making it at once made two
         runner = _Runner(session.config, names)
-        session.config.stash[_CONFIG] = runner
         session.config.add_cleanup(runner.close)
         runner.thread.start()

@@ -122,8 +122,8 @@ def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | 
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts")]
     env = {k: v for k, v in background.environment().items() if not k.startswith("MLFLOW_")}
-    # Without the server's job runner: seven more processes (about 230 MB each) importing MLflow at
-    # every start, for the GenAI jobs MLflow runs on a server; npuflow submits none.
+    # Without the server's job runner: eight more processes (about 230 MB each) importing MLflow at
+    # every start, for the GenAI jobs MLflow runs on a server; npuflow submits none (README).
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     if auth_config is not None:
         command += ["--app-name", "basic-auth"]

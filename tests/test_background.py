@@ -19,10 +19,11 @@ class _Config:
 
 
 def test_computed_once_by_whichever_thread_asks_first(tmp_path_factory):
-    calls = []
+    calls, computing = [], threading.Event()
 
     def slow(tmp_path_factory):
         calls.append(threading.current_thread().name)
+        computing.set()
         time.sleep(0.2)
         return tmp_path_factory.mktemp("background-test")
 
@@ -30,7 +31,7 @@ def test_computed_once_by_whichever_thread_asks_first(tmp_path_factory):
     config = _Config(tmp_path_factory)
     other = threading.Thread(target=work.compute, args=(config,), name="other")
     other.start()
-    time.sleep(0.05)  # the other thread is computing: this one waits for its value
+    assert computing.wait(10)  # the other thread is computing: this one waits for its value
     value = work.get(config)
     other.join()
     assert calls == ["other"] and value.is_dir() and work.get(config) == value
