@@ -379,7 +379,7 @@ def test_fidelity_check_flags_a_headline_the_layer_table_disagrees_with():
 
 def test_layer_figures_are_sums_over_the_images_of_the_float_and_quantised_tensors(tmp_path):
     """Each row's cosine, SQNR, MSE and local SQNR against their formulas, recomputed here from
-    the two models' tensors, with one tensor a group (a session each) and a tensor kept float."""
+    the two models' tensors, with one tensor a group (a segment each) and a tensor kept float."""
     from npuflow.calibrate import collect, compute_ranges, save_ranges
     from npuflow.layers import analyse_layers
     from npuflow.onnxutil import run_onnx
@@ -400,8 +400,11 @@ def test_layer_figures_are_sums_over_the_images_of_the_float_and_quantised_tenso
     q_of = {n.input[0]: n.output[0] for n in quant.graph.node if n.op_type == "QuantizeLinear"}
 
     def values(m, tensor):
+        """The tensor as a session exposing every float tensor computes it (onnxruntime fuses no
+        node whose output is exposed), as the table's segments do wherever they cut."""
         m = onnx.ModelProto.FromString(m.SerializeToString())
-        m.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+        exposed = [t for n in m.graph.node if n.op_type != "QuantizeLinear" for t in n.output if t not in {"y"}]
+        m.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in exposed)
         return np.concatenate([run_onnx(m, {"x": i[None]}, outputs=[tensor])[0].ravel() for i in images]).astype(np.float64)
 
     assert rows["y"]["quantized_dtype"] == "float" and rows["p"]["quantized_dtype"] == "int8"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import segments
 from .io import atomic_path
 from .onnxutil import OutputBuffer, ReusedOutputs, input_name, session
 from .progress import progress
@@ -57,20 +58,25 @@ def _float_tensors(model) -> list[tuple[str, str, str, list[int]]]:
 
 
 def _with_outputs(model, names: list[str], shapes: dict[str, list[int]]):
-    """The model with `names` as outputs too, each with its shape where known (0: unknown), so
+    """The model with `names` as its outputs, each with its shape where known (0: unknown), so
     that onnxutil.ReusedOutputs can preallocate it."""
     import onnx
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
+    del m.graph.output[:]
     for name in names:
-        if name not in present:
-            shape = shapes.get(name)
-            known = shape is not None and all(d > 0 for d in shape)
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape if known else None))
-            present.add(name)
+        shape = shapes.get(name)
+        known = shape is not None and all(d > 0 for d in shape)
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape if known else None))
     return m
+
+
+def _whole(model, groups: list[list[str]], shapes: dict[str, list[int]]) -> list[segments.Segment]:
+    """One segment per group that is the whole model exposing the group (a graph npuflow.segments
+    cannot cut): every node runs once per group."""
+    fed = (input_name(model),)
+    return [segments.Segment(_with_outputs(model, g, shapes), fed, tuple(g), tuple(g), frozenset()) for g in groups]
 
 
 def _qdq_of(quant_model) -> dict[str, tuple[str, str]]:
@@ -152,26 +158,33 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
     acc = {t[0]: np.zeros(6) for t in tensors}  # f·q, f², q², (f-q)², count, (pre-post)²
     shapes = {t[0]: t[3] for t in tensors}  # a dequantised tensor has its float tensor's shape
     shapes.update({qdq[t][0]: shapes[t] for t in shapes if t in qdq})
-    # Every group's outputs go into the same two buffers, so their pages stay warm across runs.
+    groups = _groups(tensors, group_bytes)
+    float_groups = [[t[0] for t in group] for group in groups]
+    post_of = {t: qdq[t][0] if t in qdq else t for t in acc}
+    quant_groups = [sorted({*names, *(post_of[t] for t in names)}) for names in float_groups]
+    # Each group's tensors from the segment of the graph that computes them, fed what the segments
+    # before it computed (npuflow.segments): each node runs once per image, not once per group.
+    fsegs = segments.cut(float_model, float_groups) or _whole(float_model, float_groups, shapes)
+    qsegs = segments.cut(quant_model, quant_groups) or _whole(quant_model, quant_groups, shapes)
+    fkept, qkept = [{} for _ in images], [{} for _ in images]
+    # Every segment's outputs go into the same two buffers, so their pages stay warm across runs.
     fbuffer, qbuffer = OutputBuffer(), OutputBuffer()
-    for group in progress(_groups(tensors, group_bytes), "layer analysis (tensor groups)", unit="group"):
-        names = [t[0] for t in group]
-        post_names = [qdq[t][0] if t in qdq else t for t in names]
+    for names, fseg, qseg in progress(list(zip(float_groups, fsegs, qsegs)), "layer analysis (tensor groups)", unit="group"):
         # No arena: it kept each run's high-water mark of buffers beside the activations the run
         # returned (SegFormer's peak: 9.0 GB with it, 7.2 GB without).
-        fsess = session(_with_outputs(float_model, names, shapes), threads, arena=False)
-        qsess = session(_with_outputs(quant_model, sorted(set(names) | set(post_names)), shapes), threads, arena=False)
-        frun, qrun = ReusedOutputs(fsess, fbuffer), ReusedOutputs(qsess, qbuffer)
-        fidx = {o.name: i for i, o in enumerate(fsess.get_outputs())}
-        qidx = {o.name: i for i, o in enumerate(qsess.get_outputs())}
-        for img in images:
-            fout = frun.run({fin: img[None]})
-            qout = qrun.run({qin: img[None]})
-            for t, post in zip(names, post_names):
-                pre = qout[qidx[t]] if post != t else None  # without a Q/DQ pair: no local error
-                _accumulate(acc[t], fout[fidx[t]], qout[qidx[post]], pre)
-            del fout, qout
-        del frun, qrun, fsess, qsess
+        frun, qrun = (
+            ReusedOutputs(session(seg.model, threads, arena=False), buffer).run if seg.model else None
+            for seg, buffer in ((fseg, fbuffer), (qseg, qbuffer))
+        )
+        for i, img in enumerate(images):
+            fvals, fkept[i] = fseg.step(frun, {fin: img[None]}, fkept[i])
+            qvals, qkept[i] = qseg.step(qrun, {qin: img[None]}, qkept[i])
+            for t in names:
+                post = post_of[t]
+                pre = qvals[t] if post != t else None  # without a Q/DQ pair: no local error
+                _accumulate(acc[t], fvals[t], qvals[post], pre)
+            del fvals, qvals
+        del frun, qrun
     rms_of = {t: float(np.sqrt(a[1] / max(a[4], 1))) for t, a in acc.items()}
     inputs_of = {n.name: list(n.input) for n in float_model.graph.node}
     rows = []
