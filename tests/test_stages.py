@@ -253,6 +253,35 @@ def test_fidelity_metrics_values():
     assert m["sqnr_db"] == pytest.approx(10 * np.log10(24 / 0.01))
 
 
+@pytest.mark.parametrize(
+    "runs, repeats, budget, extra_runs, samples, median_ms",
+    [
+        ([9.0, 1.0, 2.0, 3.0], 20, 5.0, 0, 3, 2000.0),  # the images' runs after the first fill the budget
+        ([9.0, 1.0, 2.0, 3.0, 4.0], 2, 5.0, 0, 2, 1500.0),  # no more samples than `repeats`
+        ([9.0, 0.001], 20, 0.0, 2, 3, None),  # topped up to MIN_REPEATS, no warm-up: the session ran
+        ([], 4, 0.0, 1 + 3, 3, None),  # nothing ran: a warm-up, then MIN_REPEATS runs
+        ([], 20, 1e9, 1 + 20, 20, None),  # within the budget: `repeats` runs
+    ],
+)
+def test_host_latency_takes_the_held_out_runs_as_samples(monkeypatch, runs, repeats, budget, extra_runs, samples, median_ms):
+    """The held-out images' run times after the first (a warm-up) are the latency's samples; more
+    runs only to reach `repeats` within the budget, and at least MIN_REPEATS."""
+    from npuflow import evaluate
+
+    monkeypatch.setattr(evaluate, "LATENCY_BUDGET_S", budget)
+
+    class Session:
+        calls = 0
+
+        def run(self, outputs, feeds):
+            Session.calls += 1
+
+    ms, n = evaluate.host_latency_ms(Session(), {"x": None}, repeats, runs)
+    assert (Session.calls, n) == (extra_runs, samples)
+    if median_ms is not None:
+        assert ms == pytest.approx(median_ms)
+
+
 def test_unknown_timm_name_lists_close_matches():
     from conftest import classifier_entry
     from npuflow.config import model_spec

@@ -17,7 +17,6 @@ from .detect import postprocess
 from .detmetrics import average_precision
 from .io import atomic_path
 from .onnxutil import input_name, load, session
-from .progress import progress
 from .records import FLOAT_ACCURACY, EvalReport, Manifest, ReferenceReport
 
 # Ultralytics validates (mAP) at this threshold: the whole precision/recall curve.
@@ -25,12 +24,15 @@ MAP_CONF = 0.001
 
 
 def _run(model, images: np.ndarray, threads: int):
-    """Each image's outputs as {name: array}, and the session."""
+    """The session, its input and output names, each image's outputs as {name: array} and each
+    image's run time (evaluate.timed_runs)."""
+    from .evaluate import timed_runs
+
     sess = session(model, threads)
     name = input_name(model)
     names = [o.name for o in sess.get_outputs()]
-    runs = [dict(zip(names, sess.run(None, {name: img[None]}))) for img in progress(images, "held-out images", unit="img")]
-    return sess, name, names, runs
+    runs, seconds = timed_runs(sess, name, images)
+    return sess, name, names, [dict(zip(names, r)) for r in runs], seconds
 
 
 def _settings(spec: dict) -> dict:
@@ -71,12 +73,12 @@ def reference(
         datasets_dir,
         cache_dir,
     )
-    sess, name, names, runs = _run(load(float_onnx), batch.images, threads)
-    fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"])
+    sess, name, names, runs, seconds = _run(load(float_onnx), batch.images, threads)
+    fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
     floats = _decode(runs, manifest.head, hw, _settings(spec))
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as f:
         extra = {"boxes": stack_boxes(batch.boxes)} if batch.boxes is not None else {}
-        np.savez_compressed(f, images=batch.images, **{f"out_{n}": np.concatenate([r[n] for r in runs]) for n in names}, **extra)
+        np.savez(f, images=batch.images, **{f"out_{n}": np.concatenate([r[n] for r in runs]) for n in names}, **extra)
     accuracy = _label_map(runs, manifest.head, hw, _settings(spec), batch.boxes)
     figures = {"float_boxes_per_image": sum(len(d) for d in floats) / len(floats), **{f"float_{k}": v for k, v in accuracy.items()}}
     report = ReferenceReport(
@@ -138,8 +140,8 @@ def evaluate(quant_onnx, *, reference_npz, reference_json, manifest_json, spec: 
     ref = np.load(reference_npz)
     ref_report, manifest = ReferenceReport.read(reference_json), Manifest.read(manifest_json)
     head, settings, hw = manifest.head, _settings(spec), ref["images"].shape[2:]  # the stage reads no `input`
-    sess, name, names, runs = _run(load(quant_onnx), ref["images"], threads)
-    int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"])
+    sess, name, names, runs, seconds = _run(load(quant_onnx), ref["images"], threads)
+    int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"], seconds)
     float_runs = [{k: ref[f"out_{k}"][i : i + 1] for k in names} for i in range(len(runs))]
     floats, quants = _decode(float_runs, head, hw, settings), _decode(runs, head, hw, settings)
     boxes = None

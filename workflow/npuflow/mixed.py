@@ -26,7 +26,7 @@ from .records import CalibrationReport, CurvePoint, Goal, LayerAnalysis, Manifes
 def _score(model, images, ref_scores, ref_classes, task: str) -> dict:
     from .evaluate import expose_logits, fidelity, run_model, scores_and_classes
 
-    _, _, outs = run_model(expose_logits(model), images, 2)
+    _, _, outs, _ = run_model(expose_logits(model), images, 2)
     scores, classes = scores_and_classes(outs)
     return fidelity(ref_scores, ref_classes, scores, classes, task)
 
@@ -98,7 +98,7 @@ def mixed_precision(
     )
     images = batch.images[skip:]
     float_model = load(float_onnx)
-    _, _, ref_outs = run_model(expose_logits(copy.deepcopy(float_model)), images, 2)
+    _, _, ref_outs, _ = run_model(expose_logits(copy.deepcopy(float_model)), images, 2)
     ref_scores, ref_classes = scores_and_classes(ref_outs)
     int8_layers, int16_layers = promotion_order(LayerAnalysis.read(layers_json).rows, fused_groups(float_model, profile))
 

@@ -10,6 +10,8 @@ rule reference:
     params:
         spec=spec_json("reference"),
         cache=IMAGE_CACHE,
+    # Both cores, as `evaluate`: its host latency is timed with nothing beside it. On one thread
+    # with another job on the other core, swin_tiny's fp32 latency read 226 ms; alone, 103 ms.
     threads: 2
     resources:
         mem_mb=mem_mb("reference"),
