@@ -54,6 +54,28 @@ def test_simplify_removes_shape_ops_and_keeps_outputs(classifier):
     (before,) = run_onnx(p["onnx"], {"input": x})
     (after,) = run_onnx(p["sim"], {"input": x})
     assert np.max(np.abs(after - before)) <= 1e-4 * np.max(np.abs(before))
+    assert report["onnxsim_version"] == "v0.8.1"  # pyproject's pin, as onnxsim.__version__ states it
+
+
+def test_simplify_stage_imports_no_torch(classifier, tmp_path):
+    """The stage in a process of its own, as the pipeline runs it: onnxsim's simplifier without the
+    package's __init__ (which imports torch), the same simplified model, and `import onnxsim` whole
+    afterwards."""
+    import subprocess
+    import sys
+
+    _, p = classifier
+    code = (
+        "import sys, onnx\n"
+        "from npuflow.simplify import simplify\n"
+        f"simplify({str(p['onnx'])!r}, out_onnx={str(tmp_path / 's.onnx')!r}, out_json={str(tmp_path / 's.json')!r})\n"
+        "print('torch' in sys.modules)\n"
+        "import onnxsim\n"
+        "print(onnxsim.__version__, callable(onnxsim.quantize))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "v0.8.1", "True"]
+    assert onnx.load(str(tmp_path / "s.onnx")).graph == onnx.load(str(p["sim"])).graph
 
 
 def test_fold_head_bn_removes_the_batchnorm_and_keeps_outputs(classifier):
