@@ -55,12 +55,13 @@ def timed_runs(sess, feed: str, images: np.ndarray) -> tuple[list[list[np.ndarra
     return runs, seconds
 
 
-def host_latency_ms(sess, feeds: dict, repeats: int, runs: list[float] = ()) -> tuple[float, int]:
+def host_latency_ms(sess, feeds: dict, repeats: int, run_seconds: list[float] = ()) -> tuple[float, int]:
     """(median wall time in ms, how many runs) of `sess.run` over up to `repeats` timed runs: the
-    `runs` the session just made (timed_runs: every image has the same shape) after the first,
-    which warms it up, then runs of `feeds` within LATENCY_BUDGET_S, never fewer than MIN_REPEATS."""
-    times = list(runs[1 : repeats + 1])
-    if not runs:
+    runs the session just made (`run_seconds`, from timed_runs: every image has the same shape)
+    after the first, which warms it up, then runs of `feeds` within LATENCY_BUDGET_S, never fewer
+    than MIN_REPEATS."""
+    times = list(run_seconds[1 : repeats + 1])
+    if not run_seconds:
         sess.run(None, feeds)  # warm-up
     spent = sum(times)
     while len(times) < repeats and (len(times) < MIN_REPEATS or spent < LATENCY_BUDGET_S):
