@@ -64,7 +64,6 @@ def test_each_node_runs_in_one_segment_and_every_group_gets_the_whole_models_val
     assert all("k" not in s.inputs and "k" not in s.keep for s in segs)
     if groups[0] == ["y"]:  # the first segment computed c and a: the second runs nothing
         assert segs[1].model is None and {"a", "c"} <= segs[0].keep
-    expected = {}
     for seed in range(2):
         x = np.random.default_rng(seed).standard_normal((1, 4, 4)).astype(np.float32)
         expected = _whole_model_values(model, x)
@@ -94,23 +93,48 @@ def test_a_graph_with_a_subgraph_is_not_cut():
     assert cut(model, [["a"], ["y"]]) is None
 
 
-def test_the_layer_analysis_in_one_group_per_tensor_equals_the_analysis_in_one_group(tmp_path):
-    """analyse_layers cuts both models into segments (npuflow.layers.GROUP_BYTES bounds a group);
-    its rows do not depend on where the cuts fall."""
+def _quantised_skips(tmp_path, images):
+    """_skips and its int8 model (its Softmax kept float), calibrated on `images`."""
     from npuflow.calibrate import collect, compute_ranges, save_ranges
-    from npuflow.layers import analyse_layers
     from npuflow.quantize import quantize_model
 
     model = _skips()
     onnx.save(model, tmp_path / "f.onnx")
-    images = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
     save_ranges(compute_ranges(collect(tmp_path / "f.onnx", images, False), "minmax", {}), tmp_path / "r.json")
     quantize_model(model, tmp_path / "r.json", {"default": "int8", "layers": {"softmax": "float"}}, {}, tmp_path / "q.onnx")
-    quant = onnx.load(str(tmp_path / "q.onnx"))
-    whole = analyse_layers(model, quant, images, threads=1)
-    apart = analyse_layers(model, quant, images, threads=1, group_bytes=1)
-    assert [r["tensor"] for r in apart] == [r["tensor"] for r in whole] == ["a", "b", "c0", "c", "d", "e", "f", "g", "y"]
-    assert {r["quantized_dtype"] for r in whole} == {"int8", "float"}
-    for w, a in zip(whole, apart):
+    return model, onnx.load(str(tmp_path / "q.onnx"))
+
+
+def _assert_same_rows(rows, expected):
+    assert [r["tensor"] for r in rows] == [r["tensor"] for r in expected]
+    for r, e in zip(rows, expected):
         for key in ("cosine", "sqnr_db", "mse", "local_sqnr_db", "float_rms"):
-            assert a[key] == pytest.approx(w[key], rel=1e-9), (w["tensor"], key)
+            assert r[key] == pytest.approx(e[key], rel=1e-9), (r["tensor"], key)
+
+
+def test_the_layer_analysis_in_one_group_per_tensor_equals_the_analysis_in_one_group(tmp_path):
+    """analyse_layers cuts both models into segments (npuflow.layers.GROUP_BYTES bounds a group);
+    its rows do not depend on where the cuts fall."""
+    from npuflow.layers import analyse_layers
+
+    images = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
+    model, quant = _quantised_skips(tmp_path, images)
+    whole = analyse_layers(model, quant, images, threads=1)
+    assert [r["tensor"] for r in whole] == ["a", "b", "c0", "c", "d", "e", "f", "g", "y"]
+    assert {r["quantized_dtype"] for r in whole} == {"int8", "float"}
+    _assert_same_rows(analyse_layers(model, quant, images, threads=1, group_bytes=1), whole)
+
+
+def test_a_graph_that_cannot_be_cut_gives_the_same_rows_and_says_so(tmp_path, monkeypatch, capsys):
+    """Where npuflow.segments cannot cut a graph, analyse_layers runs the whole model for each group:
+    the same rows, and a line in the job's log saying it."""
+    from npuflow import layers, segments
+
+    images = np.random.default_rng(1).standard_normal((2, 4, 4)).astype(np.float32)
+    model, quant = _quantised_skips(tmp_path, images)
+    cut_rows = layers.analyse_layers(model, quant, images, threads=1, group_bytes=1)
+    assert "cannot be cut" not in capsys.readouterr().err
+    monkeypatch.setattr(segments, "cut", lambda model, groups: None)
+    whole_rows = layers.analyse_layers(model, quant, images, threads=1, group_bytes=1)
+    assert "cannot be cut into segments; it runs whole for each of its 9 groups" in capsys.readouterr().err
+    _assert_same_rows(whole_rows, cut_rows)

@@ -15,7 +15,7 @@ import numpy as np
 from . import segments
 from .io import atomic_path
 from .onnxutil import OutputBuffer, ReusedOutputs, input_name, session
-from .progress import progress
+from .progress import log, progress
 
 COLUMNS = [
     "tensor",
@@ -77,6 +77,17 @@ def _whole(model, groups: list[list[str]], shapes: dict[str, list[int]]) -> list
     cannot cut): every node runs once per group."""
     fed = (input_name(model),)
     return [segments.Segment(_with_outputs(model, g, shapes), fed, tuple(g), tuple(g), frozenset()) for g in groups]
+
+
+def _segments(model, groups: list[list[str]], shapes: dict[str, list[int]]) -> list[segments.Segment]:
+    """The model cut into one segment per group, or, where it cannot be cut, the whole model for
+    each group (the same figures, each node run once per group: said in the job's log)."""
+    cut = segments.cut(model, groups)
+    if cut is None and len(groups) > 1:
+        log(
+            f"layer analysis: {model.graph.name or 'the model'} cannot be cut into segments; it runs whole for each of its {len(groups)} groups"
+        )
+    return cut or _whole(model, groups, shapes)
 
 
 def _qdq_of(quant_model) -> dict[str, tuple[str, str]]:
@@ -164,8 +175,7 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
     quant_groups = [sorted({*names, *(post_of[t] for t in names)}) for names in float_groups]
     # Each group's tensors from the segment of the graph that computes them, fed what the segments
     # before it computed (npuflow.segments): each node runs once per image, not once per group.
-    fsegs = segments.cut(float_model, float_groups) or _whole(float_model, float_groups, shapes)
-    qsegs = segments.cut(quant_model, quant_groups) or _whole(quant_model, quant_groups, shapes)
+    fsegs, qsegs = (_segments(m, g, shapes) for m, g in ((float_model, float_groups), (quant_model, quant_groups)))
     fkept, qkept = [{} for _ in images], [{} for _ in images]
     # Every segment's outputs go into the same two buffers, so their pages stay warm across runs.
     fbuffer, qbuffer = OutputBuffer(), OutputBuffer()
