@@ -3,6 +3,7 @@ in onnxruntime."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class SimplifyError(NpuflowError):
     pass
 
 
+@functools.cache
 def _onnxsim():
     """onnxsim's simplifier module, imported without running the package's __init__, which imports
     its ~200 modules and torch with them (2.5 s of a 4 s job here; the simplifier needs neither).
