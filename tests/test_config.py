@@ -98,8 +98,8 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c["models"]["m"].update(colour="red"), "models.m", "Additional properties"),
         (lambda c: c.update(targets=["ax650n-npu2"]), "targets.0", "close matches: ax650n-npu3, ax650n-npu1"),
         (lambda c: c.update(weights="maybe"), "weights", "is not one of"),
-        (lambda c: c["models"].update({"bad/name": classifier_entry()}), "models", "does not match"),
-        (lambda c: c["models"].update({"..": classifier_entry()}), "models", "does not match"),
+        (lambda c: c["models"].update({"bad/name": classifier_entry()}), "models", "the entry 'bad/name' is not a usable name"),
+        (lambda c: c["models"].update({"..": classifier_entry()}), "models", "the entry '..' is not a usable name"),
         (lambda c: c["models"].update({"nul.v2": classifier_entry()}), "models.nul.v2", "nul is a device name on Windows"),
         (lambda c: c["models"].update({"COM1": classifier_entry()}), "models.COM1", "COM1 is a device name on Windows"),
         (
@@ -120,9 +120,9 @@ def test_model_override_of_calibration_merges_with_global():
         (lambda c: c.update(calibration={"dataset": "imagenet"}), "calibration.dataset", "unknown dataset 'imagenet'"),
         (lambda c: c.update(evaluation={"dataset": "imagenet"}), "evaluation.dataset", "unknown dataset 'imagenet'"),
         (lambda c: c["models"]["m"].update(surgery=["rm -rf /"]), "models.m.surgery.0", "unknown surgery pass 'rm -rf /'"),
-        (lambda c: c["models"].update({"my model": classifier_entry()}), "models", "'my model' does not match"),
-        (lambda c: c["models"].update({"../../etc": classifier_entry()}), "models", "does not match"),
-        (lambda c: c["models"].update({"a\\b": classifier_entry()}), "models", "does not match"),
+        (lambda c: c["models"].update({"my model": classifier_entry()}), "models", "the entry 'my model' is not a usable name"),
+        (lambda c: c["models"].update({"../../etc": classifier_entry()}), "models", "the entry '../../etc' is not a usable name"),
+        (lambda c: c["models"].update({"a\\b": classifier_entry()}), "models", "is not a usable name"),
         (lambda c: c["models"].update({"mlflow.db": classifier_entry()}), "models.mlflow.db", "taken by results/mlflow.db"),
         (lambda c: c["models"].update({"logs": classifier_entry()}), "models.logs", "taken by results/logs"),
         # The report's Pareto plots share results/plots with nothing (from the stage table).

@@ -13,6 +13,7 @@ import yaml
 
 from .errors import ConfigError
 from .layout import STAGES, reserved_names
+from .names import name_problems
 from .targets import YAML_LOADER, load_targets
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -67,10 +68,12 @@ def validate_config(config: dict) -> dict:
     """Validate `config` in place (filling schema defaults) and return it; raise ConfigError."""
     if not isinstance(config, dict):
         raise ConfigError("config: expected a mapping at the top level")
+    # Names first: a name that is a command or a path is refused before anything reads it.
+    lines = name_problems(config)
     validator = _defaults_filling_validator()(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"{_field_path(e)}: {e.message}" + _expected(e) for e in errors]
+    lines += [f"{_field_path(e)}: {e.message}" + _expected(e) for e in errors]
+    if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _check_semantics(config)
     return config

@@ -17,6 +17,6 @@ rule build:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow build {input.onnx} --target {wildcards.target} --profile {params.profile:q}"
-        " --model-name {wildcards.model} --manifest {input.manifest} --layers {input.layers} --layers-csv {output.layers}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "npuflow build {input.onnx:q} --target {wildcards.target:q} --profile {params.profile:q}"
+        " --model-name {wildcards.model:q} --manifest {input.manifest:q} --layers {input.layers:q} --layers-csv {output.layers:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

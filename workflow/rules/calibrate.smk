@@ -10,7 +10,7 @@ rule dataset:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow dataset {wildcards.dataset} --entry {params.entry:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "npuflow dataset {wildcards.dataset:q} --entry {params.entry:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # Once per model: every target's quantisation reuses these ranges.
@@ -33,5 +33,5 @@ rule calibrate:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow calibrate {input.onnx} --spec {params.spec:q} --manifest {input.manifest} --cache-dir {params.cache}"
-        " --out {output.ranges} --report {output.report} > {log} 2>&1"
+        "npuflow calibrate {input.onnx:q} --spec {params.spec:q} --manifest {input.manifest:q} --cache-dir {params.cache:q}"
+        " --out {output.ranges:q} --report {output.report:q} > {log:q} 2>&1"

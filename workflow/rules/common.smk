@@ -1,6 +1,5 @@
 import json
 import os
-import re
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -10,6 +9,7 @@ from npuflow.config import ConfigError, load_yaml, validate_config
 from npuflow.errors import NpuflowError
 from npuflow.layout import IMAGE_CACHE, STAGES
 from npuflow.memory import local_mem_mb
+from npuflow.names import wildcard_constraint
 from npuflow.plan import Plan
 from npuflow.runlock import hold_run_lock, release_run_lock
 from npuflow.tracking_server import preflight, tracking_uri
@@ -59,11 +59,12 @@ elif workflow.is_main_process:
         workflow.register_resource("mem_mb", _limits.mem_mb)
 
 
+# Each wildcard takes the planned names only, each of which npuflow.names has checked is a name.
 wildcard_constraints:
-    model="|".join(re.escape(m) for m in PLAN.specs),
-    target="|".join(re.escape(t) for t in PLAN.targets.names()),
-    recipe="|".join(re.escape(r) for r in PLAN.recipe_ids()),
-    dataset="|".join(re.escape(d) for d in config["datasets"]) or "(?!)",
+    model=wildcard_constraint(PLAN.specs),
+    target=wildcard_constraint(PLAN.targets.names()),
+    recipe=wildcard_constraint(PLAN.recipe_ids()),
+    dataset=wildcard_constraint(config["datasets"]),
 
 
 def mem_mb(stage):
@@ -161,14 +162,13 @@ def report_inputs():
     ]
 
 
-# The complete report replaces the partial one a run that stopped early left.
+# The complete report replaces the partial one a run that stopped early left. A list: the rule's
+# `{params.args:q}` quotes each argument.
 def report_args(wildcards):
-    return shlex.join(
-        [
-            *report_inputs(),
-            f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
-            f"--csv={STAGES.report.outputs['csv']}",
-            f"--html={STAGES.report.outputs['html']}",
-            *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
-        ]
-    )
+    return [
+        *report_inputs(),
+        f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
+        f"--csv={STAGES.report.outputs['csv']}",
+        f"--html={STAGES.report.outputs['html']}",
+        *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
+    ]

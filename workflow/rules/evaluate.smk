@@ -22,8 +22,8 @@ rule reference:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow reference {input.onnx} --spec {params.spec:q} --manifest {input.manifest} --cache-dir {params.cache}"
-        " --out {output.npz} --report {output.report} --threads {threads} > {log} 2>&1"
+        "npuflow reference {input.onnx:q} --spec {params.spec:q} --manifest {input.manifest:q} --cache-dir {params.cache:q}"
+        " --out {output.npz:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Fidelity, task accuracy and host latency of a quantised model.
@@ -47,9 +47,9 @@ rule evaluate:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow evaluate {input.onnx} --spec {params.spec:q} --recipe {wildcards.recipe}"
-        " --reference {input.npz} --reference-report {input.reference} --manifest {input.manifest}"
-        " --out {output.report} --threads {threads} > {log} 2>&1"
+        "npuflow evaluate {input.onnx:q} --spec {params.spec:q} --recipe {wildcards.recipe:q}"
+        " --reference {input.npz:q} --reference-report {input.reference:q} --manifest {input.manifest:q}"
+        " --out {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # The per-layer precision analysis of a quantised model, on the reference's first images: what
@@ -75,5 +75,5 @@ rule analyse:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow analyse {input.onnx} --spec {params.spec:q} --float-model {input.float_onnx} --reference {input.npz}"
-        " --out {output.layers} --threads {threads} > {log} 2>&1"
+        "npuflow analyse {input.onnx:q} --spec {params.spec:q} --float-model {input.float_onnx:q} --reference {input.npz:q}"
+        " --out {output.layers:q} --threads {threads:q} > {log:q} 2>&1"

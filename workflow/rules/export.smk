@@ -18,5 +18,5 @@ rule export:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "npuflow export --spec {params.spec:q} --fetch-dir {params.fetch_dir}"
-        " --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"
+        "npuflow export --spec {params.spec:q} --fetch-dir {params.fetch_dir:q}"
+        " --out {output.onnx:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"

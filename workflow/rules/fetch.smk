@@ -11,4 +11,4 @@ rule fetch:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "npuflow fetch --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "npuflow fetch --spec {params.spec:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -19,5 +19,5 @@ rule ptq:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow ptq {input.onnx} --spec {params.spec:q} --manifest {input.manifest} --cache-dir {params.cache}"
-        " --out {output.onnx} --report {output.report} > {log} 2>&1"
+        "npuflow ptq {input.onnx:q} --spec {params.spec:q} --manifest {input.manifest:q} --cache-dir {params.cache:q}"
+        " --out {output.onnx:q} --report {output.report:q} > {log:q} 2>&1"

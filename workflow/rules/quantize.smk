@@ -7,7 +7,7 @@ rule quantize:
     output:
         **STAGES.quantize.outputs,
     wildcard_constraints:
-        recipe="|".join(re.escape(r) for r in PLAN.recipes()),
+        recipe=wildcard_constraint(PLAN.recipes()),
     params:
         recipe=lambda wc: PLAN.recipe_json(wc.recipe),
     log:
@@ -17,8 +17,8 @@ rule quantize:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow quantize {input.onnx} --ranges {input.ranges} --calibration {input.calibration}"
-        " --recipe {params.recipe:q} --out {output.onnx} --report {output.report} > {log} 2>&1"
+        "npuflow quantize {input.onnx:q} --ranges {input.ranges:q} --calibration {input.calibration:q}"
+        " --recipe {params.recipe:q} --out {output.onnx:q} --report {output.report:q} > {log:q} 2>&1"
 
 
 # Automatic mixed precision (models with `mixed_precision`): the target builds the chosen recipe.
@@ -49,7 +49,7 @@ rule mixed_precision:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow mixed --spec {params.spec:q} --target {wildcards.target} --profile {params.profile:q} --input {input.onnx}"
-        " --manifest {input.manifest} --ranges {input.ranges} --calibration {input.calibration} --layers {input.layers} --base {input.base}"
-        " --recipe {params.recipe:q} --cache-dir {params.cache} --out {output.onnx} --quant-report {output.quant}"
-        " --report {output.report} > {log} 2>&1"
+        "npuflow mixed --spec {params.spec:q} --target {wildcards.target:q} --profile {params.profile:q} --input {input.onnx:q}"
+        " --manifest {input.manifest:q} --ranges {input.ranges:q} --calibration {input.calibration:q} --layers {input.layers:q} --base {input.base:q}"
+        " --recipe {params.recipe:q} --cache-dir {params.cache:q} --out {output.onnx:q} --quant-report {output.quant:q}"
+        " --report {output.report:q} > {log:q} 2>&1"

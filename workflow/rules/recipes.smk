@@ -16,4 +16,4 @@ checkpoint recipes:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow recipes {input.onnx} --spec {params.spec:q} --recipes {params.recipes:q} --out {output.map} > {log} 2>&1"
+        "npuflow recipes {input.onnx:q} --spec {params.spec:q} --recipes {params.recipes:q} --out {output.map:q} > {log:q} 2>&1"

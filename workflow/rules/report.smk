@@ -1,4 +1,3 @@
-import shlex
 from pathlib import Path
 import subprocess
 
@@ -24,7 +23,7 @@ rule plot:
     conda:
         "../../envs/mlflow.yaml"
     shell:
-        "npuflow plot --model {wildcards.model} --files {params.files:q} --out {output.png} > {log} 2>&1"
+        "npuflow plot --model {wildcards.model:q} --files {params.files:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 # Each (model, target) with the facts its chain of stages derives from (npuflow.plan.Pair): the
@@ -61,7 +60,7 @@ rule report:
     conda:
         "../../envs/mlflow.yaml"
     shell:
-        "npuflow report {params.args} > {log} 2>&1"
+        "npuflow report {params.args:q} > {log:q} 2>&1"
 
 
 onerror:

@@ -15,4 +15,4 @@ rule simplify:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow simplify {input.onnx} --out {output.onnx} --report {output.report} --threads {threads} > {log} 2>&1"
+        "npuflow simplify {input.onnx:q} --out {output.onnx:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"

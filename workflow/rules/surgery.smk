@@ -12,4 +12,4 @@ rule surgery:
     conda:
         "../../envs/onnx.yaml"
     shell:
-        "npuflow surgery {input.onnx} --spec {params.spec:q} --out {output.onnx} --report {output.report} > {log} 2>&1"
+        "npuflow surgery {input.onnx:q} --spec {params.spec:q} --out {output.onnx:q} --report {output.report:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule init_mlflow:
     conda:
         "../../envs/mlflow.yaml"
     shell:
-        "npuflow init-mlflow --tracking-uri {params.uri:q} --experiment {params.experiment:q} --out {output.store} > {log} 2>&1"
+        "npuflow init-mlflow --tracking-uri {params.uri:q} --experiment {params.experiment:q} --out {output.store:q} > {log:q} 2>&1"
 
 
 # One job per model logs one run per (model, target).
@@ -38,4 +38,4 @@ rule track:
         "../../envs/mlflow.yaml"
     shell:
         "npuflow track --spec {params.spec:q} --tracking-uri {params.uri:q} --experiment {params.experiment:q}"
-        " --files {params.files:q} --out {output.runs} > {log} 2>&1"
+        " --files {params.files:q} --out {output.runs:q} > {log:q} 2>&1"
