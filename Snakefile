@@ -58,7 +58,7 @@ rule all:
 onstart:
     if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
         raise WorkflowError(
-            f"MLflow tracking URI {MLFLOW_URI}: jobs on other machines cannot share a SQLite file; start an `mlflow server` "
+            f"MLflow tracking URI {MLFLOW_URI_SHOWN}: jobs on other machines cannot share a SQLite file; start an `mlflow server` "
             "and set MLFLOW_TRACKING_URI=http://<host>:<port> (README, Scaling out)"
         )
     try:

@@ -113,7 +113,7 @@ def init_store(*, uri: str, experiment: str, out_json: str | Path) -> StoreRepor
                 client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as e:
         raise TrackingFailed(uri, f"the experiment {experiment!r} was looked up or created", e) from e
-    report = StoreReport(tracking_uri=uri, experiment=experiment, experiment_id=exp_id)
+    report = StoreReport(tracking_uri=redacted(uri), experiment=experiment, experiment_id=exp_id)
     report.write(out_json)
     return report
 
@@ -311,7 +311,11 @@ def log_model_runs(*, uri: str, experiment: str, spec: dict, runs: dict[str, dic
             kept = f"the runs of {', '.join(done)} are logged; " if done else ""
             raise TrackingFailed(uri, f"{spec['name']}@{target} was logged", e, kept) from e
     report = TrackReport(
-        model=spec["name"], experiment_id=exp.experiment_id, tracking_uri=uri, runs=logged, seconds=round(time.perf_counter() - start, 3)
+        model=spec["name"],
+        experiment_id=exp.experiment_id,
+        tracking_uri=redacted(uri),
+        runs=logged,
+        seconds=round(time.perf_counter() - start, 3),
     )
     report.write(out_json)
     return report
@@ -327,7 +331,8 @@ class TrackingFailed(NpuflowError):
         else:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             why = f"MLflow at {redacted(uri)} failed while {doing}: {type(error).__name__}: {lines[0][:300] if lines else ''}"
-        super().__init__(f"{why}; {kept}every stage output is kept, and the next snakemake run logs what is missing")
+        # MLflow's and its drivers' messages may quote the URI: redacted whole.
+        super().__init__(redacted(f"{why}; {kept}every stage output is kept, and the next snakemake run logs what is missing"))
 
 
 def log_run(client, experiment_id: str, spec: dict, target: str, files: dict[str, str | Path]) -> RunRecord:

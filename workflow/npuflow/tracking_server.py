@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import ssl
 import urllib.error
@@ -40,17 +41,27 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def redacted(uri: str) -> str:
-    """The URI with whatever sits before '@' in its host part hidden (a user, a password, a token)."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+HIDDEN = "***"
+# The user-info of any `scheme://user:password@host` or `scheme://token@host` (SQLAlchemy's
+# reading, but a password may hold '@' or '/': it runs to the URI's last '@'), anywhere in a text;
+# and query parameters that carry secrets (`?password=…`, S3's `X-Amz-Signature=…`).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/?#@:]*:\S*|[^\s/?#@]+)@")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&;](?:[a-z0-9_.-]*(?:password|passwd|pwd|secret|token|signature|credential|api[_-]?key|access[_-]?key)[a-z0-9_.-]*)=)[^&#\s]*"
+)
+
+
+def redacted(text: str) -> str:
+    """`text` (a URI, or a message that holds some) with the credentials of every URI in it
+    hidden, whatever the scheme: a user, password or token before '@', and secret query values."""
+    return _SECRET_QUERY.sub(rf"\g<key>{HIDDEN}", _USERINFO.sub(rf"\g<scheme>{HIDDEN}@", text))
 
 
 def check_uri(uri: str, where: str) -> str:
-    """Refuse a URI with credentials in it (`https://user:pass@host`), naming where it came from."""
-    if is_server(uri) and "@" in urllib.parse.urlsplit(uri).netloc:
+    """Refuse an http(s) URI with credentials in it (`https://user:pass@host`), naming where it came
+    from: MLflow reads them from its variables. A database URI may hold a password (not every
+    driver reads one from elsewhere): it stays in the environment and is shown redacted."""
+    if is_server(uri) and redacted(uri) != uri:
         raise ConfigError(
             f"{where}: the tracking URI {redacted(uri)} has credentials in it, which would be written to the jobs' command "
             f"lines, their logs and Snakemake's metadata; give it without them and set {USERNAME} and {PASSWORD} "
@@ -61,9 +72,15 @@ def check_uri(uri: str, where: str) -> str:
 
 def tracking_uri(configured: str, where: str = "mlflow.tracking_uri") -> str:
     """MLFLOW_TRACKING_URI wins over the configured one (`where` names it), so the same pipeline
-    can log to a server."""
+    can log to a server. The workflow's jobs get the URI redacted as an argument (so that no file
+    Snakemake writes holds a credential) and the real one in MLFLOW_TRACKING_URI."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return check_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+    if f"{HIDDEN}@" in configured or f"={HIDDEN}" in configured:
+        raise ConfigError(
+            f"{where}: the tracking URI {configured} has its credentials hidden, and MLFLOW_TRACKING_URI, which holds the "
+            "real one for the workflow's jobs, is not set"
+        )
     return check_uri(configured, where)
 
 
@@ -145,19 +162,20 @@ def preflight(uri: str, experiment: str, timeout: float = PREFLIGHT_TIMEOUT_S) -
         given, missing = (USERNAME, PASSWORD) if os.environ.get(USERNAME) else (PASSWORD, USERNAME)
         raise TrackingServerError(f"{given} is set but {missing} is not: MLflow sends no login without both ({SCALING_OUT})")
     headers, who = _login()
+    shown = redacted(uri)  # for the messages (a token may sit in the query)
     query = urllib.parse.urlencode({"experiment_name": experiment})
     request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)) as answer:
             found = json.load(answer).get("experiment", {})
-            return f"experiment {experiment!r} (id {found.get('experiment_id')}) at {uri}"
+            return f"experiment {experiment!r} (id {found.get('experiment_id')}) at {shown}"
     except urllib.error.HTTPError as e:
         body = e.read(2000).decode("utf-8", "replace")
         if e.code == 404 and "RESOURCE_DOES_NOT_EXIST" in body:
-            return f"{uri}, where the first logging job creates experiment {experiment!r}"
-        raise TrackingServerError(_refusal(uri, experiment, e.code, body, who)) from None
+            return f"{shown}, where the first logging job creates experiment {experiment!r}"
+        raise TrackingServerError(_refusal(shown, experiment, e.code, body, who)) from None
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise TrackingServerError(_unreachable(uri, e, timeout)) from None
+        raise TrackingServerError(_unreachable(shown, e, timeout)) from None
 
 
 def connection_lost(error: BaseException) -> str | None:

@@ -12,7 +12,7 @@ from npuflow.memory import local_mem_mb
 from npuflow.names import wildcard_constraint
 from npuflow.plan import Plan
 from npuflow.runlock import hold_run_lock, release_run_lock
-from npuflow.tracking_server import preflight, tracking_uri
+from npuflow.tracking_server import preflight, redacted, tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -22,11 +22,16 @@ try:
     for path in workflow.configfiles:
         load_yaml(path)
     validate_config(config)
-    # MLFLOW_TRACKING_URI wins over the config; as a rule param, switching it re-runs the logging.
-    # Credentials never go in it (npuflow.tracking_server): the jobs inherit MLflow's variables.
+    # MLFLOW_TRACKING_URI wins over the config. No http(s) URI holds credentials (npuflow.tracking_server:
+    # the jobs inherit MLflow's variables); a database URI may hold a password.
     MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
+# The logging jobs read the URI from MLFLOW_TRACKING_URI, which they inherit: a rule param or
+# argument is written to .snakemake/metadata, the logs and the terminal. Theirs is the URI with
+# its credentials hidden, so that another server or database still re-runs the logging.
+os.environ["MLFLOW_TRACKING_URI"] = MLFLOW_URI
+MLFLOW_URI_SHOWN = redacted(MLFLOW_URI)
 
 # The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.plan's; the
 # paths are the stage table's (npuflow.layout). These rules only wire them together.

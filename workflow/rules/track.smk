@@ -4,7 +4,7 @@ rule init_mlflow:
     output:
         **STAGES.init_mlflow.outputs,
     params:
-        uri=MLFLOW_URI,
+        uri=MLFLOW_URI_SHOWN,
         experiment=MLFLOW_EXPERIMENT,
     log:
         STAGES.init_mlflow.log,
@@ -25,7 +25,7 @@ rule track:
         **STAGES.track.outputs,
     params:
         spec=spec_json("track"),
-        uri=MLFLOW_URI,
+        uri=MLFLOW_URI_SHOWN,
         experiment=MLFLOW_EXPERIMENT,
         files=lambda wc: json.dumps(run_files(wc.model)),
     resources:
