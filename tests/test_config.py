@@ -1,9 +1,11 @@
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from conftest import REPO, classifier_entry, segformer_entry
+from conftest import REPO, classifier_entry, segformer_entry, snakemake
 from npuflow.config import ConfigError, load_config, model_spec, validate_config
 from npuflow.targets import load_targets
 from npuflow.targets.schema import profile_problems, profile_schema
@@ -361,3 +363,41 @@ def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, ca
         "--profile.units.tensor.peak_ops_per_s: missing (Peak operations per second by precision: {int8: …, int16: …, float: …}; "
         "int8 is required.)"
     ]
+
+
+TABBED_JSON = '{\n\t"weights": "random",\n\t"targets": ["ax650n-npu3"],\n\t"models": {\n\t\t"m": {\n\t\t\t"source": "timm:efficientvit_m0",\n\t\t\t"task": "classification",\n\t\t\t"input": {"shape": [1, 3, 224, 224]}%s\n\t\t}\n\t}\n}\n'
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.yaml"])
+def test_a_json_config_indented_with_tabs_is_read_as_json(tmp_path, name):
+    """JSON with tabs is no YAML (a tab cannot start a YAML token): by its extension or its '{'."""
+    (tmp_path / name).write_text(TABBED_JSON % "")
+    config = load_config(tmp_path / name)
+    assert list(config["models"]) == ["m"] and config["targets"] == ["ax650n-npu3"]
+
+
+def test_a_json_syntax_error_or_duplicate_key_names_the_file_and_line(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(TABBED_JSON % ",")  # a trailing comma
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: not valid JSON: line 9, column 3: Expecting property name enclosed in double quotes"
+    path.write_text('{"weights": "random", "models": {}, "weights": "pretrained"}')
+    with pytest.raises(ConfigError, match=r"c\.json: the key 'weights' is given twice in one object"):
+        load_config(path)
+
+
+def test_a_tabbed_json_configfile_runs_and_a_broken_default_config_names_its_line(tmp_path):
+    (tmp_path / "c.json").write_text(TABBED_JSON % "")
+    proc = snakemake(tmp_path, "-n", configfile=tmp_path / "c.json")
+    assert proc.returncode == 0 and "rule fetch" in proc.stdout, proc.stderr[-2000:]
+    # The default config (no --configfile), which the Snakefile reads: npuflow's loader names the line.
+    (tmp_path / "config.yaml").write_text("weights: random\nmodels:\n  m: {source: [unclosed\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "config.yaml: not valid YAML: line 4, column 1: expected ',' or ']', but got '<stream end>'" in proc.stdout + proc.stderr

@@ -5,6 +5,7 @@ Every error names the config entry and field at fault and what was expected."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -243,7 +244,7 @@ def _check_calibration(where: str, calib: dict, methods, datasets) -> list[str]:
 
 
 def load_yaml(path: str | Path):
-    """YAML as yaml.safe_load reads it, but refusing what it would silently get wrong: a key
+    """YAML as yaml.safe_load reads it (JSON as json does, below), but refusing what it would silently get wrong: a key
     given twice in one mapping (PyYAML keeps the last, so two models of one name would be one),
     and aliases that expand beyond MAX_CONFIG_NODES."""
     path = Path(path)
@@ -256,6 +257,9 @@ def load_yaml(path: str | Path):
         raise ConfigError(f"{path}: a folder, not a config file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read as a text file: {e}") from None
+    # JSON is YAML only without tabs: a .json file, or one that opens with '{', is read as JSON.
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        return _load_json(text, path)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -268,6 +272,22 @@ def load_yaml(path: str | Path):
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     finally:
         loader.dispose()
+
+
+def _load_json(text: str, path: Path):
+    """JSON, refusing a key given twice in one object as load_yaml does (json keeps the last)."""
+
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:
+            raise ConfigError(f"{path}: the key {twice!r} is given twice in one object; JSON readers keep only the last one")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
