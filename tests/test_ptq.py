@@ -165,7 +165,9 @@ def test_a_target_profile_requiring_per_tensor_weights_gets_its_own_quantised_mo
     plan = Plan(config)
     recipe = plan.base_recipe("evit", "pt-chip")
     assert (
-        recipe["weights"] == "per_tensor" and plan.recipe_of("evit", "pt-chip") == recipe_id(recipe) and recipe_id(recipe).endswith("_wpt")
+        recipe["weight_granularity"] == "per_tensor"
+        and plan.recipe_of("evit", "pt-chip") == recipe_id(recipe)
+        and recipe_id(recipe).endswith("_wpt")
     )
     assert "weights" not in plan.base_recipe("evit", "ax650n-npu3")
     assert per_channel_weights(onnx.ModelProto(), recipe, {"per_channel": True}) is False

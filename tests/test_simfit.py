@@ -36,11 +36,13 @@ def test_read_published_rows_precision_and_bad_rows(tmp_path):
         + "rdk-x5,c,resnet18,224x224,1,latency_ms,-1.5,,x\n"
         + "rdk-x5,d,resnet18,224,1,latency_ms,1.5,,x\n"
         + "rdk-x5,e,resnet18,224x224,1,latency_ms,1.5,Softmax=int4,x\n"
+        + "rdk-x5,f,resnet18,224x224,1,latency_ms,1.5,defualt=int16,x\n"
     )
     rows = read_published(bad)
-    assert [r.model for r in rows] == list("abcde")  # kept in place, each with its reason
+    assert [r.model for r in rows] == list("abcdef")  # kept in place, each with its reason
     assert "line 2: metric 'throughput'" in rows[0].error and "expected positive" in rows[1].error and "expected positive" in rows[2].error
-    assert rows[3].error and "OpType=dtype" in rows[4].error
+    assert rows[3].error and "precision.op_types.Softmax: expected one of int8, int16, float, got 'int4'" in rows[4].error
+    assert "line 7: precision 'defualt': not an ONNX op type" in rows[5].error and "did you mean default?" in rows[5].error
     (tmp_path / "cols.csv").write_text("target,model\n")
     with pytest.raises(SimFitError, match="missing columns"):
         read_published(tmp_path / "cols.csv")
@@ -53,8 +55,31 @@ def test_parse_precision():
     assert parse_precision(" Softmax = int16 ; LayerNormalization=float;") == {
         "op_types": {"Softmax": "int16", "LayerNormalization": "float"}
     }
+    # whole-model 16-bit deployments: w8a16 (AXERA's U16) and a16w16; patterns are op types too
+    assert parse_precision("default=int16;weights=int8;Gelu=float") == {
+        "default": "int16",
+        "weights": "int8",
+        "op_types": {"Gelu": "float"},
+    }
+    assert parse_precision("default=int16;weights=int16") == {"default": "int16", "weights": "int16"}
     with pytest.raises(ValueError, match="Softmax"):
         parse_precision("Softmax")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("defualt=int16", "precision 'defualt': not an ONNX op type, a fusion pattern, nor one of default, weights; did you mean default?"),
+        ("Sofmax=int16", "did you mean Softmax"),
+        ("weights=int4", "precision.weights: expected one of int8, int16"),
+        ("default=float", "precision.default: expected int8 or int16"),
+        ("Nonesuch=int16", "precision 'Nonesuch': not an ONNX op type"),
+    ],
+)
+def test_a_typo_in_a_precision_is_refused_in_one_line_naming_the_close_match(text, message):
+    with pytest.raises(ValueError) as e:
+        parse_precision(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_summary_figures():
@@ -88,6 +113,9 @@ def test_every_profile_declares_few_physical_parameters_with_units_and_ranges(ta
         assert low <= get_path(spec, path) <= high and low <= get_path(fitted, path) <= high, path
     if spec.get("datasheet_only"):
         assert not fitted.get("fit") and fitted["transferred"]["from"] == spec["transfer_from"]
+    if spec.get("fit_only"):  # a few-shot or one-row chip fits fewer parameters than it has rows
+        rows = sum(r.target == target for r in read_published(CSV))
+        assert 0 < len(spec["fit_only"]) < max(rows, 2) and set(spec["fit_only"]) <= set(params)
 
 
 def test_each_fit_records_its_residuals_and_the_csvs_sha256():
@@ -126,12 +154,19 @@ def test_fit_recovers_a_known_profile(monkeypatch):
     assert get_path(base, "units.tensor.efficiency") == 0.6  # the profile given is not modified
 
 
-def test_fitted_parameters_are_applied_and_not_inherited():
+def test_fitted_parameters_are_applied_and_carried_to_a_derived_profile():
     targets = load_targets(
         {"fitted": {"base": "ax650n-npu3", "fit": {"parameters": {"units.tensor.efficiency": 0.5}}}, "derived": {"base": "fitted"}}
     )
     assert targets.get("fitted")["units"]["tensor"]["efficiency"] == 0.5
-    assert targets.get("derived")["units"]["tensor"]["efficiency"] == 0.6 and "fit" not in targets.get("derived")
+    # a derived profile keeps its base's fitted values (comparable with it), without a fit of its own
+    derived = targets.get("derived")
+    assert derived["units"]["tensor"]["efficiency"] == 0.5 and "fit" not in derived and derived["transferred"]["from"] == "fitted"
+    from npuflow.sim.build import profile_basis
+
+    assert profile_basis(derived) == "not fitted itself: the fitted fit's parameters on its own figures"
+    same = load_targets({"rdk-x5-same": {"base": "rdk-x5"}})  # nothing changed: the same predictions
+    assert {p: get_path(same.get("rdk-x5-same"), p) for p in RATE_PATHS} == {p: get_path(same.get("rdk-x5"), p) for p in RATE_PATHS}
 
 
 def test_prior_keeps_a_parameter_the_data_cannot_see():
@@ -186,7 +221,7 @@ def tiny_csv(tmp_path_factory):
         ]
     rows += [
         "rdk-x5,tiny1,tiny1,64x64,1,latency_ms,0.2,Softmax=int16,synthetic: Softmax on the BPU",
-        "ax630c,tiny0,tiny0,64x64,1,latency_ms,0.1,,synthetic: a datasheet-only chip",
+        "ax630c,tiny0,tiny0,64x64,1,latency_ms,0.1,,synthetic: a few-shot chip",
         "nonesuch-npu,tiny0,tiny0,64x64,1,latency_ms,0.1,,bad: unknown target",
         "rdk-x5,tiny0,tiny0,64x64,1,latency_ms,-2,,bad: non-positive value",
         "rdk-x5,nothing,torchvision:nothing,64x64,1,latency_ms,1.0,,bad: a model sim-validate cannot build",
@@ -197,7 +232,7 @@ def tiny_csv(tmp_path_factory):
     return csv, cache
 
 
-@pytest.mark.parametrize("mode", [None, "family", "row"])
+@pytest.mark.parametrize("mode", [None, "family", "group", "task", "row"])
 def test_validate_reports_every_row_with_its_failures_and_per_family_figures(tiny_csv, tmp_path, mode):
     csv, cache = tiny_csv
     report = validate(csv, tmp_path / "r.json", cache, cross_validate=mode)
@@ -211,7 +246,7 @@ def test_validate_reports_every_row_with_its_failures_and_per_family_figures(tin
     assert (
         set(report["summary"]["per_family"]) == {"a", "b", "c", "d", "(not built)"} and report["summary"]["within_10pct_share"] is not None
     )
-    assert report["profile_basis"]["ax630c"] == "not fitted, datasheet only"
+    assert report["profile_basis"]["ax630c"].startswith("few-shot: 2 parameters fitted to")
     assert next(r for r in rows if r["target"] == "ax630c")["predicted"] > 0
     # the precision column reaches the build: int16 Softmax on the BPU instead of float on the CPU
     default, int16 = (r for r in rows if r["model"] == "tiny1" and r["target"] == "rdk-x5")
@@ -220,7 +255,9 @@ def test_validate_reports_every_row_with_its_failures_and_per_family_figures(tin
         assert report["cross_validation"] is None
     else:
         cv = report["cross_validation"]
-        assert cv["mode"] == mode and cv["folds"] == (4 if mode == "family" else 18)
+        # family: a…d; group: each family's task at its size (one each here); task: all at 64 px at once
+        assert cv["mode"] == mode and cv["folds"] == {"family": 4, "group": 4, "task": 1, "row": 18}[mode]
+        assert {r["task"] for r in rows if r["predicted"] is not None} == {"classify@64"}
         assert {"rdk-x5", "ax650n-npu3"} <= set(cv["refitted_targets"])
 
 

@@ -333,6 +333,32 @@ def test_int16_recipe_quantises_activations_to_int16(classifier, tmp_path):
     inits = {i.name: i.data_type for i in model.graph.initializer}
     zp = {inits.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
     assert zp == {onnx.TensorProto.INT16} and report["activations"].startswith("int16")
+    # w8a16: the weights stay int8; `weights: int16` makes them int16 too (a16w16), and both run
+    weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    assert {inits[w] for w in weights} == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}  # int32: biases
+    quantize(
+        p["surgery_onnx"],
+        ranges_json=p["ranges"],
+        calibration_json=p["calibration"],
+        recipe={"default": "int16", "weights": "int16"},
+        out_onnx=tmp_path / "q16.onnx",
+        out_json=tmp_path / "q16.json",
+    )
+    wide = onnx.load(str(tmp_path / "q16.onnx"))
+    wide_inits = {i.name: i.data_type for i in wide.graph.initializer}
+    wide_weights = {n.input[0] for n in wide.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in wide_inits}
+    assert onnx.TensorProto.INT16 in {wide_inits[w] for w in wide_weights} and onnx.TensorProto.INT8 not in {
+        wide_inits[w] for w in wide_weights
+    }
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal([1, 3, 64, 64]).astype(np.float32)
+    for path in (tmp_path / "q.onnx", tmp_path / "q16.onnx"):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+        (out,) = session.run(None, {session.get_inputs()[0].name: np.resize(x, shape)})[:1]
+        assert np.isfinite(out).all()
 
 
 def test_targets_with_one_recipe_share_one_quantised_model():
@@ -346,8 +372,9 @@ def test_targets_with_one_recipe_share_one_quantised_model():
         "ax650n-npu3": "int8",
         "rdk-x5": "int8_Softmax-float",
         "j5": "int8_Gelu-int16_LayerNormalization-int16_Softmax-int16",
-        "my-npu": "int16",
+        "my-npu": "w8a16",  # int16 activations, int8 weights: as AXERA names its U16 models
     }
+    assert recipe_id({"default": "int16", "weights": "int16", "op_types": {"Softmax": "float"}}) == "a16w16_Softmax-float"
 
 
 def test_reparameterisation_exports_the_single_branch_deploy_form(tmp_path):

@@ -563,8 +563,9 @@ class SimValidate(Command):
         p.add_argument("--out", required=True, help="report JSON")
         p.add_argument(
             "--cross-validate",
-            choices=["family", "row"],
-            help="refit every target without each model family (or each row) and predict it from that fit",
+            choices=["family", "group", "task", "row"],
+            help="refit every target without each held-out fold and predict it from that fit: a model family, a family's "
+            "task at one resolution (group), a task at one resolution across families (task), or a row",
         )
         p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
         p.add_argument("--config", default="config.yaml", help="for user target_profiles (if the file exists)")
@@ -583,7 +584,7 @@ class SimFit(Command):
     def add_arguments(self, p):
         p.add_argument("csv", type=input_file, help="published measurements (the columns of data/published/npu_latency_calibration.csv)")
         p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
-        p.add_argument("--profile-dir", help="where the fitted profiles are written (default: the built-in profiles)")
+        p.add_argument("--profile-dir", help="where the fits are written, one <target>.yaml each (default: the built-in targets/fits/)")
 
     def run(self, args):
         from .sim.validate import fit

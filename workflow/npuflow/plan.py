@@ -37,7 +37,8 @@ def recipe_identity(node_precision: dict[str, str], recipe: dict, spec: dict | N
     """What makes two quantised models of one model the same: the data type the recipe resolves
     each node to, the recipe's default activation type and weight granularity (a target may ask
     for per-tensor weights), and the spec's IDENTITY_FIELDS."""
-    key = {"default": recipe.get("default", "int8"), "weights": recipe.get("weights"), "nodes": node_precision}
+    key = {"default": recipe.get("default", "int8"), "weights": recipe.get("weights", "int8"), "nodes": node_precision}
+    key["granularity"] = recipe.get("weight_granularity")
     key.update({f: (spec or {}).get(f) for f in IDENTITY_FIELDS})
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -179,7 +180,7 @@ class Plan:
         recipe = merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
         # a chip whose quantiser takes one scale per weight tensor (its profile's quantization.weights)
         if (self.targets.get(target).get("quantization") or {}).get("weights") == "per_tensor":
-            recipe = {**recipe, "weights": "per_tensor"}
+            recipe = {**recipe, "weight_granularity": "per_tensor"}
         return recipe
 
     def searched(self, model: str, target: str) -> bool:

@@ -17,7 +17,11 @@ import json
 from .errors import NpuflowError
 
 DTYPES = ("int8", "int16", "float")
+WEIGHT_DTYPES = ("int8", "int16")  # a recipe's `weights`: the conv/matmul weights' type
 RANK = {"int8": 0, "int16": 1, "float": 2}
+# The keys of a recipe in the one-line grammar (`default=int16;weights=int8;Softmax=float`);
+# every other word is an op type (of the ONNX standard, or a fusion pattern such as Gelu).
+RECIPE_KEYS = ("default", "weights")
 METADATA_KEY = "npuflow.node_precision"
 DEFAULT_RECIPE = {"default": "int8"}
 # Nodes that carry no arithmetic of their own; they take no part in a recipe.
@@ -43,12 +47,26 @@ def merge_recipe(base: dict | None, override: dict | None) -> dict:
     return {k: v for k, v in out.items() if v not in ({}, [])}
 
 
+def weight_dtype(recipe: dict) -> str:
+    """The weights' type: the recipe's `weights`, int8 unless it says int16."""
+    return recipe.get("weights") or "int8"
+
+
+def bits_name(recipe: dict) -> str:
+    """The deployment's bit widths as vendors write them: `int8`, `w8a16` (int16 activations,
+    int8 weights: AXERA's U16 models, the common case) or `a16w16` (both int16)."""
+    default = recipe.get("default", "int8")
+    if default == "int16":
+        return "a16w16" if weight_dtype(recipe) == "int16" else "w8a16"
+    return "int8" if weight_dtype(recipe) == "int8" else "w16a8"
+
+
 def recipe_id(recipe: dict) -> str:
-    """A readable, file-name-safe id: the default type and the op-type changes (`int8`,
-    `int8_Softmax-float`), plus a short content hash when layers or subgraphs are set."""
+    """A readable, file-name-safe id: the bit widths (`int8`, `w8a16`, `a16w16`) and the op-type
+    changes (`int8_Softmax-float`), plus a short content hash when layers or subgraphs are set."""
     recipe = {k: v for k, v in recipe.items() if v not in ({}, [])}
-    parts = [recipe.get("default", "int8")] + [f"{op}-{dtype}" for op, dtype in sorted((recipe.get("op_types") or {}).items())]
-    if recipe.get("weights") == "per_tensor":  # a target profile's quantization.weights (npuflow.plan)
+    parts = [bits_name(recipe)] + [f"{op}-{dtype}" for op, dtype in sorted((recipe.get("op_types") or {}).items())]
+    if recipe.get("weight_granularity") == "per_tensor":  # a target profile's quantization.weights (npuflow.plan)
         parts.append("wpt")
     if recipe.get("layers") or recipe.get("subgraphs"):
         parts.append("h" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8])
@@ -62,6 +80,12 @@ def check_recipe(recipe: dict, where: str) -> list[str]:
         problems.append(
             f"{where}.default: expected int8 or int16 (float-by-default is not a quantised model), got {recipe.get('default')!r}"
         )
+    if recipe.get("weights", "int8") not in WEIGHT_DTYPES:
+        problems.append(f"{where}.weights: expected one of {', '.join(WEIGHT_DTYPES)} (the weights' type), got {recipe.get('weights')!r}")
+    for name in recipe.get("op_types") or {}:
+        unknown = _op_type_problem(name)
+        if unknown:
+            problems.append(f"{where}.op_types.{name}: {unknown}")
     for key in ("op_types", "layers"):
         for name, dtype in (recipe.get(key) or {}).items():
             if dtype not in DTYPES:
@@ -69,10 +93,57 @@ def check_recipe(recipe: dict, where: str) -> list[str]:
     for i, sub in enumerate(recipe.get("subgraphs") or []):
         if not isinstance(sub, dict) or not sub.get("start") or not sub.get("end") or sub.get("dtype") not in DTYPES:
             problems.append(f"{where}.subgraphs.{i}: expected {{start: [tensor, …], end: [tensor, …], dtype: int8|int16|float}}")
-    unknown = set(recipe) - {"default", "op_types", "layers", "subgraphs"}
+    unknown = set(recipe) - {"default", "weights", "op_types", "layers", "subgraphs", "weight_granularity"}
     if unknown:
-        problems.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (expected default, op_types, layers, subgraphs)")
+        problems.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (expected default, weights, op_types, layers, subgraphs)")
     return problems
+
+
+def known_op_types() -> set[str]:
+    """Op types a recipe may name: the ONNX standard's (every domain onnx ships) and the fusion
+    patterns the simulator and the vendor compilers treat as one op (Gelu, LayerNorm, …)."""
+    import onnx.defs
+
+    from .sim.patterns import PATTERNS
+
+    return {s.name for s in onnx.defs.get_all_schemas_with_history()} | set(PATTERNS.names())
+
+
+def _op_type_problem(word: str) -> str | None:
+    """Why `word` is not an op type a recipe can set (None when it is), naming close matches."""
+    import difflib
+
+    known = known_op_types()
+    if word in known:
+        return None
+    close = difflib.get_close_matches(word, sorted(known | set(RECIPE_KEYS)), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"not an ONNX op type, a fusion pattern, nor one of {', '.join(RECIPE_KEYS)}{hint}"
+
+
+def parse_recipe_text(text: str) -> dict:
+    """The one-line recipe grammar of the published CSV's `precision` column:
+    `default=int16;weights=int8;Softmax=float` → {"default": "int16", "weights": "int8",
+    "op_types": {"Softmax": "float"}}. Raises RecipeError naming the word at fault."""
+    recipe: dict = {}
+    op_types: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not key:
+            raise RecipeError(f"precision {part!r}: expected key=dtype (default=, weights= or an op type)")
+        if key in RECIPE_KEYS:
+            recipe[key] = value
+        else:
+            problem = _op_type_problem(key)
+            if problem:
+                raise RecipeError(f"precision {key!r}: {problem}")
+            op_types[key] = value
+    if op_types:
+        recipe["op_types"] = op_types
+    problems = check_recipe(recipe, "precision")
+    if problems:
+        raise RecipeError("; ".join(problems))
+    return recipe
 
 
 def _pattern_nodes(model, graph=None) -> dict[str, set[str]]:

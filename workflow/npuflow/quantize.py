@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .io import atomic_path
 from .onnxutil import load, op_counts
-from .precision import RANK, embed_precision, recipe_id, resolve_precision
+from .precision import RANK, embed_precision, recipe_id, resolve_precision, weight_dtype
 from .records import CalibrationReport, QuantReport
 
 # Per-channel DequantizeLinear (its `axis`) exists from opset 13; onnxruntime's quantiser does not
@@ -156,7 +156,7 @@ def per_channel_weights(model, recipe: dict, options: dict) -> bool:
     from .ptq.stage import embedded_settings
 
     settings = embedded_settings(model) or {}
-    if "per_tensor" in (recipe.get("weights"), settings.get("weights")):
+    if "per_tensor" in (recipe.get("weight_granularity"), settings.get("weights")):
         return False
     return bool(options.get("per_channel", True))
 
@@ -192,7 +192,7 @@ def quantize_model(model, ranges_json: str | Path, recipe: dict, options: dict, 
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel_weights(model, recipe, options),
             activation_type=qtype[recipe["default"]],
-            weight_type=QuantType.QInt8,
+            weight_type=qtype[weight_dtype(recipe)],  # w8a16 (the common 16-bit deployment) or a16w16
             nodes_to_exclude=sorted(n for n, d in precision.items() if d == "float"),
             extra_options={
                 "ActivationSymmetric": options.get("activation_symmetric", False),

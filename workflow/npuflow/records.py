@@ -385,6 +385,10 @@ class BuildReport(Record):
     ops: dict[str, int]
     unknown_dims: int
     patterns: dict[str, int] | None = None  # fusion patterns recognised: {Swish: 77, Attention: 1}
+    bits: str | None = None  # int8, w8a16, a16w16 (npuflow.precision.bits_name)
+    # nominal-80 % intervals {low, high, nominal, basis} from cross-validated residuals (npuflow.sim.uncertainty)
+    latency_ms_interval: dict | None = None
+    fps_interval: dict | None = None
     top_ops: list[TopOp]
     seconds: float
     NESTED: ClassVar[dict] = {"partition": (Partition, "list"), "top_ops": (TopOp, "list")}
@@ -394,6 +398,10 @@ class BuildReport(Record):
         out = {k: getattr(self, k) for k in BUILD_METRICS}
         out.update({f"unit_ms_{u}": t for u, t in self.unit_time_ms.items()})
         out.update({f"unit_share_{u}": s for u, s in self.unit_share.items()})
+        for name in ("latency_ms", "fps"):  # the interval's ends, where a fit measured one
+            found = getattr(self, f"{name}_interval")
+            if found:
+                out.update({f"{name}_low": found["low"], f"{name}_high": found["high"]})
         return out
 
 

@@ -219,6 +219,13 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "sim_batch": build.batch,
         "sim_profile_fitted": build.profile_fitted,
         "sim_profile_basis": build.profile_basis,
+        "sim_bits": build.bits or "",
+        # what the latency_ms_low/high metrics rest on (absent before a cross-validated fit)
+        "sim_interval": (
+            f"nominal {build.latency_ms_interval['nominal']:.0%}: {build.latency_ms_interval['basis']}"
+            if build.latency_ms_interval
+            else "none"
+        ),
         **{f"{tool}_version": v for tool, v in tool_versions(reports.export, reports.simplify).items()},
     }
     return {k: str(v) for k, v in params.items()}

@@ -48,7 +48,7 @@ def analyse(model, profile: dict, graph: Graph | None = None, recipe: dict | Non
     """The rate-independent part of a build. The node precision is the one the quantised model
     carries, else `recipe` (default: the profile's) resolved here. `graph` may be shared between
     targets: the mapping never changes it."""
-    from ..precision import embedded_precision, resolve_precision
+    from ..precision import embedded_precision, resolve_precision, weight_dtype
 
     graph = graph or Graph(model)
     node_precision = embedded_precision(model)
@@ -58,7 +58,7 @@ def analyse(model, profile: dict, graph: Graph | None = None, recipe: dict | Non
     else:
         recipe = model_recipe(model, profile)
     mapping = map_graph(graph, profile, node_precision)
-    return Analysis(mapping, demands(mapping, profile), recipe)
+    return Analysis(mapping, demands(mapping, profile, weight_dtype(recipe)), recipe)
 
 
 def simulate(analysis: Analysis, profile: dict, batch: int = 1) -> Simulation:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..io import atomic_path, write_json
 from .analysis import Analysis, Simulation, analyse, frames_per_s, simulate
-from .cost import UNIT_CODES
+from .cost import UNIT_CODES, tensor_ops
 from .render import chrome_trace, readable_summary
 
 UNITS = tuple(UNIT_CODES)
@@ -21,10 +21,19 @@ UNITS = tuple(UNIT_CODES)
 def profile_basis(profile: dict) -> str:
     """What a profile's rates rest on, as the build summary and reports say it."""
     fit = profile.get("fit")
+    if fit and profile.get("fit_only") and profile.get("transfer_from"):
+        rows, only = fit["data"]["rows"], len(profile["fit_only"])
+        return (
+            f"few-shot: {only} parameter{'s' * (only > 1)} fitted to {rows} published measurement{'s' * (rows > 1)} "
+            f"({fit['data']['csv']}), the rest from the {profile['transfer_from']} fit"
+        )
     if fit:
         return f"fitted to {fit['data']['rows']} published measurements ({fit['data']['csv']})"
     if profile.get("datasheet_only"):
         return "not fitted, datasheet only"
+    moved = profile.get("transferred")
+    if moved:
+        return f"not fitted itself: the {moved['from']} fit's parameters on its own figures"
     return "profile not fitted to measurements"
 
 
@@ -62,9 +71,26 @@ def _op_us(sim: Simulation, i: int) -> float:
     return float(sim.costs.busy_s[i] + sim.costs.overhead_s[i]) * 1e6
 
 
+def input_size(analysis: Analysis) -> int:
+    """The model input's larger spatial side (0 when unknown)."""
+    shapes = [analysis.graph.tensors[t].shape for t in analysis.graph.inputs if t in analysis.graph.tensors]
+    return max((max(s[2:4]) for s in shapes if len(s) >= 4), default=0)
+
+
+def prediction_intervals(analysis: Analysis, profile: dict, latency_ms: float, fps: float, task: str = "") -> dict:
+    """The nominal-80 % intervals of the predicted latency and FPS (npuflow.sim.uncertainty):
+    from the cross-validated residuals of comparable rows; {} before any fit wrote the table."""
+    from .uncertainty import comparable_class, interval, stored_table
+
+    table = stored_table()
+    cls = comparable_class(profile.get("family", ""), task, input_size(analysis))
+    lat, thr = interval(table, cls, latency_ms, "latency_ms"), interval(table, cls, fps, "fps")
+    return {"latency_ms_interval": lat, "fps_interval": thr} if lat and thr else {}
+
+
 def build_report(analysis: Analysis, profile: dict, model_name: str = "", weights: str = "") -> tuple[dict, Simulation]:
     """build.json's figures and the batch-1 simulation they come from."""
-    from ..precision import recipe_id
+    from ..precision import bits_name, recipe_id
 
     n = int(profile["batch"])
     many = simulate(analysis, profile, n)
@@ -80,8 +106,9 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
     for p, part in enumerate(d.parts):
         members = d.part == p
         partition.append({**part, "ops": int(members.sum()), "time_ms": float(op_s[members].sum() + c.part_overhead_s[p]) * 1e3})
-    useful = np.where(d.tensor_ops > 0, d.tensor_useful, d.vector_useful)
-    padded = np.where(d.tensor_ops > 0, d.tensor_ops, d.vector_ops)
+    padded_tensor = tensor_ops(d, profile)
+    useful = np.where(padded_tensor > 0, d.tensor_useful, d.vector_useful)
+    padded = np.where(padded_tensor > 0, padded_tensor, d.vector_ops)
     top = np.argsort(-op_s, kind="stable")[:10]
     report = {
         "model": model_name,
@@ -93,6 +120,7 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
         "profile_basis": profile_basis(profile),
         "weights": weights,
         "precision_recipe": recipe_id(analysis.recipe),
+        "bits": bits_name(analysis.recipe),
         "latency_ms": latency_s * 1e3,
         "batch": n,
         "cores": int(profile.get("cores", 1)),
@@ -103,7 +131,7 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
         "subgraphs": sum(1 for p in d.parts if p["device"] == "npu"),
         "cpu_ops": int((d.unit == UNIT_CODES["cpu"]).sum()),
         "partition": partition,
-        "ddr_bytes_per_frame": int(d.weight_bytes.sum() + d.spill_bytes.sum() + d.input_bytes + d.output_bytes),
+        "ddr_bytes_per_frame": int(d.weight_bytes.sum() + c.spill_bytes.sum() + d.input_bytes + d.output_bytes),
         "unit_time_ms": {u: t * 1e3 for u, t in unit_time.items()},
         "unit_share": {u: t / latency_s for u, t in unit_time.items()},
         "ops": {
@@ -129,6 +157,7 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
         ],
         "seconds": 0.0,
     }
+    report.update(prediction_intervals(analysis, profile, report["latency_ms"], report["fps"]))
     return report, one
 
 

@@ -42,14 +42,18 @@ class Demands:
     unit: np.ndarray  # UNIT_CODES
     precision: np.ndarray  # index into PRECISIONS
     macs: np.ndarray
-    tensor_ops: np.ndarray  # tensor-unit operations after alignment padding (2 per MAC)
+    tensor_ops: np.ndarray  # tensor-unit operations after alignment padding (2 per MAC), a grouped conv's input lanes unpadded
+    grouped_cin: np.ndarray  # a grouped conv's input channels per group (0: not grouped): padded to its lanes in costs
     tensor_useful: np.ndarray
     vector_ops: np.ndarray  # vector-unit operations after lane padding (incl. activations a tensor op pipes through it)
     vector_useful: np.ndarray
     move_bytes: np.ndarray  # data moved by the DMA unit (Transpose, Concat, …)
     reorder_bytes: np.ndarray  # layout reorders before the op (the other layout unit made its input)
     weight_bytes: np.ndarray  # from DDR once per batch
-    spill_bytes: np.ndarray  # activations through DDR, per frame
+    spill_bytes: np.ndarray  # activations through DDR whatever the buffer (CPU ops), per frame
+    act_bytes: np.ndarray  # an NPU op's input and output activations, per frame
+    working_bytes: np.ndarray  # what an NPU op must hold at once: its activations and weights
+    wide_weights: np.ndarray  # 1 where a tensor op's weights are int16 (a16w16), 0 for int8 (w8a16, int8)
     cpu_ops: np.ndarray  # CPU fallback work, including the conversions at its NPU hand-overs
     part: np.ndarray  # index of the op's subgraph
     parts: list[dict]  # {device, first_op, last_op} in execution order
@@ -57,8 +61,10 @@ class Demands:
     output_bytes: int  # its outputs, per frame
 
 
-def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int]:
-    """(MACs, MACs after padding to the tensor unit's tile, e.g. 2H16W8C) of a conv or matmul."""
+def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int]:
+    """(MACs, MACs after padding to the tensor unit's tile, e.g. 2H16W8C, and the input channels
+    per group of a grouped conv, else 0) of a conv or matmul. A grouped conv's input channels are
+    left unpadded here: the lanes it occupies (`cin_grouped`) are a fitted rate, applied in `costs`."""
     graph, node = mapping.graph, op.node
     th, tw = tile.get("h", 1), tile.get("w", 1)
     tci, tco = tile.get("cin", tile.get("c", 1)), tile.get("cout", tile.get("c", 1))  # input / output channel lanes
@@ -66,7 +72,7 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int]:
     out = graph.tensors[node.outputs[0]].shape if node.outputs[0] in graph.tensors else []
     conv = node.op_type in ("Conv", "ConvTranspose")
     if len(operands) < 2 or len(out) < (3 if conv else 1) or min(map(len, operands)) < (2 if conv or node.op_type == "Gemm" else 1):
-        return 0, 0  # shapes unknown (after an op shape inference can't see into): in unknown_dims
+        return 0, 0, 0  # shapes unknown (after an op shape inference can't see into): in unknown_dims
     if conv:
         w = operands[1]
         kernel = math.prod(w[2:]) if len(w) > 2 else 1
@@ -74,15 +80,16 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int]:
             x = operands[0]
             spatial = x[2:] + [1] * (2 - len(x[2:]))
             macs = x[0] * x[1] * spatial[0] * spatial[1] * w[1] * kernel
-            return macs, x[0] * pad(x[1], tci) * pad(spatial[0], th) * pad(spatial[1], tw) * pad(w[1], tco) * kernel
+            return macs, x[0] * pad(x[1], tci) * pad(spatial[0], th) * pad(spatial[1], tw) * pad(w[1], tco) * kernel, 0
         n, co = out[0], out[1]
         spatial = out[2:] + [1] * (2 - len(out[2:]))
         cin_g = w[1]
         macs = n * co * spatial[0] * spatial[1] * cin_g * kernel
-        # a depthwise/grouped conv leaves the unused input-channel lanes idle (cin_g pads to the tile)
+        # a depthwise/grouped conv leaves the unused input-channel lanes idle (cin_g pads to the
+        # lanes it occupies: costs applies them)
         grouped = node.attrs.get("group", 1) > 1
-        lanes = tile.get("cin_grouped", tci) if grouped else tci
-        return macs, n * pad(co, tco) * pad(spatial[0], th) * pad(spatial[1], tw) * pad(cin_g, lanes) * kernel
+        cin = cin_g if grouped else pad(cin_g, tci)
+        return macs, n * pad(co, tco) * pad(spatial[0], th) * pad(spatial[1], tw) * cin * kernel, cin_g if grouped else 0
     a, b = operands
     if node.op_type == "Gemm":
         m = a[1] if node.attrs.get("transA", 0) else a[0]
@@ -94,7 +101,7 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int]:
         m, k, n = a2[-2], a2[-1], b2[-1]
         batch = math.prod(out[:-2]) if len(out) > 2 else 1
     # rows lie along the spatial tile, the depth along the input lanes, columns along the output lanes
-    return batch * m * k * n, batch * pad(m, tw) * pad(k, tci) * pad(n, tco)
+    return batch * m * k * n, batch * pad(m, tw) * pad(k, tci) * pad(n, tco), 0
 
 
 def _elements(shape: list[int], lanes: int) -> tuple[int, int]:
@@ -109,14 +116,14 @@ def _elements(shape: list[int], lanes: int) -> tuple[int, int]:
     return numel, padded
 
 
-def demands(mapping: Mapping, profile: dict) -> Demands:
+def demands(mapping: Mapping, profile: dict, weights: str = "int8") -> Demands:
+    """`weights`: the recipe's weight type (int8 or int16; npuflow.precision.weight_dtype)."""
     graph = mapping.graph
     units = profile["units"]
     per_elem = profile.get("vector_ops_per_element", {})
     lut = set(profile.get("lut_activations", []))
     # quantise/dequantise and layout conversion (tiled ↔ NCHW) on the CPU, per element handed over
     boundary_ops = float(units["cpu"].get("boundary_ops_per_element", 0.0))
-    onchip = profile["memory"]["onchip_bytes"]
     lanes = units["vector"].get("tile", {}).get("c", 1)
     ttile = units["tensor"].get("tile", {})
     n = len(mapping.ops)
@@ -131,9 +138,14 @@ def demands(mapping: Mapping, profile: dict) -> Demands:
         cols["unit"][i] = UNIT_CODES[op.unit]
         cols["precision"][i] = PRECISIONS.index(op.precision)
         tensors = acts + outs
-        cols["weight_bytes"][i] = sum(t.numel for t in graph.weights(op.inputs)) * (4 if op.unit == "cpu" else 1)
-        # activations stay on chip unless one does not fit; weights stream from DDR once per batch
-        cols["spill_bytes"][i] = sum(t.numel * eb for t in tensors if t.numel * eb > onchip)
+        wide = weights == "int16" and op.precision == "int16" and op.unit == "tensor"
+        cols["wide_weights"][i] = float(wide)
+        cols["weight_bytes"][i] = sum(t.numel for t in graph.weights(op.inputs)) * (4 if op.unit == "cpu" else 2 if wide else 1)
+        # Activations stay on chip while the op's working set fits the buffer; the share that does
+        # not fit goes out to DDR and back (costs: the buffer's usable share is fitted). Weights
+        # stream from DDR once per batch.
+        cols["act_bytes"][i] = sum(t.numel * eb for t in tensors)
+        cols["working_bytes"][i] = cols["act_bytes"][i] + cols["weight_bytes"][i]
         out_shape = outs[0].shape if outs else []
         if op.unit in LAYOUT_UNITS and profile.get("layout_reorder", True):  # tensor and vector units keep different tile layouts
             cols["reorder_bytes"][i] = sum(
@@ -145,7 +157,7 @@ def demands(mapping: Mapping, profile: dict) -> Demands:
                 and producer_unit.get(t, op.unit) != op.unit
             )
         if op.unit == "tensor":
-            macs, padded = _tensor_work(mapping, op, ttile)
+            macs, padded, cols["grouped_cin"][i] = _tensor_work(mapping, op, ttile)
             cols["macs"][i], cols["tensor_useful"][i], cols["tensor_ops"][i] = macs, 2.0 * macs, 2.0 * padded
             piped = [a for a in op.fused if a in lut]  # activations the vector unit evaluates on the output
             if piped:
@@ -193,18 +205,27 @@ class Costs:
     stall_s: np.ndarray  # waiting for weights beyond its own work
     overhead_s: np.ndarray  # dispatch
     part_overhead_s: np.ndarray  # per subgraph: its launch (NPU parts)
+    spill_bytes: np.ndarray  # activations through DDR per frame: the CPU ops' and what the buffer does not hold
     input_s: float  # the inputs' transfer before the first op, the outputs' after the last
     output_s: float
     total_s: float
 
 
 def rates(profile: dict) -> dict:
-    """Sustained rates (work units per second) of each unit by precision, from the profile."""
+    """Sustained rates (work units per second) of each unit by precision, from the profile. A
+    tensor unit's int16 column is int16 activations × int8 weights (w8a16: `w8a16_share` of the
+    int8 rate, half unless fitted), its a16w16 rate int16 × int16 (the `int16` peak, else a
+    quarter of int8): a MAC array's usual ratios, where a chip publishes no figure."""
     u = profile["units"]
 
     def peak(unit: str, precision: str) -> float:
         peaks = u[unit]["peak_ops_per_s"]
-        value = peaks.get(precision) or peaks["int8"] / (2 if precision == "int16" else 4)
+        if unit == "tensor" and precision == "int16":
+            value = peaks["int8"] * u[unit].get("w8a16_share", 0.5)
+        elif unit == "tensor" and precision == "a16w16":
+            value = peaks.get("int16") or peaks["int8"] / 4
+        else:
+            value = peaks.get(precision) or peaks["int8"] / (2 if precision == "int16" else 4)
         return value * u[unit].get("efficiency", 1.0)
 
     table = np.ones((4, len(PRECISIONS)))
@@ -213,7 +234,24 @@ def rates(profile: dict) -> dict:
         table[1, p] = peak("vector", name)
     table[2, :] = u["dma"]["bytes_per_s"] * u["dma"].get("efficiency", 1.0)
     table[3, :] = u["cpu"]["peak_ops_per_s"]["float"]
-    return {"table": table, "ddr": profile["memory"]["ddr_bytes_per_s"] * profile["memory"].get("efficiency", 1.0)}
+    ddr = profile["memory"]["ddr_bytes_per_s"] * profile["memory"].get("efficiency", 1.0)
+    return {"table": table, "ddr": ddr, "tensor_a16w16": peak("tensor", "a16w16")}
+
+
+def grouped_lanes(profile: dict) -> float:
+    """The input lanes a depthwise/grouped conv occupies per output channel (fitted)."""
+    tile = profile["units"]["tensor"].get("tile", {})
+    return float(tile.get("cin_grouped", tile.get("cin", tile.get("c", 1))))
+
+
+def tensor_ops(d: Demands, profile: dict) -> np.ndarray:
+    """Tensor-unit operations with a grouped conv's input channels padded to the lanes it keeps
+    busy: one input lane per output channel of `cin_grouped` (32 on AXERA's NPU, 64 on the BPUs
+    before a fit) — why depthwise convs cost so much."""
+    lanes = grouped_lanes(profile)
+    cin = np.maximum(d.grouped_cin, 1.0)
+    factor = np.where(d.grouped_cin > 0, np.ceil(cin / lanes) * lanes / cin, 1.0)
+    return d.tensor_ops * factor
 
 
 def costs(d: Demands, profile: dict, batch: int = 1) -> Costs:
@@ -222,12 +260,18 @@ def costs(d: Demands, profile: dict, batch: int = 1) -> Costs:
     r = rates(profile)
     table, ddr = r["table"], r["ddr"]
     ovh = profile["overheads"]
-    tensor_s = batch * d.tensor_ops / table[0, d.precision]
+    tensor_rate = np.where(d.wide_weights > 0, r["tensor_a16w16"], table[0, d.precision])
+    tensor_s = batch * tensor_ops(d, profile) / tensor_rate
     vector_s = batch * d.vector_ops / table[1, d.precision]
     move_s = batch * d.move_bytes / table[2, 0]
     cpu_s = batch * d.cpu_ops / table[3, 0]
     compute_s = np.maximum(np.maximum(tensor_s, vector_s), np.maximum(move_s, cpu_s))
-    spill_s = batch * d.spill_bytes / ddr
+    npu = d.unit != UNIT_CODES["cpu"]
+    buffer = profile["memory"]["onchip_bytes"] * profile["memory"].get("onchip_share", 1.0)
+    # the share of an op's working set the buffer cannot hold streams through DDR (in and out)
+    spilled = np.where(npu, d.act_bytes * np.clip(1.0 - buffer / np.maximum(d.working_bytes, 1.0), 0.0, 1.0), 0.0)
+    spill_bytes = d.spill_bytes + spilled
+    spill_s = batch * spill_bytes / ddr
     weight_s = d.weight_bytes / ddr
     own_s = np.maximum(compute_s, spill_s) + batch * d.reorder_bytes / table[2, 0]
     cpu = d.unit == UNIT_CODES["cpu"]
@@ -238,4 +282,4 @@ def costs(d: Demands, profile: dict, batch: int = 1) -> Costs:
     part_overhead_s = np.array([ovh["subgraph_s"] if p["device"] == "npu" else 0.0 for p in d.parts])
     input_s, output_s = batch * d.input_bytes / ddr, batch * d.output_bytes / ddr
     total_s = float(busy_s.sum() + overhead_s.sum() + part_overhead_s.sum() + input_s + output_s)
-    return Costs(busy_s, compute_s, spill_s + weight_s, stall_s, overhead_s, part_overhead_s, input_s, output_s, total_s)
+    return Costs(busy_s, compute_s, spill_s + weight_s, stall_s, overhead_s, part_overhead_s, spill_bytes, input_s, output_s, total_s)

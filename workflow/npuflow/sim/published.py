@@ -4,8 +4,8 @@ A row names a target, a model (`timm_name`: a timm name, or `<source>:<reference
 sources in NAME_SCHEMES: `hf:<repo>`, `torchvision:<builder>`, `ultralytics:<name>`, built at the
 row's `input_hw`), an input size, a batch,
 a metric (latency_ms or fps), the value, optionally the deployment's precision recipe where it
-left the vendor default (`precision`: `Softmax=int16;LayerNormalization=int16`, empty: the
-target's default), and its source. A row that cannot be used keeps its place with the reason
+left the vendor default (`precision`: `Softmax=int16;LayerNormalization=int16`, or a whole-model
+16-bit deployment `default=int16;weights=int8`; empty: the target's default), and its source. A row that cannot be used keeps its place with the reason
 (`error`): reports show it as a failure, never drop it."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Row:
     metric: str
     value: float
     source: str
-    precision: str = ""  # `OpType=dtype;…` as in the CSV; empty: the target's default recipe
+    precision: str = ""  # `default=int16;weights=int8;OpType=dtype;…` as in the CSV; empty: the target's default recipe
     line: int = 0
     error: str = ""  # why the row cannot be predicted (then the fields it could not parse are zero)
 
@@ -54,16 +54,11 @@ class Row:
 
 
 def parse_precision(text: str) -> dict:
-    """`Softmax=int16;LayerNormalization=int16` → {"op_types": {...}}; raises ValueError."""
-    from ..precision import DTYPES
+    """The row's `precision` in the recipe grammar (`default=int16;weights=int8;Softmax=float`,
+    npuflow.precision.parse_recipe_text); raises ValueError naming the word at fault."""
+    from ..precision import parse_recipe_text
 
-    op_types = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        op_type, sep, dtype = (s.strip() for s in part.partition("="))
-        if not sep or not op_type or dtype not in DTYPES:
-            raise ValueError(f"precision {part!r}: expected OpType=dtype with dtype one of {', '.join(DTYPES)}")
-        op_types[op_type] = dtype
-    return {"op_types": op_types}
+    return parse_recipe_text(text)
 
 
 def read_published(path: str | Path) -> list[Row]:
@@ -150,3 +145,8 @@ def model_family(name: str, hw: tuple[int, int], cache_dir: str | Path) -> str:
     """The model's architecture family (its source's `family`: see NAME_SCHEMES)."""
     model_onnx(name, hw, cache_dir)
     return json.loads((Path(cache_dir) / f"{_cache_stem(name, hw)}.json").read_text())["family"]
+
+
+def model_task(name: str, hw: tuple[int, int]) -> str:
+    """The npuflow task the row's model name implies (classification, detection, …)."""
+    return _source_and_spec(name, hw)[1]["task"]

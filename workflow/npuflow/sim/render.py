@@ -8,16 +8,29 @@ from .analysis import Simulation
 LANES = {"tensor": 1, "vector": 2, "dma": 3, "cpu": 4, "overhead": 5}
 
 
+def _range(interval: dict | None, unit: str, digits: int) -> str:
+    return f"   [{interval['low']:.{digits}f} – {interval['high']:.{digits}f} {unit}]" if interval else ""
+
+
+def _interval_note(report: dict) -> str:
+    found = report.get("latency_ms_interval")
+    if not found:
+        return "no prediction interval: no cross-validated fit (run `npuflow sim-fit`)"
+    return f"[…]: nominal {found['nominal']:.0%} interval from cross-validated residuals ({found['basis']}); precision {report.get('bits', '')}"
+
+
 def readable_summary(report: dict) -> str:
     lines = [
         f"npuflow simulated build — {report['model']} on {report['target']} ({report['chip']}, {report['mode']})",
         "SIMULATION: figures come from npuflow's analytical model of the chip, not from a device"
-        + ("" if report["profile_fitted"] else f" ({report['profile_basis']})")
+        + f" (profile {report['profile_basis']})"
         + ".",
         "",
-        f"latency (batch 1)      {report['latency_ms']:10.3f} ms",
+        f"latency (batch 1)      {report['latency_ms']:10.3f} ms" + _range(report.get("latency_ms_interval"), "ms", 3),
         f"throughput (batch {report['batch']})   {report['fps']:10.1f} FPS"
-        + (f" ({report['cores']} cores)" if report["cores"] > 1 else ""),
+        + (f" ({report['cores']} cores)" if report["cores"] > 1 else "")
+        + _range(report.get("fps_interval"), "FPS", 1),
+        "  " + _interval_note(report),
         f"NPU subgraphs          {report['subgraphs']:10d}   CPU ops: {report['cpu_ops']}",
         f"DDR traffic per frame  {report['ddr_bytes_per_frame'] / 1e6:10.2f} MB",
         f"MACs                   {report['macs'] / 1e6:10.1f} M    tensor-unit utilisation: {100 * report['tensor_utilisation']:.1f} %",

@@ -9,11 +9,12 @@ held-out rows are predicted with that fit — the measure of how the simulator d
 was never fitted to. A row that cannot be predicted is a failure with its reason, never dropped.
 
 sim-fit fits each target's declared parameters to the CSV's rows and stores the fit, with its
-residuals and the CSV's sha256, in the built-in profile."""
+residuals and the CSV's sha256, in targets/fits/<target>.yaml (never in the authored profile)."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 
@@ -22,9 +23,23 @@ import numpy as np
 from ..io import atomic_path, write_json
 from ..progress import log, progress, timed
 from .fit import fit_profiles, fitted_profile, predict
-from .published import METRICS, Row, SimFitError, model_family, model_onnx, read_published
+from .published import METRICS, Row, SimFitError, model_family, model_onnx, model_task, read_published
 
-CV_MODES = ("family", "row")
+# How cross-validation holds rows out: a model family at once (every task and size of it); a
+# family's task at one resolution (all 640-px detection rows of YOLOv8 at once); a task at one
+# resolution across families (all 640-px detection rows at once: the widest extrapolation); a row.
+CV_MODES = ("family", "group", "task", "row")
+
+
+def task_group(row: Row, task: str) -> str:
+    """`detect@640`, `classify@224`, …: the row's task (an Ultralytics segmenter or pose model is
+    its own task, though npuflow runs it as detection) at its input's larger side."""
+    ref = row.name.rpartition(":")[2]
+    kind = next((k for k in ("seg", "pose", "cls") if ref.endswith("-" + k)), None)
+    name = {"seg": "segment", "pose": "pose", "cls": "classify"}.get(kind) or {"detection": "detect", "classification": "classify"}.get(
+        task, task
+    )
+    return f"{name}@{max(row.hw)}"
 
 
 class Prepared:
@@ -42,6 +57,7 @@ class Prepared:
         self.analyses: dict[int, object] = {}
         self.errors: dict[int, str] = {}
         self.families: dict[int, str] = {}
+        self.groups: dict[int, str] = {}  # task_group of each row
         graphs: dict = {}
         for i, row in enumerate(progress(rows, desc, unit="row")):
             if row.error:
@@ -55,6 +71,7 @@ class Prepared:
                     model = onnx.load(str(model_onnx(row.name, row.hw, cache_dir)))
                     graphs[key] = (model, Graph(model), model_family(row.name, row.hw, cache_dir))
                 model, graph, self.families[i] = graphs[key]
+                self.groups[i] = task_group(row, model_task(row.name, row.hw))
                 if i in self.errors:
                     continue
                 profile = targets.get(row.target)
@@ -104,27 +121,35 @@ def figures(rs: list[dict]) -> dict:
 def summarise(results: list[dict]) -> dict:
     summary = figures(results)
     summary["per_target"] = {t: figures([r for r in results if r["target"] == t]) for t in sorted({r["target"] for r in results})}
-    summary["per_family"] = {}
-    for fam in sorted({r.get("family") or "(not built)" for r in results}):
-        rs = [r for r in results if (r.get("family") or "(not built)") == fam]
-        errs = [r["error_pct"] for r in rs if r.get("predicted") is not None]
-        summary["per_family"][fam] = {
-            "rows": len(rs),
-            "failures": len(rs) - len(errs),
-            "mape_pct": float(np.mean(np.abs(errs))) if errs else None,
-            "worst_error_pct": max(errs, key=abs) if errs else None,
-        }
+    for field, key in (("per_family", "family"), ("per_task", "task")):
+        summary[field] = {}
+        for name in sorted({r.get(key) or "(not built)" for r in results}):
+            rs = [r for r in results if (r.get(key) or "(not built)") == name]
+            errs = [r["error_pct"] for r in rs if r.get("predicted") is not None]
+            summary[field][name] = {
+                "rows": len(rs),
+                "failures": len(rs) - len(errs),
+                "mape_pct": float(np.mean(np.abs(errs))) if errs else None,
+                "worst_error_pct": max(errs, key=abs) if errs else None,
+            }
     return summary
 
 
-def _folds(prep: Prepared, mode: str) -> list[list[int]]:
-    usable = prep.usable(range(len(prep.rows)))
+def fold_key(prep: Prepared, i: int, mode: str) -> str:
     if mode == "row":
-        return [[i] for i in usable]
-    by_family: dict[str, list[int]] = {}
-    for i in usable:
-        by_family.setdefault(prep.families[i], []).append(i)
-    return list(by_family.values())
+        return str(i)
+    if mode == "family":
+        return prep.families[i]
+    if mode == "task":
+        return prep.groups[i]
+    return f"{prep.families[i]}/{prep.groups[i]}"
+
+
+def _folds(prep: Prepared, mode: str) -> list[list[int]]:
+    folds: dict[str, list[int]] = {}
+    for i in prep.usable(range(len(prep.rows))):
+        folds.setdefault(fold_key(prep, i, mode), []).append(i)
+    return list(folds.values())
 
 
 def _fit_on(prep: Prepared, train: list[int], unfitted, stored: dict, refit: set[str]) -> dict[str, dict]:
@@ -146,7 +171,8 @@ def cross_validated(prep: Prepared, mode: str, user_profiles: dict | None = None
     unfitted = load_targets(user_profiles, apply_fit=False)
     fitted = load_targets(user_profiles)
     stored = {t: fitted.get(t).get("fit") for t in fitted.names()}
-    refit = {prep.rows[i].target for i in prep.usable(range(len(prep.rows))) if stored.get(prep.rows[i].target)}
+    # every target with rows and parameters to fit is refitted, whether or not a fit is stored
+    refit = {prep.rows[i].target for i in prep.usable(range(len(prep.rows))) if unfitted.get(prep.rows[i].target).get("fit_parameters")}
     folds = _folds(prep, mode)
     all_rows = [i for fold in folds for i in fold]
     start = time.perf_counter()
@@ -187,6 +213,7 @@ def validate(
             "model": row.model,
             "timm_name": row.name,
             "family": prep.families.get(i, ""),
+            "task": prep.groups.get(i, ""),
             "input_hw": f"{row.hw[0]}x{row.hw[1]}",
             "batch": row.batch,
             "metric": row.metric,
@@ -215,12 +242,12 @@ def validate(
 
 
 def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | None = None) -> dict:
-    """Fit every target of the CSV (built-in profiles) and write each fit into its profile."""
+    """Fit every target of the CSV (built-in profiles) and write each fit to `profile_dir`
+    (default: the built-in targets/fits/), one `<target>.yaml` each, beside the authored profiles."""
     import yaml
 
-    from ..targets import PROFILE_DIR, load_targets
+    from ..targets import FIT_DIR, load_targets
 
-    profile_dir = Path(profile_dir or PROFILE_DIR)
     targets = load_targets(apply_fit=False)  # start from the spec values, not an earlier fit
     rows = read_published(csv_path)
     bad = [f"{r.model or r.line}: {r.error or targets.unknown_message(r.target)}" for r in rows if r.error or r.target not in targets]
@@ -233,17 +260,46 @@ def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | N
     with timed(f"sim-fit: least squares over {len(rows)} rows"):
         fits = _fit_on(prep, list(range(len(rows))), targets, {}, {r.target for r in rows})
     out = {}
+    fit_dir = Path(profile_dir) if profile_dir else FIT_DIR
+    fit_dir.mkdir(parents=True, exist_ok=True)
     for target, result in fits.items():
         if "residuals" not in result:  # a transfer to a target without measurements: applied at load
             continue
         result["data"] = {"csv": Path(csv_path).name, "sha256": digest, "rows": len(result["residuals"])}
-        path = profile_dir / f"{target}.yaml"
-        text = (path if path.exists() else PROFILE_DIR / f"{target}.yaml").read_text()
-        marker = "\n# --- fitted by `npuflow sim-fit`"
-        text = text.split(marker)[0].rstrip("\n") + "\n"
-        text += marker + " (do not edit by hand; re-run the fit) ---\n" + yaml.safe_dump({"fit": result}, sort_keys=False, width=120)
-        with atomic_path(path) as tmp:
+        text = (
+            f"# {target}: fitted by `npuflow sim-fit` to {len(result['residuals'])} published rows (do not edit by hand; re-run the fit)\n"
+        )
+        text += yaml.safe_dump({"fit": result}, sort_keys=False, width=120)
+        with atomic_path(fit_dir / f"{target}.yaml") as tmp:
             tmp.write_text(text)
         log(f"sim-fit {target}: rms log error {result['rms_log_error']}, parameters {result['parameters']}")
         out[target] = result
+    with timed("sim-fit: prediction intervals from the cross-validation by group"):
+        table = intervals(prep, targets)
+    text = "# Prediction intervals from `npuflow sim-fit`'s cross-validation by group (npuflow.sim.uncertainty)\n"
+    with atomic_path(fit_dir / INTERVALS_FILE) as tmp:
+        tmp.write_text(text + yaml.safe_dump({"intervals": table}, sort_keys=False, width=120))
+    log(f"sim-fit: {table['nominal']:.0%} intervals cover {table['coverage']:.0%} of held-out rows ({table['rows']} rows)")
     return out
+
+
+INTERVALS_FILE = "intervals.yaml"  # beside the fits; not a target (npuflow.targets reads fits by target name)
+
+
+def row_class(prep: Prepared, i: int, targets) -> str:
+    from .uncertainty import comparable_class
+
+    row = prep.rows[i]
+    return comparable_class(targets.get(row.target).get("family", ""), prep.groups[i].split("@")[0], max(row.hw))
+
+
+def intervals(prep: Prepared, targets, mode: str = "group") -> dict:
+    """The interval table (npuflow.sim.uncertainty) from the cross-validated residuals, with its
+    coverage measured on held-out rows and the data it rests on."""
+    from .uncertainty import calibrated
+
+    preds, _ = cross_validated(prep, mode)
+    residuals = [(fold_key(prep, i, mode), row_class(prep, i, targets), math.log(p / prep.rows[i].value)) for i, p in preds.items()]
+    table = calibrated(residuals)
+    table.update(cv_mode=mode, rows=len(residuals))
+    return table

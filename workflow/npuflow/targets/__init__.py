@@ -15,6 +15,9 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent
+# Fitted parameters live apart from the authored profiles: `npuflow sim-fit` writes
+# fits/<target>.yaml and never rewrites a hand-written file.
+FIT_DIR = PROFILE_DIR / "fits"
 # libyaml's parser where PyYAML has it: the same documents, several times faster to read.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -32,10 +35,18 @@ def _parsed_profiles(files: tuple[tuple[str, int, int], ...]) -> dict[str, tuple
 
 
 def _builtin_profiles() -> dict[str, tuple[dict, str]]:
-    """The built-in profiles' YAML, parsed once per version of the files (the config check and the
-    plan each load the targets, and parsing was most of the time that takes; `sim-fit` rewrites them)."""
-    files = sorted(PROFILE_DIR.glob("*.yaml"))
-    return copy.deepcopy(_parsed_profiles(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+    """The built-in profiles' YAML with their fits (fits/<target>.yaml: `fit`), parsed once per
+    version of the files (the config check and the plan each load the targets, and parsing was
+    most of the time that takes; `sim-fit` rewrites the fits)."""
+
+    def stamped(folder: Path) -> tuple:
+        return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.glob("*.yaml")))
+
+    profiles = copy.deepcopy(_parsed_profiles(stamped(PROFILE_DIR)))
+    for name, (fitted, _) in _parsed_profiles(stamped(FIT_DIR)).items():
+        if name in profiles and isinstance(fitted, dict) and "fit" in fitted:
+            profiles[name][0]["fit"] = copy.deepcopy(fitted["fit"])
+    return profiles
 
 
 def _raw_profiles(user_profiles: dict) -> dict[str, tuple[dict, str]]:
@@ -106,14 +117,23 @@ def _check(prof: dict, where: str) -> None:
 def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> Registry[dict]:
     """All target profiles, resolved and checked, by name (names starting with _ are bases).
     A profile's `fit.parameters` (from `npuflow sim-fit`) replace the values at their paths; a
-    profile without a fit that names `transfer_from: <target>` takes that target's fitted values
-    for the parameters it declares (recorded under `transferred`)."""
+    profile without a fit that names `transfer_from: <target>`, or whose `base:` is a fitted
+    target, takes that target's fitted values for the parameters it declares (recorded under
+    `transferred`)."""
     from ..sim.fit import transferred
 
     raw = _raw_profiles(user_profiles or {})
     resolved = {name: _resolve(name, raw) for name in raw if not name.startswith("_")}
     targets: Registry[dict] = Registry("target")
     for name, prof in resolved.items():
+        own, own_base = raw[name][0], raw[name][0].get("base")
+        derived = not prof.get("fit") and own_base in resolved and get_path(resolved[own_base], "fit.parameters")
+        if derived:
+            # a profile derived from a fitted target (`base: rdk-x5` with a change) keeps that
+            # fit's parameters on its own figures (a variant is comparable with its base), but
+            # a value it sets itself stays its own
+            prof["transfer_from"] = own_base
+            prof.pop("fit_only", None)
         source = prof.get("transfer_from")
         if source is not None and source not in resolved:
             from ..config import ConfigError
@@ -123,6 +143,8 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
             values = dict(get_path(prof, "fit.parameters", {}))
             if source is not None and get_path(resolved[source], "fit.parameters"):
                 moved = transferred(prof, resolved[source]["fit"]["parameters"])
+                if derived:
+                    moved = {path: v for path, v in moved.items() if get_path(own, path) is None}
                 prof["transferred"] = {"from": source, "parameters": moved}
                 values = {**moved, **values}  # its own fit, if any, on top
             for path, value in values.items():
