@@ -197,7 +197,7 @@ MY_NPU = "target_profiles.my-npu"
     [
         (  # the case: accepted before, and its builds used the base's numbers
             {"units": {"tensor": {"peak_op_per_s": {"int8": 8.0e12}}}},
-            f"{MY_NPU}.units.tensor.peak_op_per_s: unknown key (expected one of ops, peak_ops_per_s, efficiency, w8a16_share, tile)",
+            f"{MY_NPU}.units.tensor.peak_op_per_s: unknown key (expected one of ops, peak_ops_per_s, efficiency, cout_lanes, w8a16_share, tile)",
         ),
         ({"memry": {"onchip_bytes": 1}}, f"{MY_NPU}.memry: unknown key (expected one of base, chip, mode,"),
         (
@@ -359,7 +359,7 @@ def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, ca
     assert main([*args, "--profile", json.dumps(profile)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "npuflow build: error: --profile.units.tensor.peak_op_per_s: unknown key (expected one of ops, peak_ops_per_s, efficiency, w8a16_share, tile); "
+        "npuflow build: error: --profile.units.tensor.peak_op_per_s: unknown key (expected one of ops, peak_ops_per_s, efficiency, cout_lanes, w8a16_share, tile); "
         "--profile.units.tensor.peak_ops_per_s: missing (Peak operations per second by precision: {int8: …, int16: …, float: …}; "
         "int8 is required.)"
     ]

@@ -290,7 +290,7 @@ TINY_MODEL_TEXT = """  efficientvit_m0:
         (  # issue 15's case: a misspelt key, accepted before, left its builds on the base's numbers
             lambda t: t + "target_profiles:\n  my-npu: {base: ax650n-npu3, units: {tensor: {peak_op_per_s: {int8: 8.0e+12}}}}\n",
             "target_profiles.my-npu.units.tensor.peak_op_per_s",
-            "unknown key (expected one of ops, peak_ops_per_s, efficiency, w8a16_share, tile)",
+            "unknown key (expected one of ops, peak_ops_per_s, efficiency, cout_lanes, w8a16_share, tile)",
         ),
         (  # YAML 1.1 reads 25.6e9 (no dot) as text: the profile's DDR rate would not be a number
             lambda t: t + "target_profiles:\n  my-npu: {base: ax650n-npu3, memory: {ddr_bytes_per_s: 25.6e9}}\n",

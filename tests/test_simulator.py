@@ -3,7 +3,6 @@ mechanisms each profile family models, the build's files and its trace."""
 
 import copy
 import itertools
-import math
 
 import numpy as np
 import onnx
@@ -87,18 +86,21 @@ def test_a_depthwise_conv_keeps_one_input_lane_per_output_channel_busy(target):
     """A depthwise conv fills 1 of the profile's cin_grouped input lanes (a fitted number: 32 on
     AXERA's NPU, 64 on the BPUs before a fit), so the same MACs cost that many times the work of a
     dense conv's; a grouped conv with 16 channels per group fills 16 of them."""
-    from npuflow.sim.cost import tensor_ops
+    from npuflow.sim.cost import cout_lanes, tensor_ops
 
     profile = TARGETS.get(target)
     lanes = profile["units"]["tensor"]["tile"]["cin_grouped"]
+    thin = max(1, cout_lanes(profile) / 64)  # 64 output channels on the fitted output lanes
     dw = analyse(conv_model(cin=64, cout=64, group=64), profile).demands
-    assert dw.macs[0] == 64 * 56 * 56 * 9 and tensor_ops(dw, profile)[0] / dw.tensor_useful[0] == pytest.approx(lanes * 64 / 56)
+    assert dw.macs[0] == 64 * 56 * 56 * 9 and tensor_ops(dw, profile)[0] / dw.tensor_useful[0] == pytest.approx(thin * lanes * 64 / 56)
     wider = copy.deepcopy(profile)
     wider["units"]["tensor"]["tile"]["cin_grouped"] = 2 * lanes  # twice the idle lanes: twice the work
     assert tensor_ops(dw, wider)[0] == pytest.approx(2 * tensor_ops(dw, profile)[0])
     grouped = analyse(conv_model(cin=64, cout=64, group=4), profile).demands  # 16 input channels a group
-    expected = max(16, math.ceil(16 / lanes) * lanes) / 16
-    assert tensor_ops(grouped, profile)[0] / grouped.tensor_useful[0] == pytest.approx(expected * 64 / 56)
+    assert tensor_ops(grouped, profile)[0] / grouped.tensor_useful[0] == pytest.approx(thin * max(1, lanes / 16) * 64 / 56)
+    # a thin layer: 8 output channels on the output lanes leave the rest idle
+    thin8 = analyse(conv_model(cin=64, cout=8), profile).demands
+    assert tensor_ops(thin8, profile)[0] / thin8.tensor_ops[0] == pytest.approx(max(1, cout_lanes(profile) / 8))
 
 
 def test_lookup_table_activations_occupy_the_bpu_vector_unit_but_not_axeras():

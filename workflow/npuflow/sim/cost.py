@@ -44,6 +44,7 @@ class Demands:
     macs: np.ndarray
     tensor_ops: np.ndarray  # tensor-unit operations after alignment padding (2 per MAC), a grouped conv's input lanes unpadded
     grouped_cin: np.ndarray  # a grouped conv's input channels per group (0: not grouped): padded to its lanes in costs
+    cout: np.ndarray  # a tensor op's output channels (0: padded already): padded to the output lanes in costs
     tensor_useful: np.ndarray
     vector_ops: np.ndarray  # vector-unit operations after lane padding (incl. activations a tensor op pipes through it)
     vector_useful: np.ndarray
@@ -61,10 +62,11 @@ class Demands:
     output_bytes: int  # its outputs, per frame
 
 
-def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int]:
-    """(MACs, MACs after padding to the tensor unit's tile, e.g. 2H16W8C, and the input channels
-    per group of a grouped conv, else 0) of a conv or matmul. A grouped conv's input channels are
-    left unpadded here: the lanes it occupies (`cin_grouped`) are a fitted rate, applied in `costs`."""
+def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int, int]:
+    """(MACs, MACs after padding to the tensor unit's tile, e.g. 2H16W8C, the input channels per
+    group of a grouped conv, else 0, and the output channels) of a conv or matmul. A grouped conv's
+    input channels and every op's output channels are left unpadded here: the lanes they occupy
+    (`tile.cin_grouped`, `cout_lanes`) are fitted rates, applied in `costs`."""
     graph, node = mapping.graph, op.node
     th, tw = tile.get("h", 1), tile.get("w", 1)
     tci, tco = tile.get("cin", tile.get("c", 1)), tile.get("cout", tile.get("c", 1))  # input / output channel lanes
@@ -72,7 +74,7 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int]:
     out = graph.tensors[node.outputs[0]].shape if node.outputs[0] in graph.tensors else []
     conv = node.op_type in ("Conv", "ConvTranspose")
     if len(operands) < 2 or len(out) < (3 if conv else 1) or min(map(len, operands)) < (2 if conv or node.op_type == "Gemm" else 1):
-        return 0, 0, 0  # shapes unknown (after an op shape inference can't see into): in unknown_dims
+        return 0, 0, 0, 0  # shapes unknown (after an op shape inference can't see into): in unknown_dims
     if conv:
         w = operands[1]
         kernel = math.prod(w[2:]) if len(w) > 2 else 1
@@ -80,7 +82,7 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int]:
             x = operands[0]
             spatial = x[2:] + [1] * (2 - len(x[2:]))
             macs = x[0] * x[1] * spatial[0] * spatial[1] * w[1] * kernel
-            return macs, x[0] * pad(x[1], tci) * pad(spatial[0], th) * pad(spatial[1], tw) * pad(w[1], tco) * kernel, 0
+            return macs, x[0] * pad(x[1], tci) * pad(spatial[0], th) * pad(spatial[1], tw) * pad(w[1], tco) * kernel, 0, 0
         n, co = out[0], out[1]
         spatial = out[2:] + [1] * (2 - len(out[2:]))
         cin_g = w[1]
@@ -89,7 +91,7 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int]:
         # lanes it occupies: costs applies them)
         grouped = node.attrs.get("group", 1) > 1
         cin = cin_g if grouped else pad(cin_g, tci)
-        return macs, n * pad(co, tco) * pad(spatial[0], th) * pad(spatial[1], tw) * cin * kernel, cin_g if grouped else 0
+        return macs, n * co * pad(spatial[0], th) * pad(spatial[1], tw) * cin * kernel, cin_g if grouped else 0, co
     a, b = operands
     if node.op_type == "Gemm":
         m = a[1] if node.attrs.get("transA", 0) else a[0]
@@ -101,7 +103,7 @@ def _tensor_work(mapping: Mapping, op: Op, tile: dict) -> tuple[int, int, int]:
         m, k, n = a2[-2], a2[-1], b2[-1]
         batch = math.prod(out[:-2]) if len(out) > 2 else 1
     # rows lie along the spatial tile, the depth along the input lanes, columns along the output lanes
-    return batch * m * k * n, batch * pad(m, tw) * pad(k, tci) * pad(n, tco), 0
+    return batch * m * k * n, batch * pad(m, tw) * pad(k, tci) * n, 0, n
 
 
 def _elements(shape: list[int], lanes: int) -> tuple[int, int]:
@@ -157,7 +159,7 @@ def demands(mapping: Mapping, profile: dict, weights: str = "int8") -> Demands:
                 and producer_unit.get(t, op.unit) != op.unit
             )
         if op.unit == "tensor":
-            macs, padded, cols["grouped_cin"][i] = _tensor_work(mapping, op, ttile)
+            macs, padded, cols["grouped_cin"][i], cols["cout"][i] = _tensor_work(mapping, op, ttile)
             cols["macs"][i], cols["tensor_useful"][i], cols["tensor_ops"][i] = macs, 2.0 * macs, 2.0 * padded
             piped = [a for a in op.fused if a in lut]  # activations the vector unit evaluates on the output
             if piped:
@@ -244,14 +246,27 @@ def grouped_lanes(profile: dict) -> float:
     return float(tile.get("cin_grouped", tile.get("cin", tile.get("c", 1))))
 
 
+def cout_lanes(profile: dict) -> float:
+    """The output channels the tensor unit computes at once (fitted; the tile's before a fit)."""
+    unit = profile["units"]["tensor"]
+    tile = unit.get("tile", {})
+    return float(unit.get("cout_lanes", tile.get("cout", tile.get("c", 1))))
+
+
+def _padded(channels: np.ndarray, lanes: float) -> np.ndarray:
+    """The work factor of `channels` on `lanes` lanes (1 where channels is 0): lanes / channels
+    for fewer channels than lanes, else 1. The ragged last block of a wide layer is left out: a
+    step in the fitted lane count would make the fit's landscape flat with local minima."""
+    return np.where(channels > 0, np.maximum(1.0, lanes / np.maximum(channels, 1.0)), 1.0)
+
+
 def tensor_ops(d: Demands, profile: dict) -> np.ndarray:
-    """Tensor-unit operations with a grouped conv's input channels padded to the lanes it keeps
-    busy: one input lane per output channel of `cin_grouped` (32 on AXERA's NPU, 64 on the BPUs
-    before a fit) — why depthwise convs cost so much."""
-    lanes = grouped_lanes(profile)
-    cin = np.maximum(d.grouped_cin, 1.0)
-    factor = np.where(d.grouped_cin > 0, np.ceil(cin / lanes) * lanes / cin, 1.0)
-    return d.tensor_ops * factor
+    """Tensor-unit operations with the output channels padded to the unit's output lanes (a
+    16-channel layer on a 64-lane array wastes three quarters of it: why a thin, high-resolution
+    network such as YOLOv8n runs far below the chip's peak) and a grouped conv's input channels
+    to the lanes it keeps busy: one input lane per output channel of `cin_grouped` (32 on
+    AXERA's NPU, 64 on the BPUs before a fit) — why depthwise convs cost so much."""
+    return d.tensor_ops * _padded(d.grouped_cin, grouped_lanes(profile)) * _padded(d.cout, cout_lanes(profile))
 
 
 def costs(d: Demands, profile: dict, batch: int = 1) -> Costs:

@@ -24,6 +24,7 @@ RATE_PATHS = (
     "units.tensor.efficiency",
     "units.tensor.w8a16_share",
     "units.tensor.tile.cin_grouped",
+    "units.tensor.cout_lanes",
     "units.vector.efficiency",
     "units.dma.efficiency",
     "memory.efficiency",
@@ -101,7 +102,7 @@ def fit_group(profiles: list[dict], rows_per: list[list], analyses_per: list[lis
             bounds=(ranges[0], ranges[1]),
             x_scale=1.0,
             diff_step=1e-3,
-            max_nfev=200,
+            max_nfev=500,
             loss=LOSS if total_rows >= ROBUST_MIN_ROWS else "linear",
             f_scale=LOSS_SCALE,
         )
