@@ -314,3 +314,31 @@ def test_sim_validate_builds_torchvision_and_ultralytics_names_at_the_rows_input
     yolo = onnx.load(str(tmp_path / "cache" / "ultralytics_yolo11n-32x32.onnx"))
     assert [o.name for o in yolo.graph.output] == ["box_s8", "cls_s8", "box_s16", "cls_s16", "box_s32", "cls_s32"]
     assert [d.dim_value for d in yolo.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+
+
+def test_sim_fit_makes_a_few_shot_profile_of_a_users_chip_from_three_rows(tiny_csv, tmp_path):
+    """A chip of the user's own, derived from a few-shot profile (its datasheet figures changed),
+    fitted to three of their measurements: only its fit_only parameters move, the rest are the
+    family's fitted values; the fit is written where asked, nothing built-in is rewritten, and
+    three rows are too few to measure intervals."""
+    import yaml
+
+    from npuflow.sim.validate import fit
+    from npuflow.targets import FIT_DIR
+
+    _, cache = tiny_csv
+    user = {"my-chip": {"base": "ax630c", "chip": "my board", "units": {"tensor": {"peak_ops_per_s": {"int8": 5.0e12}}}}}
+    csv = tmp_path / "mine.csv"
+    csv.write_text(
+        PUBLISHED + "".join(f"my-chip,tiny{i},tiny{i},64x64,1,latency_ms,{0.02 * (i + 1):.3f},,my own board\n" for i in range(3))
+    )
+    before = {p.name: p.stat().st_mtime_ns for p in FIT_DIR.iterdir()}
+    out = fit(csv, cache, tmp_path / "fits", user)
+    written = yaml.safe_load((tmp_path / "fits" / "my-chip.yaml").read_text())["fit"]
+    assert set(out) == {"my-chip"} and written["data"]["rows"] == 3 and len(written["residuals"]) == 3
+    base = load_targets().get("ax630c")
+    for path, value in written["parameters"].items():
+        if path not in base["fit_only"]:
+            assert value == get_path(base, path), path  # the family's fitted value, not refitted
+    assert not (tmp_path / "fits" / "intervals.yaml").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in FIT_DIR.iterdir()} == before

@@ -585,11 +585,12 @@ class SimFit(Command):
         p.add_argument("csv", type=input_file, help="published measurements (the columns of data/published/npu_latency_calibration.csv)")
         p.add_argument("--cache-dir", default="results/sim-cache", help="exported models, reused between runs")
         p.add_argument("--profile-dir", help="where the fits are written, one <target>.yaml each (default: the built-in targets/fits/)")
+        p.add_argument("--config", default="config.yaml", help="for user target_profiles (if the file exists): a few-shot chip of your own")
 
     def run(self, args):
         from .sim.validate import fit
 
         return {
             t: {"parameters": r["parameters"], "rms_log_error": r["rms_log_error"]}
-            for t, r in fit(args.csv, args.cache_dir, args.profile_dir).items()
+            for t, r in fit(args.csv, args.cache_dir, args.profile_dir, user_profiles(args.config)).items()
         }

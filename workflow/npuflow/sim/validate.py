@@ -241,14 +241,18 @@ def validate(
     return report
 
 
-def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | None = None) -> dict:
-    """Fit every target of the CSV (built-in profiles) and write each fit to `profile_dir`
-    (default: the built-in targets/fits/), one `<target>.yaml` each, beside the authored profiles."""
+def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | None = None, user_profiles: dict | None = None) -> dict:
+    """Fit every target of the CSV (built-in profiles, and the user's `target_profiles`) and write
+    each fit to `profile_dir` (default: the built-in targets/fits/), one `<target>.yaml` each,
+    beside the authored profiles. Targets the CSV has no rows of keep their stored fits, so a
+    few-shot profile (`transfer_from`, `fit_only`) fitted to a user's own three rows starts from
+    its family's fitted architecture."""
     import yaml
 
     from ..targets import FIT_DIR, load_targets
 
-    targets = load_targets(apply_fit=False)  # start from the spec values, not an earlier fit
+    targets = load_targets(user_profiles, apply_fit=False)  # start from the spec values, not an earlier fit
+    fitted = load_targets(user_profiles)
     rows = read_published(csv_path)
     bad = [f"{r.model or r.line}: {r.error or targets.unknown_message(r.target)}" for r in rows if r.error or r.target not in targets]
     if bad:
@@ -258,12 +262,13 @@ def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | N
     if prep.errors:
         raise SimFitError(f"{csv_path}: cannot build " + "; ".join(f"{rows[i].model}: {e}" for i, e in prep.errors.items()))
     with timed(f"sim-fit: least squares over {len(rows)} rows"):
-        fits = _fit_on(prep, list(range(len(rows))), targets, {}, {r.target for r in rows})
+        stored = {t: fitted.get(t).get("fit") for t in fitted.names()}
+        fits = _fit_on(prep, list(range(len(rows))), targets, stored, {r.target for r in rows})
     out = {}
     fit_dir = Path(profile_dir) if profile_dir else FIT_DIR
     fit_dir.mkdir(parents=True, exist_ok=True)
     for target, result in fits.items():
-        if "residuals" not in result:  # a transfer to a target without measurements: applied at load
+        if "residuals" not in result or target not in {r.target for r in rows}:  # a transfer, or a stored fit kept
             continue
         result["data"] = {"csv": Path(csv_path).name, "sha256": digest, "rows": len(result["residuals"])}
         text = (
@@ -274,6 +279,9 @@ def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | N
             tmp.write_text(text)
         log(f"sim-fit {target}: rms log error {result['rms_log_error']}, parameters {result['parameters']}")
         out[target] = result
+    if len(rows) < MIN_INTERVAL_ROWS:
+        log(f"sim-fit: {len(rows)} rows, too few to measure prediction intervals (at least {MIN_INTERVAL_ROWS}): kept as they were")
+        return out
     with timed("sim-fit: prediction intervals from the cross-validation by group"):
         table = intervals(prep, targets)
     text = "# Prediction intervals from `npuflow sim-fit`'s cross-validation by group (npuflow.sim.uncertainty)\n"
@@ -283,6 +291,7 @@ def fit(csv_path: str | Path, cache_dir: str | Path, profile_dir: str | Path | N
     return out
 
 
+MIN_INTERVAL_ROWS = 20  # fewer held-out rows than this say little about an interval's coverage
 INTERVALS_FILE = "intervals.yaml"  # beside the fits; not a target (npuflow.targets reads fits by target name)
 
 

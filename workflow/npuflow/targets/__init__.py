@@ -133,7 +133,6 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
             # fit's parameters on its own figures (a variant is comparable with its base), but
             # a value it sets itself stays its own
             prof["transfer_from"] = own_base
-            prof.pop("fit_only", None)
         source = prof.get("transfer_from")
         if source is not None and source not in resolved:
             from ..config import ConfigError
