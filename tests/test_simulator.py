@@ -390,3 +390,40 @@ def test_op_no_unit_runs_falls_back_to_cpu_in_the_build_report(op, quantised, tm
         assert read_json(tmp_path / target / "out" / "build.json")["subgraphs"] == report["subgraphs"]
         if op in ("NonMaxSuppression", "CustomOp"):  # shapes no inference can know: said, not hidden
             assert report["unknown_dims"] > 0
+
+
+def test_every_build_states_its_prediction_interval_and_what_it_rests_on(tmp_path):
+    """build.json and summary.txt carry the nominal-80 % interval around the latency and the FPS,
+    from the stored cross-validated residuals of the chip family's classifier rows (64 px)."""
+    from npuflow.sim.uncertainty import stored_table
+
+    report = build_model(conv_model(), TARGETS.get("rdk-x5"), tmp_path)
+    lat, fps = report["latency_ms_interval"], report["fps_interval"]
+    assert lat["low"] < report["latency_ms"] < lat["high"] and fps["low"] < report["fps"] < fps["high"]
+    spread = stored_table()["classes"]["horizon-bpu/classify"]
+    assert lat["low"] == pytest.approx(report["latency_ms"] / np.exp(spread["high"]))
+    assert fps["high"] == pytest.approx(report["fps"] * np.exp(spread["high"]))
+    assert lat["nominal"] == 0.8 and lat["basis"] == f"horizon-bpu/classify, {spread['rows']} held-out rows"
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    assert f"[{lat['low']:.3f} – {lat['high']:.3f} ms]" in text and "nominal 80% interval from cross-validated residuals" in text
+    assert report["bits"] == "int8"
+
+
+def test_intervals_are_calibrated_on_held_out_groups():
+    """Residuals that miss together by group: the 10-90 % quantiles cover less than 80 % of a
+    group left out of the table, so the calibration widens them until it does, and says so."""
+    from npuflow.sim.uncertainty import TAILS, calibrated, coverage, interval, interval_table
+
+    rng = np.random.default_rng(0)
+    residuals = [(f"g{i // 5}", "chip/classify", 0.1 * (i // 5 % 3 - 1) + rng.normal(0, 0.05)) for i in range(100)]
+    assert coverage(residuals, TAILS[0]) < 0.8
+    table = calibrated(residuals)
+    assert (
+        table["tail"] < TAILS[0]
+        and table["coverage"] >= 0.8
+        and table["coverage"] == pytest.approx(coverage(residuals, table["tail"]), abs=1e-3)
+    )
+    # too few rows of a class: the chip family's spread, then all rows'
+    sparse = interval_table([("chip/classify", r) for _, _, r in residuals] + [("chip/dense", 0.5)])
+    assert "chip/dense" not in sparse["classes"] and interval(sparse, "chip/dense", 2.0, "latency_ms")["basis"] == "chip, 101 held-out rows"
+    assert interval(None, "chip/dense", 2.0, "latency_ms") is None

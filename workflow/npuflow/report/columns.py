@@ -42,6 +42,16 @@ def _published_text(r: Row) -> str | None:
     return "; ".join(f"{sig(p.value)} {'ms' if p.metric == 'latency_ms' else f'FPS@{p.batch}'}" for p in r.published) or None
 
 
+def _interval(name: str, end: str) -> Callable[[Row], Any]:
+    """An end of the simulated figure's nominal-80 % interval (npuflow.sim.uncertainty)."""
+    return _ok(lambda r: (getattr(r.build, f"{name}_interval") or {}).get(end))
+
+
+def _interval_text(r: Row) -> str | None:
+    found = r.build.latency_ms_interval if r.ok else None
+    return f"{sig(found['low'])}–{sig(found['high'])}" if found else None
+
+
 def _sim_error(r: Row) -> float | None:
     return r.published[0].error_pct if r.published else None
 
@@ -88,6 +98,12 @@ COLUMNS = [
     Column("weights", _ok(lambda r: r.manifest.weights)),
     Column("precision_recipe", _ok(lambda r: r.build.precision_recipe)),
     *[_metric_column(m) for m in BUILD_METRICS if m in ("latency_ms", "fps")],
+    Column("latency_ms_interval", _interval_text, "latency 80 % interval (sim)", csv=False),
+    Column("latency_ms_low", _interval("latency_ms", "low")),
+    Column("latency_ms_high", _interval("latency_ms", "high")),
+    Column("fps_low", _interval("fps", "low")),
+    Column("fps_high", _interval("fps", "high")),
+    Column("bits", _ok(lambda r: r.build.bits), "bits"),
     Column("batch", _ok(lambda r: r.build.batch)),
     Column("published", _published_text, "published", csv=False),
     Column("published_latency_ms", _published("latency_ms", "value")),
