@@ -183,6 +183,14 @@ def test_published_measurements_are_matched_by_model_input_target_and_batch():
     (figure,) = published_figures(build, "timm:efficientvit_m0", [1, 3, *row.hw], published)
     assert (figure.metric, figure.value) == ("fps", row.value) and abs(figure.error_pct - 10.0) < 1e-9
     assert published_figures(build, "timm:efficientvit_m0", [1, 3, 256, 256], published) == []  # another input size
+    # the default config's own name, with its pretrained tag, is the CSV's architecture
+    assert published_figures(build, "timm:efficientvit_m0.r224_in1k", [1, 3, *row.hw], published) == [figure]
+    # a figure published at batch 1 (Swin-T on Journey 5: 133 FPS) against the batch-1 throughput
+    swin = next(p for p in published if p.target == "j5" and p.name.startswith("swin_tiny"))
+    j5 = SimpleNamespace(target="j5", batch=8, latency_ms=5.0, fps=500.0, fps_batch1=swin.value * 0.9)
+    (figure,) = published_figures(j5, "timm:swin_tiny_patch4_window7_224.ms_in1k", [1, 3, *swin.hw], published)
+    assert (figure.metric, figure.batch, figure.value) == ("fps", 1, swin.value) and abs(figure.error_pct + 10.0) < 1e-9
+    assert published_figures(build, "hf:efficientvit_m0", [1, 3, *row.hw], published) == []  # another source's name
     assert (
         published_figures(SimpleNamespace(**{**vars(build), "batch": row.batch + 1}), "timm:efficientvit_m0", [1, 3, *row.hw], published)
         == []

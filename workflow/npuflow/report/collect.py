@@ -134,19 +134,31 @@ def cpu_fallback(build: BuildReport, trace: dict, profile: dict | None) -> CpuFa
 
 
 def published_figures(build: BuildReport, source: str, shape: list[int], published: list) -> list[Published]:
-    """The published measurements of this model (its timm name or hf: repo, at its input size) on
-    this target: latency at batch 1, FPS at the simulated batch."""
-    name = source.split(":", 1)[1] if source.startswith("timm:") else source
+    """The published measurements of this model (its timm architecture, whatever its pretrained
+    tag: `efficientvit_m0.r224_in1k` is the CSV's `efficientvit_m0`; or its `<source>:` name, at
+    its input size) on this target: latency at batch 1, FPS at the simulated batch or at batch 1."""
+    name = _architecture(source)
     hw = (shape[2], shape[3])
     out = []
     for p in published:
-        if p.target != build.target or p.name != name or tuple(p.hw) != hw:
+        if p.target != build.target or _architecture(p.name) != name or tuple(p.hw) != hw:
             continue
         if p.metric == "latency_ms" and p.batch == 1:
             out.append(Published("latency_ms", 1, p.value, build.latency_ms, p.source))
         elif p.metric == "fps" and p.batch == build.batch:
             out.append(Published("fps", p.batch, p.value, build.fps, p.source))
+        elif p.metric == "fps" and p.batch == 1:
+            out.append(Published("fps", 1, p.value, build.fps_batch1, p.source))
     return out
+
+
+def _architecture(name: str) -> str:
+    """A timm name without its scheme and pretrained tag (`timm:resnet18.a1_in1k` → `resnet18`);
+    other sources' names as they are."""
+    scheme, sep, ref = name.partition(":")
+    if sep and scheme != "timm":
+        return name
+    return (ref if sep else name).split(".", 1)[0]
 
 
 def good_row(pair: Pair, track: TrackReport, published: list, profiles) -> Row:
