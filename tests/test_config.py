@@ -401,3 +401,20 @@ def test_a_tabbed_json_configfile_runs_and_a_broken_default_config_names_its_lin
     )
     assert proc.returncode != 0
     assert "config.yaml: not valid YAML: line 4, column 1: expected ',' or ']', but got '<stream end>'" in proc.stdout + proc.stderr
+
+
+def test_a_models_calibration_block_overrides_the_global_one_key_by_key():
+    """A model's `calibration: {method: entropy}` changes the method only: the global images and
+    dataset stay (the entry's block used to get the schema defaults first: 32 sample photos)."""
+    import yaml
+
+    from conftest import REPO
+    from npuflow.config import model_spec, validate_config
+
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["calibration"] = {"method": "minmax", "images": 20, "dataset": "samples", "percentile": 99.9}
+    config["models"]["efficientvit_m0"]["calibration"] = {"method": "entropy"}
+    config = validate_config(config)
+    calibration = model_spec(config, "efficientvit_m0")["calibration"]
+    assert calibration["method"] == "entropy" and calibration["images"] == 20 and calibration["dataset"] == "samples"
+    assert calibration["percentile"] == 99.9 and calibration["per_channel"] is True  # global, then the schema's defaults

@@ -38,6 +38,11 @@ def load_schema() -> dict:
     from .sources import SOURCES, source_fields
 
     schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
+    # A model's `calibration:` block overrides the global one key by key: it takes no schema
+    # defaults of its own, or a block that sets only `method` would reset the global images and
+    # dataset to the defaults (what the global block gets filled with, not the entry's).
+    schema["$defs"]["calibration_override"] = _without_defaults(copy.deepcopy(schema["$defs"]["calibration"]))
+    schema["$defs"]["model"]["properties"]["calibration"] = {"$ref": "#/$defs/calibration_override"}
     model = schema["$defs"]["model"]["properties"]
     kinds = ", ".join(SOURCES.get(k).syntax for k in SOURCES.names())
     model["source"]["description"] = f"{kinds}. {model['source']['description']}"
@@ -46,6 +51,14 @@ def load_schema() -> dict:
             raise ValueError(f"model source field {name!r} clashes with a common model field of the schema")
         model[name] = field
     return schema
+
+
+def _without_defaults(node):
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
 
 
 def _defaults_filling_validator():
