@@ -2,6 +2,8 @@
 builds, where mixed precision applies, the user datasets a model reads, the run files and each
 pair's chain of stages."""
 
+import pytest
+
 from conftest import classifier_entry, make_config
 from npuflow.config import validate_config
 from npuflow.layout import STAGES
@@ -181,3 +183,28 @@ def test_outputs_a_stopped_run_left_marked_incomplete_are_removed(tmp_path):
     (tmp_path / "results" / "m" / "kept.json").write_text("{}")
     assert remove_incomplete_outputs(tmp_path) == [str(tmp_path / "results/m/eval/reference.npz")]
     assert not (tmp_path / "results/m/eval/reference.npz").exists() and (tmp_path / "results/m/kept.json").exists()
+
+
+def test_a_models_precision_for_a_chip_follows_to_profiles_derived_from_it():
+    """`precision: {rdk-x5: {op_types: {Softmax: int16}}}` applies to `rdk-x5-same: {base: rdk-x5}`
+    too (EfficientViT fell back to 25 CPU-split subgraphs there), and the derived profile predicts
+    what its base does (the base's fit is carried over)."""
+    import copy
+
+    from npuflow.config import validate_config
+    from npuflow.plan import Plan
+
+    config = {
+        "weights": "random",
+        "targets": ["rdk-x5-same"],
+        "target_profiles": {"rdk-x5-same": {"base": "rdk-x5"}},
+        "calibration": {"images": 4},
+        "evaluation": {"images": 3, "latency_repeats": 3},
+        "models": {"m": classifier_entry(precision={"rdk-x5": {"op_types": {"Softmax": "int16"}}})},
+    }
+    plan = Plan(validate_config(copy.deepcopy(config)))
+    assert plan.base_recipe("m", "rdk-x5-same")["op_types"] == {"Softmax": "int16"}
+    assert plan.targets.get("rdk-x5-same")["derived_from"] == ["rdk-x5"]
+    config["models"]["m"]["precision"] = {"j5": {"op_types": {"Softmax": "int16"}}}  # neither a target nor a base of one
+    with pytest.raises(Exception, match=r"models\.m\.precision\.j5: not one of this model's targets, nor a base of one"):
+        validate_config(copy.deepcopy(config))

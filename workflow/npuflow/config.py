@@ -166,9 +166,11 @@ def _check_semantics(config: dict) -> None:
             problems += _check_calibration(f"{where}.calibration", entry["calibration"], CALIBRATION_METHODS, datasets)
         problems += _check_quantization(f"{where}.quantization", entry.get("quantization", {}))
         model_targets = entry.get("targets", config["targets"])
+        # a key may also name a target the model's targets derive from (`base: rdk-x5`): it applies to them
+        keyed = set(model_targets) | {b for t in model_targets if t in targets for b in targets.get(t).get("derived_from", [])}
         for t in entry.get("precision", {}):
-            if t not in model_targets:
-                problems.append(f"{where}.precision.{t}: not one of this model's targets ({', '.join(model_targets)})")
+            if t not in keyed:
+                problems.append(f"{where}.precision.{t}: not one of this model's targets, nor a base of one ({', '.join(model_targets)})")
         if "mixed_precision" in entry and entry["task"] == "detection":
             problems.append(
                 f"{where}.mixed_precision: not available for task: detection yet (its goal metrics are for classifier and segmenter outputs)"

@@ -176,8 +176,17 @@ class Plan:
             self._base_recipes[model, target] = (recipe, recipe_id(recipe))
         return self._base_recipes[model, target]
 
+    def model_precision(self, model: str, target: str) -> dict | None:
+        """The model's `precision:` change for a target: keyed by the target, else by the nearest
+        target it derives from (`precision: {rdk-x5: …}` follows a profile with `base: rdk-x5`)."""
+        given = self.specs[model].get("precision") or {}
+        for name in [target, *self.targets.get(target).get("derived_from", [])]:
+            if name in given:
+                return given[name]
+        return None
+
     def _merged_recipe(self, model: str, target: str) -> dict:
-        recipe = merge_recipe(self.targets.get(target).get("precision"), self.specs[model].get("precision", {}).get(target))
+        recipe = merge_recipe(self.targets.get(target).get("precision"), self.model_precision(model, target))
         # a chip whose quantiser takes one scale per weight tensor (its profile's quantization.weights)
         if (self.targets.get(target).get("quantization") or {}).get("weights") == "per_tensor":
             recipe = {**recipe, "weight_granularity": "per_tensor"}

@@ -70,6 +70,16 @@ def _resolve(name: str, raw: dict, seen: tuple = ()) -> dict:
     return deep_merge(inherited, {k: v for k, v in prof.items() if k != "base"})
 
 
+def _ancestors(name: str, raw: dict) -> list[str]:
+    """The targets a profile derives from, nearest first (`base:` chain, bases `_…` left out)."""
+    out, base = [], raw[name][0].get("base")
+    while isinstance(base, str) and base in raw and base not in out:
+        if not base.startswith("_"):
+            out.append(base)
+        base = raw[base][0].get("base")
+    return out
+
+
 def get_path(profile: dict, path: str, default=None):
     node = profile
     for part in path.split("."):
@@ -150,5 +160,6 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
                 set_path(prof, path, value)
         _check(prof, raw[name][1])
         prof["name"] = name
+        prof["derived_from"] = _ancestors(name, raw)
         targets.add(name, prof)
     return targets
