@@ -73,19 +73,48 @@ def _replace_input_indexed(self, old_input_name, new_input_name):
 @contextlib.contextmanager
 def quantizer_settings():
     """onnxruntime's quantiser as npuflow runs it, for one call and put back after: the indexed
-    input renaming above in place of its own method, and its per-weight warnings (logged on the
-    root logger) kept out of the job's log."""
+    input renaming above in place of its own method, Softmax outputs on their calibrated range,
+    and its per-weight warnings (logged on the root logger) kept out of the job's log."""
+    from onnxruntime.quantization.base_quantizer import BaseQuantizer
     from onnxruntime.quantization.onnx_model import ONNXModel
 
     original, root = ONNXModel.replace_input_of_all_nodes, logging.getLogger()
+    adjust = BaseQuantizer.adjust_tensor_ranges
     level = root.level
     ONNXModel.replace_input_of_all_nodes = _replace_input_indexed
+    BaseQuantizer.adjust_tensor_ranges = _calibrated_softmax_ranges(adjust)
     root.setLevel(logging.ERROR)
     try:
         yield
     finally:
         ONNXModel.replace_input_of_all_nodes = original
+        BaseQuantizer.adjust_tensor_ranges = adjust
         root.setLevel(level)
+
+
+def _calibrated_softmax_ranges(adjust):
+    """onnxruntime's range adjustment, except that a Softmax output keeps its calibrated range
+    [0, max] (at most [0, 1]) instead of a fixed [0, 1]: attention over thousands of tokens peaks
+    near 0.001 (SegFormer-B0 at 640×1280: 0.0012–0.0013), below the fixed grid's first step
+    (1/255), and came out exactly 0 — every attention map and what follows it. The vendor
+    toolchains calibrate it as any other tensor."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import TensorData
+
+    def adjusted(self):
+        ranges = self.tensors_range
+        kept = {}
+        if ranges is not None:
+            for node in self.model.nodes():
+                out = node.output[0] if node.op_type == "Softmax" and node.output else None
+                if out in ranges and isinstance(ranges[out], TensorData) and self.should_quantize_node(node):
+                    kept[out] = float(ranges[out].range_value[1])
+        adjust(self)
+        for out, high in kept.items():
+            if 0.0 < high < 1.0:
+                ranges[out] = TensorData(lowest=np.float32(0.0), highest=np.float32(high))
+
+    return adjusted
 
 
 def keep_float_nodes_float(model, precision: dict[str, str]) -> int:
