@@ -241,3 +241,22 @@ def test_keep_going_report_marks_failed_models_at_the_stage_that_failed(pipeline
     page = (tmp_path / "results" / "report.partial.html").read_text()
     assert "INCOMPLETE RUN" in page and "2 of 3 (model, target) pairs FAILED" in page and "FAILED at fetch" in page
     assert "FAILED at dataset" in page and "no_such_model_xyz" in page and "dog-not-listed" in page  # the tails of the failed jobs' logs
+
+
+def test_a_collapsed_layer_is_flagged_whatever_the_headline():
+    """A quantised model whose worst layer lost its signal (SegFormer's attention: cosine 0 behind
+    a 0.9965 output cosine) gets one warning per recipe; a merely poor layer gets none."""
+    from types import SimpleNamespace
+
+    from npuflow.report.html import COLLAPSED_COSINE, collapse_warnings
+
+    def row(target, recipe, cosine):
+        return SimpleNamespace(
+            target=target,
+            build=SimpleNamespace(precision_recipe=recipe),
+            worst_layer={"node": "/attn/Softmax", "cosine": cosine},
+            figure=lambda key: 0.9965,
+        )
+
+    rows = [row("ax650n-npu3", "int8", 0.0), row("ax650n-npu1", "int8", 0.0), row("rdk-x5", "int8_Softmax-float", COLLAPSED_COSINE + 0.3)]
+    assert collapse_warnings(rows) == ["ax650n-npu3 (int8): layer /attn/Softmax has cosine 0.000 to the float model (output cosine 0.9965)"]

@@ -181,8 +181,32 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
         for r in ok
         if r.analysis and r.analysis.fidelity_check and not r.analysis.fidelity_check["agrees"]
     ]
+    out["collapse_warnings"] = collapse_warnings(ok)
     out["images"] = first.evaluate.images
     out["mixed"] = [_mixed(r) for r in ok if r.mixed]
+    return out
+
+
+# A layer whose quantised output keeps less than this cosine to the float one has lost its signal
+# (all zeros, or noise): however good the output's headline figure, that part of the model is gone.
+COLLAPSED_COSINE = 0.2
+
+
+def collapse_warnings(rows: list[Row]) -> list[str]:
+    """One line per quantised model (recipe) whose worst ranked layer has collapsed: the headline
+    cosine of a model can stay at 0.99 while every attention map is exactly zero."""
+    seen, out = set(), []
+    for r in rows:
+        worst = r.worst_layer or {}
+        cosine = worst.get("cosine")
+        if r.build.precision_recipe in seen or not isinstance(cosine, float) or not cosine < COLLAPSED_COSINE:
+            continue
+        seen.add(r.build.precision_recipe)
+        headline = r.figure("cosine")
+        out.append(
+            f"{r.target} ({r.build.precision_recipe}): layer {worst.get('node') or worst.get('tensor')} has cosine {cosine:.3f} "
+            f"to the float model" + (f" (output cosine {headline:.4f})" if isinstance(headline, float) else "")
+        )
     return out
 
 
