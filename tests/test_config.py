@@ -418,3 +418,70 @@ def test_a_models_calibration_block_overrides_the_global_one_key_by_key():
     calibration = model_spec(config, "efficientvit_m0")["calibration"]
     assert calibration["method"] == "entropy" and calibration["images"] == 20 and calibration["dataset"] == "samples"
     assert calibration["percentile"] == 99.9 and calibration["per_channel"] is True  # global, then the schema's defaults
+
+
+# Issue 28, part 5: what tests/test_fuzz_config.py found, each a traceback before (TypeError,
+# AttributeError), now one line naming the field.
+@pytest.mark.parametrize(
+    "profile, expected",
+    [
+        ({"base": ["ax650n-npu3"]}, "target_profiles.my-npu.base: expected text, got ['ax650n-npu3']"),
+        ({"base": "ax650n-npu3", "transfer_from": {}}, "target_profiles.my-npu.transfer_from: expected text, got {}"),
+        ({"base": "ax650n-npu3", "units": None}, "target_profiles.my-npu.units: expected a mapping, got None"),
+        ({"base": "rdk-x5", "fit_parameters": 3}, "target_profiles.my-npu.fit_parameters: expected a mapping, got 3"),
+        ({"base": "ax650n-npu3", "fit": {"parameters": 100000}}, "target_profiles.my-npu.fit.parameters: expected a mapping, got 100000"),
+        (
+            {"base": "ax650n-npu3", "fit": {"parameters": {"units.tensor.peak_ops_per_s.int8.x": 1}}},
+            "target_profiles.my-npu.fit.parameters.units.tensor.peak_ops_per_s.int8.x: not a rate the fit can set (one of units.tensor.efficiency",
+        ),
+    ],
+    ids=["base-a-list", "transfer_from-a-mapping", "units-null", "fit_parameters-a-number", "fit-parameters-a-number", "fit-into-a-number"],
+)
+def test_a_profile_field_read_before_the_profile_check_is_refused_naming_it(profile, expected):
+    """load_targets reads `base`, `transfer_from`, `fit` and `fit_parameters` and walks the
+    profile's mappings while resolving it, before the resolved profile meets its schema: a user
+    profile's keys are checked for their types first."""
+    config = base()
+    config["targets"] = ["my-npu"]
+    config["target_profiles"] = {"my-npu": profile}
+    message = error_of(config)
+    assert message == f"invalid config:\n  {expected}" or f"\n  {expected}" in message, message
+    assert all(line.startswith("  target_profiles.my-npu.") for line in message.splitlines()[1:]), message
+
+
+def test_a_valid_fitted_rate_in_a_user_profile_is_still_taken():
+    config = base()
+    config["targets"] = ["my-npu"]
+    config["target_profiles"] = {"my-npu": {"base": "ax650n-npu3", "fit": {"parameters": {"memory.efficiency": 0.5}}}}
+    validate_config(config)
+    assert load_targets(config["target_profiles"]).get("my-npu")["memory"]["efficiency"] == 0.5
+
+
+def test_a_user_profile_of_a_builtin_name_is_refused():
+    """It would replace the built-in, and the built-ins derived from it (ax650n-npu1 from
+    ax650n-npu3) with it, whose errors then named a built-in file instead of the config field."""
+    config = base()
+    config["target_profiles"] = {"ax650n-npu3": {}}
+    assert error_of(config) == (
+        "invalid config:\n  target_profiles.ax650n-npu3: the name of a built-in profile; give yours another name "
+        "(with base: ax650n-npu3 to start from it)"
+    )
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        # a key with a line break: its field path stayed split over two lines
+        (lambda c: c["models"].update({"a\nb": {"task": 1}}), "  models.'a\\nb'.task: 1 is not one of"),
+        (lambda c: c.update(target_profiles={"line\nbreak": None}), "  target_profiles.'line\\nbreak': None is not of type 'object'"),
+        # keys YAML reads as false or null beside text ones: sorting the errors raised TypeError
+        (lambda c: c["models"].update({False: 1, None: {"arch": None}}), "  models.False: 1 is not of type 'object'"),
+    ],
+    ids=["newline-in-model-name", "newline-in-profile-name", "null-and-false-keys"],
+)
+def test_odd_keys_give_one_line_per_problem(mutate, expected):
+    config = base()
+    mutate(config)
+    message = error_of(config)
+    assert f"\n{expected}" in message, message
+    assert all(line.startswith("  models") or line.startswith("  target_profiles") for line in message.splitlines()[1:]), message

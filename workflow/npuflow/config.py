@@ -14,8 +14,8 @@ import yaml
 
 from .errors import ConfigError
 from .layout import STAGES, reserved_names
-from .names import name_problems
-from .targets import YAML_LOADER, load_targets
+from .names import field_path, name_problems
+from .targets import PROFILE_DIR, YAML_LOADER, load_targets
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 # Entries of results/ that are not model folders: a model of one of these names would write into
@@ -75,7 +75,13 @@ def _defaults_filling_validator():
 
 
 def _field_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    return field_path(error.absolute_path) or "(top level)"
+
+
+def _path_order(error: jsonschema.ValidationError) -> list:
+    """Errors in field order: list items by index, keys by text (YAML keys may be numbers, null
+    or true, which Python does not order beside text)."""
+    return [(0, p, "") if isinstance(p, int) and not isinstance(p, bool) else (1, 0, repr(p)) for p in error.absolute_path]
 
 
 def validate_config(config: dict) -> dict:
@@ -85,7 +91,7 @@ def validate_config(config: dict) -> dict:
     # Names first: a name that is a command or a path is refused before anything reads it.
     lines = name_problems(config)
     validator = _defaults_filling_validator()(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(config), key=_path_order)
     lines += [f"{_field_path(e)}: {e.message}" + _expected(e) for e in errors]
     if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
@@ -104,11 +110,24 @@ def _check_semantics(config: dict) -> None:
     from .data import local_path_problems
     from .sources import check_entry
     from .surgery import SURGERY_PASSES
+    from .targets.schema import user_profile_problems
     from .tracking_server import check_uri
 
-    problems = []
+    # The profiles as written first: resolving `base:` chains and applying fits reads them.
+    profiles = config.get("target_profiles", {})
+    problems = [line for name, prof in profiles.items() for line in user_profile_problems(prof, f"target_profiles.{name}")]
+    # A profile of a built-in's name would replace it, and change the built-ins derived from it
+    # (ax650n-npu1 from ax650n-npu3) behind the user's back.
+    builtins = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    problems += [
+        f"target_profiles.{name}: the name of a built-in profile; give yours another name (with base: {name} to start from it)"
+        for name in profiles
+        if name in builtins
+    ]
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     try:
-        targets = load_targets(config.get("target_profiles", {}))
+        targets = load_targets(profiles)
     except ConfigError as e:
         raise ConfigError(f"invalid config:\n  {e}") from None
     for i, t in enumerate(config["targets"]):
@@ -395,7 +414,7 @@ def spec_problems(spec: dict, stage: str) -> list[str]:
         "properties": {k: v for k, v in fields.items() if k in stage_fields},
     }
     problems = []
-    for e in sorted(jsonschema.Draft202012Validator(spec_schema).iter_errors(spec), key=lambda e: list(e.absolute_path)):
+    for e in sorted(jsonschema.Draft202012Validator(spec_schema).iter_errors(spec), key=_path_order):
         if e.validator == "required":
             where = "".join(f"{p}." for p in e.absolute_path)
             problems += [f"missing field {where}{k}" for k in e.validator_value if k not in e.instance]

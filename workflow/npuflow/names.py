@@ -38,6 +38,14 @@ NAME_FIELDS = (
 )
 
 
+def field_path(parts: Iterable) -> str:
+    """A dotted field path (`models.m.input.shape`) on one line, whatever its keys: a key that is
+    not plain printable text (a newline or a space at either end in it, an empty one, or a key
+    that YAML read as a number or null) is shown as Python writes it ('a\\nb', '', None), so that
+    one problem stays one line and names its field."""
+    return ".".join(p if isinstance(p, str) and p.isprintable() and p.strip() == p and p else repr(p) for p in parts)
+
+
 def is_name(text: object, max_length: int | None = MAX_NAME_LENGTH) -> bool:
     """Whether `text` is a name (`max_length` None: of any length, as the recipe ids made of names)."""
     return (
@@ -58,7 +66,7 @@ def _sites(node: object, parts: list[str], where: str) -> Iterator[tuple[str, ob
     head, rest = parts[0], parts[1:]
     keys = list(node) if head == "*" else [head] if head in node else []
     for key in keys:
-        yield from _sites(node[key], rest, f"{where}.{key}" if where else str(key))
+        yield from _sites(node[key], rest, field_path([where, key]) if where else field_path([key]))
 
 
 def name_problems(config: dict) -> list[str]:

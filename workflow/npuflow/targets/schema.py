@@ -9,6 +9,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from ..names import field_path
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
 SCHEMA_PATH = SCHEMA_DIR / "target_profile.schema.yaml"
 # The units whose `ops` lists place op types (an op on none of them runs on the CPU).
@@ -101,13 +103,57 @@ def _ops_on_two_units(profile: dict, at) -> list[str]:
     ]
 
 
+def _without_required(schema):
+    """`schema` with no `required` anywhere: what a partial (`base:`-derived) profile must meet."""
+    if isinstance(schema, list):
+        return [_without_required(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: _without_required(v) for k, v in schema.items() if k != "required"}
+
+
+@cache
+def _partial_schema() -> dict:
+    return _without_required(profile_schema())
+
+
+def user_profile_problems(profile, where: str) -> list[str]:
+    """Problems of a user profile as written, before its `base:` chain is resolved and fitted
+    values are applied (which read its `base`, `transfer_from`, `fit` and `fit_parameters` and walk
+    its mappings): every key it gives must have the type the profile schema gives it. A derived
+    profile lists only what differs from its base, so nothing is required here; the resolved
+    profile is checked in full by `profile_problems`."""
+    import jsonschema
+
+    def at(path: list) -> str:
+        return ".".join([where, field_path(path)]) if path else where
+
+    if not isinstance(profile, dict):
+        return [f"{where}: expected a mapping, got {profile!r}"]
+    from ..sim.fit import RATE_PATHS
+    from . import get_path
+
+    validator = jsonschema.Draft202012Validator(_partial_schema())
+    errors = sorted(validator.iter_errors(profile), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = [line for e in errors for line in _lines(e, at)]
+    # fitted values are set at their paths before the resolved profile is checked: only at the
+    # rates a fit can set (a path into a number, units.tensor.peak_ops_per_s.int8.x, has no place)
+    fitted = get_path(profile, "fit.parameters", {})
+    problems += [
+        f"{at(['fit', 'parameters', path])}: not a rate the fit can set (one of {', '.join(RATE_PATHS)})"
+        for path in (fitted if isinstance(fitted, dict) else {})
+        if path not in RATE_PATHS
+    ]
+    return problems
+
+
 def profile_problems(profile: dict, where: str) -> list[str]:
     """Every problem of a resolved profile, one line each, `where` naming it
     (`target_profiles.my-npu`)."""
     import jsonschema
 
     def at(path: list) -> str:
-        return ".".join([where, *map(str, path)])
+        return ".".join([where, field_path(path)]) if path else where
 
     validator = jsonschema.Draft202012Validator(profile_schema())
     errors = sorted(validator.iter_errors(profile), key=lambda e: [str(p) for p in e.absolute_path])
