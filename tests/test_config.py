@@ -485,3 +485,18 @@ def test_odd_keys_give_one_line_per_problem(mutate, expected):
     message = error_of(config)
     assert f"\n{expected}" in message, message
     assert all(line.startswith("  models") or line.startswith("  target_profiles") for line in message.splitlines()[1:]), message
+
+
+def test_a_misspelt_op_type_in_a_recipe_is_refused_naming_the_close_match():
+    """`op_types: {Sofmax: int16}` set nothing (no op of that type) and said nothing; now the
+    config check names the field and the op type meant, for a model's recipe and a profile's."""
+    config = base()
+    config["models"]["m"]["precision"] = {"rdk-x5": {"op_types": {"Sofmax": "int16", "Gelu": "int16"}}}
+    message = error_of(config)
+    assert (
+        "models.m.precision.rdk-x5.op_types.Sofmax: not an ONNX op type, a fusion pattern" in message and "did you mean Softmax" in message
+    )
+    assert "Gelu" not in message  # a fusion pattern is an op type a recipe may set
+    config = base()
+    config["target_profiles"] = {"my-npu": {"base": "ax650n-npu3", "precision": {"default": "int8", "op_types": {"LayerNorm": "int16"}}}}
+    assert "target_profiles.my-npu.precision.op_types.LayerNorm: not an ONNX op type" in error_of(config)

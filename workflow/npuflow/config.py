@@ -108,6 +108,7 @@ def _check_semantics(config: dict) -> None:
     # Imported here: the registries pull in onnx; validation of the schema alone stays light.
     from .calibrate import CALIBRATION_METHODS
     from .data import local_path_problems
+    from .precision import check_recipe
     from .sources import check_entry
     from .surgery import SURGERY_PASSES
     from .targets.schema import user_profile_problems
@@ -116,6 +117,13 @@ def _check_semantics(config: dict) -> None:
     # The profiles as written first: resolving `base:` chains and applying fits reads them.
     profiles = config.get("target_profiles", {})
     problems = [line for name, prof in profiles.items() for line in user_profile_problems(prof, f"target_profiles.{name}")]
+    problems += [
+        line
+        for name, prof in profiles.items()
+        if isinstance(prof, dict) and isinstance(prof.get("precision"), dict)
+        for line in check_recipe(prof["precision"], f"target_profiles.{name}.precision")
+        if ".op_types." in line
+    ]
     # A profile of a built-in's name would replace it, and change the built-ins derived from it
     # (ax650n-npu1 from ax650n-npu3) behind the user's back.
     builtins = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
@@ -184,6 +192,8 @@ def _check_semantics(config: dict) -> None:
         if "calibration" in entry:
             problems += _check_calibration(f"{where}.calibration", entry["calibration"], CALIBRATION_METHODS, datasets)
         problems += _check_quantization(f"{where}.quantization", entry.get("quantization", {}))
+        for t, recipe in (entry.get("precision") or {}).items():  # op types that exist, a close match named
+            problems += [line for line in check_recipe(recipe, f"{where}.precision.{t}") if ".op_types." in line]
         model_targets = entry.get("targets", config["targets"])
         # a key may also name a target the model's targets derive from (`base: rdk-x5`): it applies to them
         keyed = set(model_targets) | {b for t in model_targets if t in targets for b in targets.get(t).get("derived_from", [])}

@@ -11,6 +11,7 @@ quantised model carries the resolved map in its metadata (`npuflow.node_precisio
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 
@@ -99,14 +100,15 @@ def check_recipe(recipe: dict, where: str) -> list[str]:
     return problems
 
 
-def known_op_types() -> set[str]:
+@functools.cache
+def known_op_types() -> frozenset[str]:
     """Op types a recipe may name: the ONNX standard's (every domain onnx ships) and the fusion
     patterns the simulator and the vendor compilers treat as one op (Gelu, LayerNorm, …)."""
     import onnx.defs
 
     from .sim.patterns import PATTERNS
 
-    return {s.name for s in onnx.defs.get_all_schemas_with_history()} | set(PATTERNS.names())
+    return frozenset({s.name for s in onnx.defs.get_all_schemas_with_history()} | set(PATTERNS.names()))
 
 
 def _op_type_problem(word: str) -> str | None:
@@ -116,7 +118,7 @@ def _op_type_problem(word: str) -> str | None:
     known = known_op_types()
     if word in known:
         return None
-    close = difflib.get_close_matches(word, sorted(known | set(RECIPE_KEYS)), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(str(word), sorted(known | set(RECIPE_KEYS)), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"not an ONNX op type, a fusion pattern, nor one of {', '.join(RECIPE_KEYS)}{hint}"
 
