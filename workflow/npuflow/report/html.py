@@ -11,7 +11,7 @@ from pathlib import Path
 from ..io import atomic_path, read_json
 from ..records import EVAL_METRICS
 from .collect import Row, worst_layers
-from .columns import COLUMNS, fmt, sig
+from .columns import COLUMNS, fmt, interval_text, sig
 from .pareto import QUALITY_LABELS, quality_groups
 from .plots import UNITS, latency_by_op_type, top_op_types
 
@@ -93,6 +93,8 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         for c in shown:
             if c.key == "status":
                 cells.append({"text": "ok"} if r.ok else {"text": f"{r.status.upper()} at {r.failed_stage}", "cls": "failed"})
+            elif c.key == "latency_ms" and interval_text(r):  # its 80 % range beneath: no column of its own (width)
+                cells.append({"text": fmt(c.get(r), c.kind), "sub": interval_text(r)})
             else:
                 cells.append(fmt(c.get(r), c.kind))
         cells.append(_links(r, page_dir, ui))
