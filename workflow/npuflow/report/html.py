@@ -293,15 +293,11 @@ def simulator_section(targets: list[str]) -> list[dict]:
     return out
 
 
-def stored_table() -> dict | None:
-    from ..sim.uncertainty import stored_table as table
-
-    return table()
-
-
 def write_html(
     rows: list[Row], out_html: str | Path, pareto: dict[str, bytes], latency: dict[str, bytes], mlflow_ui: str, partial: bool = False
 ) -> None:
+    from ..sim.uncertainty import stored_table
+
     page_dir = Path(out_html).parent
     targets = list(dict.fromkeys(r.target for r in rows))
     models = list(dict.fromkeys(r.model for r in rows))
@@ -316,7 +312,7 @@ def write_html(
         "model_sections": [model_section(m, [r for r in rows if r.model == m], latency.get(m)) for m in models],
         "simulator": simulator_section(targets),
         "eval_metrics": EVAL_METRICS,
-        "intervals": stored_table(),
+        "intervals": stored_table(),  # the simulator's prediction intervals, with their measured coverage
     }
     page = _environment().get_template("report.html.j2").render(**context)
     with atomic_path(out_html) as tmp:

@@ -77,13 +77,15 @@ def input_size(analysis: Analysis) -> int:
     return max((max(s[2:4]) for s in shapes if len(s) >= 4), default=0)
 
 
-def prediction_intervals(analysis: Analysis, profile: dict, latency_ms: float, fps: float, task: str = "") -> dict:
+def prediction_intervals(analysis: Analysis, profile: dict, latency_ms: float, fps: float) -> dict:
     """The nominal-80 % intervals of the predicted latency and FPS (npuflow.sim.uncertainty):
-    from the cross-validated residuals of comparable rows; {} before any fit wrote the table."""
+    from the cross-validated residuals of comparable rows; {} before any fit wrote the table. The
+    build knows the graph, not the task: its kind of work is told by the input size (dense at
+    512 px and up)."""
     from .uncertainty import comparable_class, interval, stored_table
 
     table = stored_table()
-    cls = comparable_class(profile.get("family", ""), task, input_size(analysis))
+    cls = comparable_class(profile.get("family", ""), "", input_size(analysis))
     lat, thr = interval(table, cls, latency_ms, "latency_ms"), interval(table, cls, fps, "fps")
     return {"latency_ms_interval": lat, "fps_interval": thr} if lat and thr else {}
 
