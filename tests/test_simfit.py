@@ -342,3 +342,15 @@ def test_sim_fit_makes_a_few_shot_profile_of_a_users_chip_from_three_rows(tiny_c
             assert value == get_path(base, path), path  # the family's fitted value, not refitted
     assert not (tmp_path / "fits" / "intervals.yaml").exists()
     assert {p.name: p.stat().st_mtime_ns for p in FIT_DIR.iterdir()} == before
+
+
+def test_interval_residuals_put_latency_and_fps_rows_on_one_time_scale():
+    """An FPS predicted 10 % high is a time predicted 10 % low: both residuals say 'too fast'."""
+    import math
+
+    from npuflow.sim.validate import time_residual
+
+    lat = Row("x", "m", "m", (224, 224), 1, "latency_ms", 2.0, "")
+    fps = Row("x", "m", "m", (224, 224), 8, "fps", 100.0, "")
+    assert time_residual(lat, 2.0 / 1.1) == pytest.approx(-math.log(1.1))
+    assert time_residual(fps, 110.0) == pytest.approx(-math.log(1.1))

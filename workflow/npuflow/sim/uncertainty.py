@@ -1,13 +1,13 @@
 """Prediction intervals from cross-validated residuals.
 
 `npuflow sim-fit` cross-validates the simulator by group (a family's task at one resolution held
-out at once: npuflow.sim.validate) and keeps each held-out row's log residual, log(predicted /
-published). A prediction's interval is the spread of the residuals of comparable rows (the same
+out at once: npuflow.sim.validate) and keeps each held-out row's log residual on the time per frame,
+log(predicted / published time): an FPS row's sign is turned. A prediction's interval is the spread of the residuals of comparable rows (the same
 chip family and kind of work: classifiers at their usual sizes, or dense high-resolution
 detection/segmentation/pose) between two quantiles; a class with fewer than MIN_CLASS_ROWS rows
 takes the chip family's, then all rows'. The quantiles are calibrated, not assumed: residuals of
 one held-out group are correlated (a whole family's task misses the same way), so the plain
-10-90 % quantiles covered only 54 % of the rows of a group left out of the table. `calibrated`
+10-90 % quantiles covered only 59 % of the rows of a group left out of the table. `calibrated`
 widens the tails (TAILS) until the interval made without each group covers NOMINAL of its
 rows, and that measured coverage is stored beside the table in targets/fits/intervals.yaml."""
 

@@ -295,6 +295,13 @@ MIN_INTERVAL_ROWS = 20  # fewer held-out rows than this say little about an inte
 INTERVALS_FILE = "intervals.yaml"  # beside the fits; not a target (npuflow.targets reads fits by target name)
 
 
+def time_residual(row: Row, predicted: float) -> float:
+    """log(predicted / measured time per frame): latency and FPS rows on one scale (an FPS
+    predicted too high is a time predicted too low)."""
+    r = math.log(predicted / row.value)
+    return -r if row.metric == "fps" else r
+
+
 def row_class(prep: Prepared, i: int, targets) -> str:
     from .uncertainty import comparable_class
 
@@ -308,7 +315,7 @@ def intervals(prep: Prepared, targets, mode: str = "group") -> dict:
     from .uncertainty import calibrated
 
     preds, _ = cross_validated(prep, mode)
-    residuals = [(fold_key(prep, i, mode), row_class(prep, i, targets), math.log(p / prep.rows[i].value)) for i, p in preds.items()]
+    residuals = [(fold_key(prep, i, mode), row_class(prep, i, targets), time_residual(prep.rows[i], p)) for i, p in preds.items()]
     table = calibrated(residuals)
     table.update(cv_mode=mode, rows=len(residuals))
     return table
