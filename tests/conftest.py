@@ -52,13 +52,15 @@ def snakemake_env() -> dict:
     return env
 
 
-def snakemake(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2) -> subprocess.CompletedProcess:
-    """Snakemake on this repository's workflow, in `workdir`, as a user runs it (profile included)."""
+def snakemake(workdir: Path, *args, configfile: Path = TINY_CONFIG, cores: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Snakemake on this repository's workflow, in `workdir`, as a user runs it (profile included).
+    `env`: the run's environment (default `snakemake_env()`); a test passes its own here rather
+    than patching `snakemake_env`, which the background runs call at the same time."""
     return subprocess.run(
         snakemake_command(workdir, *args, configfile=configfile, cores=cores),
         capture_output=True,
         text=True,
-        env=snakemake_env(),
+        env=snakemake_env() if env is None else env,
         cwd=workdir,
     )
 

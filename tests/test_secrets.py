@@ -96,7 +96,7 @@ def stub_npuflow(folder):
     return folder
 
 
-def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_terminal(tmp_path, monkeypatch):
+def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_terminal(tmp_path):
     """The issue's case: postgresql://user:secret@host/db was printed three times and stored in
     .snakemake/metadata and .snakemake/log. A dry run of the pipeline, then the init_mlflow job
     run for real (against a stub `npuflow`): the secret is nowhere, and the job got the URI."""
@@ -115,8 +115,10 @@ def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_
     # The stub ahead of the venv's npuflow; EXPECTED_URI lets it compare without writing the URI.
     stubs = stub_npuflow(tmp_path / "bin")
     env = snakemake_env()
-    monkeypatch.setattr("conftest.snakemake_env", lambda: {**env, "PATH": f"{stubs}{os.pathsep}{env['PATH']}", "EXPECTED_URI": real})
-    run = snakemake(work, "-p", "results/mlflow.init.json", configfile=tmp_path / "c.yaml")
+    # its own environment for this run only: patching conftest.snakemake_env put the stub on the
+    # PATH of the pipeline runs computed meanwhile in the background (a Ctrl-C test failed so)
+    env = {**env, "PATH": f"{stubs}{os.pathsep}{env['PATH']}", "EXPECTED_URI": real}
+    run = snakemake(work, "-p", "results/mlflow.init.json", configfile=tmp_path / "c.yaml", env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert yaml.safe_load((work / "results" / "mlflow.init.json").read_text()) == {
         "tracking_uri_arg": "postgresql://***@db.example.org/mlflow",
