@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -223,17 +224,26 @@ class CommandRun(AssertionError):
 
 @contextmanager
 def no_commands():
-    """Any attempt to start a process fails the example (and says which)."""
+    """Any attempt to start a process from this thread fails the example (and says which). Other
+    threads go through: the background pipeline runs (tests/background.py) start Snakemake while
+    this test runs, and the patch is process-wide."""
     from unittest import mock
 
-    def refuse(*args, **kwargs):
-        raise CommandRun(f"the config check ran a command: {args!r}")
+    checking = threading.get_ident()
+
+    def refusing(original):
+        def call(*args, **kwargs):
+            if threading.get_ident() == checking:
+                raise CommandRun(f"the config check ran a command: {args!r}")
+            return original(*args, **kwargs)
+
+        return call
 
     with (
-        mock.patch.object(subprocess.Popen, "__init__", refuse),
-        mock.patch.object(os, "system", refuse),
-        mock.patch.object(os, "posix_spawn", refuse),
-        mock.patch.object(os, "fork", refuse),
+        mock.patch.object(subprocess.Popen, "__init__", refusing(subprocess.Popen.__init__)),
+        mock.patch.object(os, "system", refusing(os.system)),
+        mock.patch.object(os, "posix_spawn", refusing(os.posix_spawn)),
+        mock.patch.object(os, "fork", refusing(os.fork)),
     ):
         yield
 
