@@ -5,7 +5,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from npuflow.config import ConfigError, load_yaml
+from npuflow.pipeline.config import ConfigError, load_yaml
 
 min_version("9.0")
 
@@ -52,7 +52,7 @@ rule all:
     default_target: True
 
 
-# Before the first job (not in dry runs): one run per folder (npuflow.runlock: a kernel lock that
+# Before the first job (not in dry runs): one run per folder (npuflow.pipeline.runlock: a kernel lock that
 # `--unlock` cannot remove), and the tracking server there and letting the pipeline in. Jobs on
 # other machines (`--profile profiles/slurm`, any non-local executor) cannot share a SQLite file.
 onstart:

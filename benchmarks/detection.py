@@ -53,9 +53,9 @@ def decode_at(model_dir: Path, conf: float) -> tuple[float, float]:
     """(median ms, boxes per image) of decode + NMS on the int8 model's outputs at `conf`."""
     import numpy as np
 
-    from npuflow.detect import postprocess
-    from npuflow.detect_eval import decode_nms_ms
-    from npuflow.onnxutil import input_name, session
+    from npuflow.evaluation.detect import postprocess
+    from npuflow.evaluation.detect_eval import decode_nms_ms
+    from npuflow.util.onnxutil import input_name, session
 
     manifest = json.loads((model_dir / "fetch" / "manifest.json").read_text())
     images = np.load(model_dir / "eval" / "reference.npz")["images"]

@@ -1,5 +1,5 @@
 """Job memory: each finished job's measured peak (max_rss of results/benchmarks/) beside the
-estimate its rule declared (npuflow.memory), for the stages that declare one. Prints figures;
+estimate its rule declared (npuflow.pipeline.memory), for the stages that declare one. Prints figures;
 asserts nothing. An estimate below its peak is marked UNDER: that job could share the machine with
 more jobs than fit.
 
@@ -20,9 +20,9 @@ def main() -> int:
     parser.add_argument("--configfile", type=Path, default=Path("config.yaml"))
     args = parser.parse_args()
 
-    from npuflow.config import load_config, model_spec
-    from npuflow.layout import STAGES
-    from npuflow.memory import job_mem_mb
+    from npuflow.core.layout import STAGES
+    from npuflow.pipeline.config import load_config, model_spec
+    from npuflow.pipeline.memory import job_mem_mb
 
     config = load_config(args.configfile)
     # Longest first: a model name may be the prefix of another's (efficientvit_m1, efficientvit_m10).

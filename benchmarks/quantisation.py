@@ -58,7 +58,7 @@ def main() -> int:
     proc = snakemake(workdir, configfile, *[f"results/{m}/model.surgery.onnx" for m in MODELS])
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
-    from npuflow.config import model_spec, validate_config
+    from npuflow.pipeline.config import model_spec, validate_config
 
     validate_config(config)
     print(f"work folder: {workdir}")

@@ -53,9 +53,9 @@ def _figures(label: str, report: dict, seconds: float) -> None:
 def main() -> int:
     import onnx
 
+    from npuflow.calibration.published import model_onnx
+    from npuflow.calibration.validate import validate
     from npuflow.sim import analyse, simulate
-    from npuflow.sim.published import model_onnx
-    from npuflow.sim.validate import validate
     from npuflow.targets import load_targets
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -36,8 +36,8 @@ def main() -> int:
     import mlflow.onnx  # noqa: F401
     import onnx  # noqa: F401
 
-    from npuflow.io import read_json
-    from npuflow.track import _client, init_store, log_run
+    from npuflow.tracking.track import _client, init_store, log_run
+    from npuflow.util.io import read_json
 
     import_s = time.perf_counter() - t0
     tracks = sorted(args.results.glob("*/track.json"))

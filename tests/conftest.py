@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import background
-from npuflow.config import model_spec, validate_config
+from npuflow.pipeline.config import model_spec, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "tests" / "config.tiny.yaml"
@@ -169,7 +169,7 @@ def pytest_collection_finish(session):
 def reference_and_evaluate(quant_onnx, spec: dict, paths: dict, d: Path, recipe: str = "int8") -> tuple[dict, dict]:
     """The float reference, the evaluation of `quant_onnx` against it and its per-layer analysis
     (`l.json`), as the pipeline runs them, in folder `d`."""
-    from npuflow.evaluate import analyse, evaluate, reference
+    from npuflow.evaluation.evaluate import analyse, evaluate, reference
 
     ref = reference(paths["surgery_onnx"], manifest_json=paths["manifest"], spec=spec, out_npz=d / "r.npz", out_json=d / "r.json")
     report = evaluate(
@@ -256,13 +256,13 @@ FRONT_FILES = {
 
 def run_front(spec: dict, root: Path) -> dict:
     """fetch → export → simplify → surgery → calibrate for one model, into `root` laid out as
-    results/ (npuflow.layout); returns the file paths."""
-    from npuflow.calibrate import calibrate
-    from npuflow.export import export
-    from npuflow.fetch import fetch
-    from npuflow.layout import STAGES, relocate
-    from npuflow.simplify import simplify
-    from npuflow.surgery import surgery
+    results/ (npuflow.core.layout); returns the file paths."""
+    from npuflow.core.layout import STAGES, relocate
+    from npuflow.graph.export import export
+    from npuflow.graph.simplify import simplify
+    from npuflow.graph.surgery import surgery
+    from npuflow.quant.calibrate import calibrate
+    from npuflow.sources.fetch import fetch
 
     p = {name: relocate(STAGES[stage].output(out, model=spec["name"]), root) for name, (stage, out) in FRONT_FILES.items()}
     p["fetch"] = p["manifest"].parent
@@ -332,7 +332,7 @@ def real_mobilenet(torch_hub_with_mobilenet, tmp_path_factory):
     """torchvision:mobilenet_v2 with its real ImageNet weights (`weights: pretrained`, offline)
     through fetch … calibrate, and quantised to int8: (spec, paths, int8 ONNX path). Reusable by
     any test that needs a model whose fidelity figures mean something."""
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     config = make_config(
         mnv2={"source": "torchvision:mobilenet_v2.IMAGENET1K_V1", "task": "classification", "input": {"shape": [1, 3, 224, 224]}},
@@ -358,8 +358,8 @@ def classify_photo(onnx_path, photo: str, preprocessing: dict) -> int:
     import numpy as np
     import skimage.data
 
-    from npuflow.data import _rgb, preprocess
-    from npuflow.onnxutil import input_name, run_onnx
+    from npuflow.data.datasets import _rgb, preprocess
+    from npuflow.util.onnxutil import input_name, run_onnx
 
     chw, _ = preprocess(_rgb(np.asarray(getattr(skimage.data, photo)())), (224, 224), preprocessing, None)
     (logits,) = run_onnx(onnx_path, {input_name(onnx_path): chw[None]})

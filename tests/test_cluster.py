@@ -1,10 +1,10 @@
 """On a Slurm cluster no job asks for more CPUs or memory than a node of its partition has
-(npuflow.cluster); the caps themselves, without a cluster (tests/test_slurm.py runs on one)."""
+(npuflow.pipeline.cluster); the caps themselves, without a cluster (tests/test_slurm.py runs on one)."""
 
 import subprocess
 
-from npuflow import cluster
-from npuflow.cluster import JobLimits, Node, job_limits, largest_node, parse_sinfo, partition_name
+from npuflow.pipeline import cluster
+from npuflow.pipeline.cluster import JobLimits, Node, job_limits, largest_node, parse_sinfo, partition_name
 
 # `sinfo --noheader --Node --format=%N|%P|%c|%m` on a cluster of two partitions, one node in both.
 SINFO = """\

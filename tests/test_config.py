@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO, classifier_entry, segformer_entry, snakemake
-from npuflow.config import ConfigError, load_config, model_spec, validate_config
+from npuflow.pipeline.config import ConfigError, load_config, model_spec, validate_config
 from npuflow.targets import load_targets
 from npuflow.targets.schema import profile_problems, profile_schema
 
@@ -276,7 +276,7 @@ def test_segmentation_entry_is_valid():
 
 
 def test_check_config_cli_reports_field(tmp_path, capsys):
-    from npuflow.cli import main
+    from npuflow.cli.main import main
 
     bad = base()
     bad["models"]["m"]["task"] = "regression"
@@ -348,7 +348,7 @@ def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, ca
 
     import onnx
 
-    from npuflow.cli import main
+    from npuflow.cli.main import main
     from test_simulator import conv_model
 
     onnx.save(conv_model(hw=8), str(tmp_path / "m.onnx"))
@@ -409,7 +409,7 @@ def test_a_models_calibration_block_overrides_the_global_one_key_by_key():
     import yaml
 
     from conftest import REPO
-    from npuflow.config import model_spec, validate_config
+    from npuflow.pipeline.config import model_spec, validate_config
 
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
     config["calibration"] = {"method": "minmax", "images": 20, "dataset": "samples", "percentile": 99.9}

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import make_config, run_front
-from npuflow.config import model_spec, stage_spec
-from npuflow.detect import Detections, box_iou, candidates, nms, postprocess
-from npuflow.detmetrics import agreement, average_precision, match
+from npuflow.evaluation.detect import Detections, box_iou, candidates, nms, postprocess
+from npuflow.evaluation.detmetrics import agreement, average_precision, match
+from npuflow.pipeline.config import model_spec, stage_spec
 
 # Random weights barely score any class (the head's prior biases): a low threshold keeps boxes to compare.
 RANDOM_CONF = 0.01
@@ -30,7 +30,7 @@ def labelled_photos(tmp_path_factory):
     import skimage.data
     from PIL import Image
 
-    from npuflow.data import prepare_dataset
+    from npuflow.data.datasets import prepare_dataset
 
     root = tmp_path_factory.mktemp("det-set")
     (root / "images").mkdir()
@@ -48,8 +48,8 @@ def labelled_photos(tmp_path_factory):
 def yolo(tmp_path_factory, labelled_photos):
     """yolo11n (random weights) at 320×320 through fetch … quantize, reference and evaluate on
     labelled photos, and a simulated build: (spec, paths, evaluate report, build report)."""
-    from npuflow.evaluate import analyse, evaluate, reference
-    from npuflow.quantize import quantize
+    from npuflow.evaluation.evaluate import analyse, evaluate, reference
+    from npuflow.quant.quantize import quantize
     from npuflow.sim.build import build
     from npuflow.targets import load_targets
 
@@ -98,8 +98,8 @@ def yolo(tmp_path_factory, labelled_photos):
 
 
 def test_yolo_export_ends_at_the_per_scale_head_outputs(yolo):
-    from npuflow.io import read_json
-    from npuflow.onnxutil import load
+    from npuflow.util.io import read_json
+    from npuflow.util.onnxutil import load
 
     _, paths, _, _ = yolo
     export = read_json(paths["export"])
@@ -136,8 +136,8 @@ def test_yolo_evaluation_compares_boxes_and_head_outputs(yolo):
 
 
 def test_yolo_builds_and_its_metrics_log_under_the_uniform_names(yolo):
-    from npuflow.records import EVAL_METRICS
-    from npuflow.track import RunReports, run_metrics
+    from npuflow.core.records import EVAL_METRICS
+    from npuflow.tracking.track import RunReports, run_metrics
 
     _, paths, report, built = yolo
     assert built["latency_ms"] > 0 and built["subgraphs"] >= 1
@@ -156,14 +156,14 @@ def test_yolo_builds_and_its_metrics_log_under_the_uniform_names(yolo):
 def test_host_decode_matches_ultralytics_own(source):
     """The split head decoded on the host gives the boxes, scores, classes and mask coefficients
     or keypoints that Ultralytics' own decoded output gives, anchor for anchor."""
-    from npuflow.source_ultralytics import UltralyticsSource
+    from npuflow.sources.ultralytics import UltralyticsSource
 
     spec = yolo_spec(source, 128)
     src = UltralyticsSource()
     torch.manual_seed(3)
     model = src.build(spec)
     head = src.head(model)
-    from npuflow.data import image_batches
+    from npuflow.data.datasets import image_batches
 
     prep = {"mean": [0.0] * 3, "std": [1.0] * 3, "resize": "letterbox", "pad": 114}
     x = torch.from_numpy(image_batches("samples", "evaluation", 6, [1, 3, 128, 128], prep, 0).images[5:6])  # the horse
@@ -188,8 +188,8 @@ def test_host_decode_matches_ultralytics_own(source):
 
 def test_full_head_export_quantises_boxes_and_scores_into_one_tensor(tmp_path):
     """`head: full` exports Ultralytics' decoded output: one tensor of pixel boxes and 0..1 scores."""
-    from npuflow.export import export
-    from npuflow.fetch import fetch
+    from npuflow.graph.export import export
+    from npuflow.sources.fetch import fetch
 
     spec = yolo_spec(size=64)
     spec["head"] = "full"
@@ -239,7 +239,7 @@ def test_agreement_matches_boxes_of_the_same_class_only():
 
 
 def test_letterbox_fits_pads_and_maps_boxes_as_ultralytics():
-    from npuflow.data import letterbox
+    from npuflow.data.datasets import letterbox
 
     img = np.full((100, 200, 3), 255, np.uint8)
     chw, boxes = letterbox(img, (64, 64), {"mean": [0] * 3, "std": [1] * 3, "pad": 114}, None, np.array([[3, 0, 0, 200, 100.0]]))
@@ -252,7 +252,7 @@ def test_letterbox_fits_pads_and_maps_boxes_as_ultralytics():
 def test_coco_json_labels_are_indexed_in_category_order(tmp_path):
     from PIL import Image
 
-    from npuflow.data import index_images
+    from npuflow.data.datasets import index_images
 
     Image.new("RGB", (40, 20)).save(tmp_path / "a.jpg")
     coco = {
@@ -271,7 +271,7 @@ def test_coco_json_labels_are_indexed_in_category_order(tmp_path):
 def test_broken_box_labels_name_the_file_and_line(tmp_path):
     from PIL import Image
 
-    from npuflow.data import DatasetError, index_images
+    from npuflow.data.datasets import DatasetError, index_images
 
     (tmp_path / "labels").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")

@@ -25,7 +25,7 @@ import yaml
 
 import background
 from conftest import REPO, classifier_entry, snakemake, snakemake_command, snakemake_env
-from npuflow.config import ConfigError, load_config
+from npuflow.pipeline.config import ConfigError, load_config
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -126,7 +126,7 @@ def test_an_archive_dataset_holding_fewer_evaluation_images_than_asked_fails_in_
     """An archive's images are counted once it is prepared: the reference stage refuses, naming the numbers."""
     import tarfile
 
-    from npuflow.data import DatasetError, image_batches, prepare_dataset
+    from npuflow.data.datasets import DatasetError, image_batches, prepare_dataset
 
     write_images(tmp_path / "src", 2)
     with tarfile.open(tmp_path / "set.tar", "w") as tar:
@@ -150,7 +150,7 @@ def bad_argv(name: str, cmd, tmp_path: Path) -> list[str]:
     that does not parse, a tracking URI with credentials; outputs into tmp_path."""
     import argparse
 
-    from npuflow.cli import input_dir, input_file, json_object, onnx_file
+    from npuflow.cli.base import input_dir, input_file, json_object, onnx_file
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
@@ -173,7 +173,7 @@ def bad_argv(name: str, cmd, tmp_path: Path) -> list[str]:
 
 
 def test_every_command_answers_a_user_mistake_in_one_line_without_a_traceback(tmp_path, capsys, monkeypatch):
-    from npuflow.cli import COMMANDS, main
+    from npuflow.cli.main import COMMANDS, main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # no config.yaml here: commands that default to one say so
@@ -192,7 +192,7 @@ def test_every_command_answers_a_user_mistake_in_one_line_without_a_traceback(tm
 
 
 def test_files_of_the_wrong_kind_and_bad_json_are_named_in_one_line(tmp_path, capsys):
-    from npuflow.cli import main
+    from npuflow.cli.main import main
 
     (tmp_path / "report.json").write_text("{}")
     cases = [
@@ -219,7 +219,7 @@ def spec_argv(name: str, cmd, tmp_path: Path, spec: dict) -> list[str]:
     there (an empty ONNX-looking file, an empty folder), outputs into tmp_path/out."""
     import argparse
 
-    from npuflow.cli import input_dir, input_file, json_object, onnx_file
+    from npuflow.cli.base import input_dir, input_file, json_object, onnx_file
 
     (tmp_path / "in.onnx").write_bytes(b"\x08")
     (tmp_path / "in").mkdir(exist_ok=True)
@@ -246,9 +246,10 @@ def spec_argv(name: str, cmd, tmp_path: Path, spec: dict) -> list[str]:
 def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, capsys, monkeypatch):
     """Every command that takes --spec checks it against the fields its stage reads, as model_spec
     resolves them: a missing field (nested ones by their path) is named before anything runs."""
-    from npuflow.cli import COMMAND_STAGES, COMMANDS, main
-    from npuflow.config import model_spec as resolve
-    from npuflow.config import stage_spec
+    from npuflow.cli.base import COMMAND_STAGES, COMMANDS
+    from npuflow.cli.main import main
+    from npuflow.pipeline.config import model_spec as resolve
+    from npuflow.pipeline.config import stage_spec
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -278,7 +279,7 @@ def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, caps
 
 def test_every_resolved_spec_passes_the_spec_check_of_every_stage():
     """No false alarm: what the workflow passes (model_spec, cut to each stage's fields) is accepted."""
-    from npuflow.config import STAGE_FIELDS, model_spec, spec_problems, stage_spec
+    from npuflow.pipeline.config import STAGE_FIELDS, model_spec, spec_problems, stage_spec
 
     for path in (REPO / "config.yaml", REPO / "tests" / "config.tiny.yaml"):
         config = load_config(path)
@@ -301,7 +302,7 @@ BROKEN_YAML = 'weights: random\nmodels:\n  m0:\n    source: "timm:efficientvit_m
 
 
 def test_a_yaml_syntax_error_names_its_line_in_check_config_and_snakemake(tmp_path, capsys):
-    from npuflow.cli import main
+    from npuflow.cli.main import main
 
     (tmp_path / "config.yaml").write_text(BROKEN_YAML)
     assert main(["check-config", str(tmp_path / "config.yaml")]) == 2
@@ -323,7 +324,7 @@ def test_a_yaml_syntax_error_names_its_line_in_check_config_and_snakemake(tmp_pa
 @pytest.mark.slow  # a model through fetch and export
 def test_an_input_size_the_model_cannot_take_fails_in_one_line_naming_both_sizes(tmp_path, capsys):
     """deit_tiny_patch16_224 at 256×256: torch's 39-line traceback before; now the export job's one line."""
-    from npuflow.cli import main
+    from npuflow.cli.main import main
 
     config = write_config(
         tmp_path / "c.yaml",
@@ -389,7 +390,7 @@ def closed_port() -> int:
 
 
 def preflight_error(uri: str, **kwargs) -> str:
-    from npuflow.tracking_server import TrackingServerError, preflight
+    from npuflow.tracking.server import TrackingServerError, preflight
 
     with pytest.raises(TrackingServerError) as e:
         preflight(uri, "npuflow-tiny", **kwargs)
@@ -397,7 +398,7 @@ def preflight_error(uri: str, **kwargs) -> str:
 
 
 def test_preflight_tells_each_refusal_apart_in_one_line(fake_server, monkeypatch):
-    from npuflow.tracking_server import preflight
+    from npuflow.tracking.server import preflight
 
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -460,8 +461,8 @@ def test_connection_lost_is_told_apart_from_other_mlflow_failures():
     import requests
     from mlflow.exceptions import MlflowException
 
-    from npuflow.track import TrackingFailed
-    from npuflow.tracking_server import connection_lost
+    from npuflow.tracking.server import connection_lost
+    from npuflow.tracking.track import TrackingFailed
 
     def raised(cause):
         try:
@@ -490,13 +491,13 @@ def test_connection_lost_is_told_apart_from_other_mlflow_failures():
 
 
 def test_the_run_lock_is_held_until_its_process_ends_however_it_ends(tmp_path):
-    from npuflow.runlock import RunningElsewhere, hold_run_lock, release_run_lock
+    from npuflow.pipeline.runlock import RunningElsewhere, hold_run_lock, release_run_lock
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from npuflow.runlock import hold_run_lock; hold_run_lock(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+            "import sys, time; from npuflow.pipeline.runlock import hold_run_lock; hold_run_lock(sys.argv[1]); print('held', flush=True); time.sleep(60)",
             str(tmp_path),
         ],
         stdout=subprocess.PIPE,

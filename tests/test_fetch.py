@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import classifier_entry, make_config
-from npuflow.config import model_spec
-from npuflow.fetch import fetch
-from npuflow.sources import FetchError
+from npuflow.pipeline.config import model_spec
+from npuflow.sources.core import FetchError
+from npuflow.sources.fetch import fetch
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def run_fetch_cli(tmp_path, weights):
         [
             sys.executable,
             "-m",
-            "npuflow.cli",
+            "npuflow.cli.main",
             "fetch",
             "--config",
             str(tmp_path / "c.yaml"),

@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, TINY_CONFIG, TINY_SEGFORMER, classifier_entry, segformer_entry, snakemake
-from npuflow.config import ConfigError, load_yaml, validate_config
-from npuflow.plan import Plan
+from npuflow.pipeline.config import ConfigError, load_yaml, validate_config
+from npuflow.pipeline.plan import Plan
 
 EXAMPLES = int(os.environ.get("NPUFLOW_FUZZ_EXAMPLES", "500"))
 SETTINGS = settings(

@@ -21,7 +21,7 @@ from typing import ClassVar
 import pytest
 
 import background
-from npuflow.archive import ArchiveError, extract_archive, fetch_archive
+from npuflow.data.archive import ArchiveError, extract_archive, fetch_archive
 
 # ---------------------------------------------------------------------------------------------
 # Downloads (dataset archives and url: checkpoints share one downloader)
@@ -87,7 +87,7 @@ def server(tmp_path):
 
 def checkpoint_spec(source: str, weights: str = "pretrained", **extra) -> dict:
     from conftest import classifier_entry, make_config
-    from npuflow.config import model_spec
+    from npuflow.pipeline.config import model_spec
 
     http = {"allow_http": True} if source.startswith("url:") else {}  # a url: field; a file: entry may not carry it
     config = make_config(m=classifier_entry(source=source, arch="efficientvit_m0", **http, **extra))
@@ -160,8 +160,8 @@ BROKEN_CHECKPOINTS = {
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind", BROKEN_CHECKPOINTS)
 def test_broken_or_hostile_checkpoint_is_refused_naming_the_file(kind, tmp_path, state_dict):
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     (tmp_path / "in").mkdir()
     path = _write_broken_checkpoint(kind, tmp_path / "in", state_dict)
@@ -178,7 +178,7 @@ def test_safetensors_checkpoint_is_recognised_whatever_its_name(tmp_path, state_
     """A URL's last segment need not say the format: safetensors is recognised by its header."""
     from safetensors.torch import load_file, save_file
 
-    from npuflow.fetch import fetch
+    from npuflow.sources.fetch import fetch
 
     save_file(state_dict, str(tmp_path / "download"))
     manifest = fetch(checkpoint_spec(f"file:{tmp_path / 'download'}"), tmp_path / "out", tmp_path)
@@ -190,8 +190,8 @@ def test_safetensors_checkpoint_is_recognised_whatever_its_name(tmp_path, state_
 def test_file_checkpoint_sha256_mismatch_names_the_field(tmp_path, state_dict):
     import torch
 
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     torch.save(state_dict, tmp_path / "m.pth")
     with pytest.raises(FetchError, match=rf"models\.m\.sha256: {tmp_path / 'm.pth'} has sha256 [0-9a-f]{{64}}, expected {'1' * 64}"):
@@ -202,8 +202,8 @@ def test_file_checkpoint_sha256_mismatch_names_the_field(tmp_path, state_dict):
 def test_url_checkpoint_broken_off_mid_transfer(server, tmp_path):
     """`pretrained` fails clearly; `auto` falls back to random weights and says why. Neither keeps
     the partial download."""
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     url, _ = server
     with pytest.raises(FetchError, match=r"models\.m: weights: pretrained, but download of .*/short/m\.pth broke off"):
@@ -219,8 +219,8 @@ def test_url_checkpoint_of_an_unreachable_host(tmp_path):
     falls back to labelled random weights."""
     import time
 
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     start = time.perf_counter()
     with pytest.raises(FetchError, match=r"models\.m: weights: pretrained, but https://127\.0\.0\.1:9/m\.pth is unreachable"):
@@ -233,8 +233,8 @@ def test_url_checkpoint_of_an_unreachable_host(tmp_path):
 def test_url_checkpoint_over_plain_http_is_refused_by_the_fetch_itself(server, tmp_path):
     """The config refuses http without allow_http (test_config.py); a spec that reaches the fetch
     another way (`npuflow fetch --spec …`) is refused there too, before any request."""
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     url, www = server
     (www / "m.pth").write_bytes(b"x")
@@ -247,8 +247,8 @@ def test_url_checkpoint_over_plain_http_is_refused_by_the_fetch_itself(server, t
 
 def test_url_naming_no_file_is_stored_under_a_safe_name(server, tmp_path):
     """`…/sub/..` has `..` as its last segment: it must not become the cache path."""
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     url, _ = server
     with pytest.raises(FetchError, match=r"downloads/m/checkpoint is not a loadable weights-only checkpoint"):
@@ -559,7 +559,7 @@ def test_https_to_http_redirect_is_refused():
     """No TLS server offline: the redirect handler is asked directly, as urllib would."""
     import urllib.request
 
-    from npuflow.download import DownloadError, _SchemeCheckingRedirect
+    from npuflow.util.download import DownloadError, _SchemeCheckingRedirect
 
     req = urllib.request.Request("https://example.org/set.tar.gz")
     with pytest.raises(
@@ -578,10 +578,10 @@ def test_transfer_broken_off_is_an_error_and_leaves_no_file(server, tmp_path):
 
 def test_trickling_transfer_is_broken_off_and_leaves_no_file(server, tmp_path, monkeypatch):
     """Each byte arrives well within the read timeout; the transfer as a whole is too slow."""
-    import npuflow.download
+    import npuflow.util.download
 
-    monkeypatch.setattr(npuflow.download, "LOW_SPEED_BYTES_PER_S", 100)
-    monkeypatch.setattr(npuflow.download, "LOW_SPEED_WINDOW_S", 1.0)
+    monkeypatch.setattr(npuflow.util.download, "LOW_SPEED_BYTES_PER_S", 100)
+    monkeypatch.setattr(npuflow.util.download, "LOW_SPEED_WINDOW_S", 1.0)
     url, _ = server
     with pytest.raises(ArchiveError, match=r"too slow: \d+ bytes in the last 1 s, under 100 bytes/s"):
         fetch_archive(f"{url}/trickle/set.tar.gz", None, tmp_path / "cache" / "set.tar.gz", allow_http=True)
@@ -596,9 +596,9 @@ def test_trickling_transfer_is_broken_off_and_leaves_no_file(server, tmp_path, m
     ],
 )
 def test_download_over_the_size_cap_is_stopped_and_leaves_no_file(server, tmp_path, monkeypatch, path, message):
-    import npuflow.download
+    import npuflow.util.download
 
-    monkeypatch.setattr(npuflow.download, "MAX_DOWNLOAD_BYTES", 500)
+    monkeypatch.setattr(npuflow.util.download, "MAX_DOWNLOAD_BYTES", 500)
     url, www = server
     (www / "set.tar.gz").write_bytes(b"x" * 1000)
     with pytest.raises(ArchiveError, match=message):
@@ -621,9 +621,9 @@ def test_offline_pretrained_fails_clearly_within_10_s(source, tmp_path, monkeypa
     import huggingface_hub.constants
 
     from conftest import classifier_entry, make_config, segformer_entry
-    from npuflow.config import model_spec
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError, source_for
+    from npuflow.pipeline.config import model_spec
+    from npuflow.sources.core import FetchError, source_for
+    from npuflow.sources.fetch import fetch
 
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -647,7 +647,7 @@ def test_offline_pretrained_fails_clearly_within_10_s(source, tmp_path, monkeypa
 
 WRITER = """
 import os, signal, sys
-from npuflow.io import atomic_path
+from npuflow.util.io import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"half of an output")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -659,7 +659,7 @@ def test_write_killed_mid_way_leaves_no_output_and_its_temporary_is_removed_by_t
     import subprocess
     import sys
 
-    from npuflow.io import write_json
+    from npuflow.util.io import write_json
 
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-c", WRITER, str(out)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -682,7 +682,7 @@ def test_outputs_get_the_umask_permissions_not_mkstemp_0600(tmp_path, umask, mod
     import subprocess
     import sys
 
-    code = "import sys; from npuflow.io import write_json; write_json(sys.argv[1], {})"
+    code = "import sys; from npuflow.util.io import write_json; write_json(sys.argv[1], {})"
     subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "r.json")],
         check=True,
@@ -699,7 +699,7 @@ def test_extraction_killed_mid_way_is_cleaned_by_the_next_one(tmp_path):
     archive = make_tar(tmp_path / "set.tar", [("a.txt", b"a", {})])
     killer = """
 import os, signal, sys
-import npuflow.archive as a
+import npuflow.data.archive as a
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 a._move_into_place = die
@@ -829,7 +829,7 @@ def test_kill9_mid_run_then_rerun_completes_with_whole_outputs(killed_then_rerun
     import onnx
 
     from conftest import snakemake
-    from npuflow.io import read_json
+    from npuflow.util.io import read_json
 
     workdir, config, kills, rerun = killed_then_rerun
     assert all(kill["incomplete"] for kill in kills), f"a kill found nothing running: {kills}"
@@ -857,7 +857,7 @@ def test_kill9_mid_run_then_rerun_completes_with_whole_outputs(killed_then_rerun
 def test_mlflow_after_kill9_has_one_finished_current_run_per_pair(killed_then_rerun):
     from mlflow.tracking import MlflowClient
 
-    from npuflow.track import CURRENT_TAG
+    from npuflow.tracking.track import CURRENT_TAG
 
     workdir, _, kills, rerun = killed_then_rerun
     assert rerun.returncode == 0
@@ -877,7 +877,7 @@ def test_parallel_logging_at_8_cores_is_serialised_without_database_errors(kille
     profile's mlflow=1 resource keeps their SQLite writes apart."""
     from mlflow.tracking import MlflowClient
 
-    from npuflow.track import CURRENT_TAG
+    from npuflow.tracking.track import CURRENT_TAG
 
     workdir, _, _, rerun = killed_then_rerun
     out = rerun.stdout + rerun.stderr

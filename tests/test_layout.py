@@ -1,4 +1,4 @@
-"""The stage table (npuflow.layout) is the contract: every rule's outputs, log, benchmark, memory
+"""The stage table (npuflow.core.layout) is the contract: every rule's outputs, log, benchmark, memory
 and command are the table's, and what derives from it (reserved names, STAGE_FIELDS, memory keys,
 run files, CLI commands) agrees with it."""
 
@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from conftest import REPO, snakemake
-from npuflow.cli import COMMANDS, build_parser
-from npuflow.config import RESERVED_MODEL_NAMES, STAGE_FIELDS
-from npuflow.layout import ARTIFACTS, RUN_FILES, STAGES, reserved_names, run_files
-from npuflow.memory import MEASURED_PEAKS_MB
+from npuflow.cli.main import COMMANDS, build_parser
+from npuflow.core.layout import ARTIFACTS, RUN_FILES, STAGES, reserved_names, run_files
+from npuflow.pipeline.config import RESERVED_MODEL_NAMES, STAGE_FIELDS
+from npuflow.pipeline.memory import MEASURED_PEAKS_MB
 
 
 def dry_run_jobs(workdir, configfile) -> list[dict]:

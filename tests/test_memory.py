@@ -6,8 +6,8 @@ import re
 import psutil
 
 from conftest import REPO, snakemake
-from npuflow.config import load_config, model_spec
-from npuflow.memory import FLOOR_MB, MARGIN, MEASURED_PEAKS_MB, job_mem_mb, local_mem_mb, megapixels
+from npuflow.pipeline.config import load_config, model_spec
+from npuflow.pipeline.memory import FLOOR_MB, MARGIN, MEASURED_PEAKS_MB, job_mem_mb, local_mem_mb, megapixels
 
 
 def test_estimates_are_the_line_through_the_measured_peaks_with_the_margin():
@@ -35,7 +35,7 @@ def test_estimates_are_the_line_through_the_measured_peaks_with_the_margin():
 def test_local_limit_is_the_free_memory_or_the_containers_when_smaller(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import npuflow.memory as memory
+    import npuflow.pipeline.memory as memory
 
     gib = 2**30
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=10 * gib))

@@ -1,5 +1,5 @@
 """Names are data (issue 28): every name the config gives that becomes a wildcard, a file name, an
-MLflow name or a command argument is checked against npuflow.names' one pattern when the config
+MLflow name or a command argument is checked against npuflow.core.names' one pattern when the config
 is read, and every shell command of the workflow quotes what it interpolates."""
 
 import ast
@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import REPO, classifier_entry, snakemake
-from npuflow.config import ConfigError, validate_config
-from npuflow.names import MAX_NAME_LENGTH, NAME_FIELDS, is_name, wildcard_constraint
+from npuflow.core.names import MAX_NAME_LENGTH, NAME_FIELDS, is_name, wildcard_constraint
+from npuflow.pipeline.config import ConfigError, validate_config
 
 HOSTILE_NAMES = [
     "npu$(touch PWNED)",

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from npuflow.onnxutil import OutputBuffer, ReusedOutputs, session
+from npuflow.util.onnxutil import OutputBuffer, ReusedOutputs, session
 
 
 def _model():

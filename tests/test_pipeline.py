@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO, mlflow_runs, snakemake
-from npuflow.records import BuildReport, EvalReport, TrackReport
+from npuflow.core.records import BuildReport, EvalReport, TrackReport
 
 
 def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
@@ -72,7 +72,7 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
 
 def test_the_experiment_is_a_model_training_one(pipeline):
     """MLflow's UI opens an experiment by its kind; without one it opened npuflow's on the GenAI overview."""
-    from npuflow.track import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from npuflow.tracking.track import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     client, runs = mlflow_runs(pipeline)
     assert client.get_experiment(runs[0].info.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
@@ -136,8 +136,8 @@ def test_each_recipe_is_quantised_and_evaluated_once_with_a_layer_table_per_targ
         [f"{r}{ext}" for r in recipes for ext in (".json", ".layers.json")] + ["reference.json", "reference.npz"]
     )
     # No two quantised models of the model have the same graph (node precision map).
-    from npuflow.onnxutil import load
-    from npuflow.precision import embedded_precision
+    from npuflow.graph.precision import embedded_precision
+    from npuflow.util.onnxutil import load
 
     graphs = [json.dumps(embedded_precision(load(p)), sort_keys=True) for p in (model / "quant").glob("*.onnx")]
     assert len(graphs) == 2 and len(set(graphs)) == 2
@@ -151,7 +151,7 @@ def test_a_target_whose_recipe_resolves_as_another_builds_that_model(pipeline_co
     """j5's recipe (int16 LayerNorm, GELU and Softmax) on a model without LayerNorm or GELU gives
     every node the type rdk-x5's (int16 Softmax) does: once the `recipes` checkpoint has run,
     adding j5 plans no quantisation, evaluation or analysis, and j5 builds rdk-x5's model."""
-    from npuflow.records import RecipeMap
+    from npuflow.core.records import RecipeMap
 
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
     config["targets"] = [*config["targets"], "j5"]
@@ -194,7 +194,7 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
     move the alias."""
     import json
 
-    from npuflow.track import CURRENT_TAG, _client, init_store, log_run
+    from npuflow.tracking.track import CURRENT_TAG, _client, init_store, log_run
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     init_store(uri=uri, experiment="t", out_json=tmp_path / "init.json")
@@ -312,7 +312,7 @@ def test_bad_config_fails_dry_run_before_any_job(tmp_path, edit, where, expected
 
 def test_run_left_unfinished_by_a_killed_job_is_retired(pipeline_copy):
     """A logging job killed after creating its run leaves it RUNNING; the next logging retires it."""
-    from npuflow.track import CURRENT_TAG
+    from npuflow.tracking.track import CURRENT_TAG
 
     client, runs = mlflow_runs(pipeline_copy)
     exp_id = runs[0].info.experiment_id

@@ -1,13 +1,13 @@
-"""The workflow's parse-time decisions (npuflow.plan), without Snakemake: which recipe each target
+"""The workflow's parse-time decisions (npuflow.pipeline.plan), without Snakemake: which recipe each target
 builds, where mixed precision applies, the user datasets a model reads, the run files and each
 pair's chain of stages."""
 
 import pytest
 
 from conftest import classifier_entry, make_config
-from npuflow.config import validate_config
-from npuflow.layout import STAGES
-from npuflow.plan import Pair, Plan
+from npuflow.core.layout import STAGES
+from npuflow.pipeline.config import validate_config
+from npuflow.pipeline.plan import Pair, Plan
 
 
 def plan(**entry) -> Plan:
@@ -111,9 +111,9 @@ def conv_relu_onnx(path):
 
 
 def test_recipes_that_resolve_alike_share_one_quantised_model(tmp_path):
-    from npuflow.layout import relocate
-    from npuflow.plan import recipe_identity, shared_recipes
-    from npuflow.recipes import recipe_map
+    from npuflow.core.layout import relocate
+    from npuflow.pipeline.plan import recipe_identity, shared_recipes
+    from npuflow.pipeline.recipes import recipe_map
 
     p = plan(precision={"rdk-x5": {"op_types": {"Softmax": "int16"}}})
     recipes = p.model_recipes("m")
@@ -149,8 +149,8 @@ def test_recipes_that_resolve_alike_share_one_quantised_model(tmp_path):
 
 
 def test_the_report_gets_pairs_planned_before_any_map_and_settles_them_where_it_runs(tmp_path):
-    from npuflow.plan import resolve_pair
-    from npuflow.records import RecipeMap
+    from npuflow.core.records import RecipeMap
+    from npuflow.pipeline.plan import resolve_pair
 
     plain, mixed = Pair("m", "j5", "int8_LayerNorm-int16", "int8_LayerNorm-int16"), Pair("m", "j5", "mixed-j5", "int8_LayerNorm-int16")
     assert resolve_pair(plain, str(tmp_path)) == plain  # no map yet: its stages have not run
@@ -172,7 +172,7 @@ def test_the_report_gets_pairs_planned_before_any_map_and_settles_them_where_it_
 def test_outputs_a_stopped_run_left_marked_incomplete_are_removed(tmp_path):
     from base64 import urlsafe_b64encode
 
-    from npuflow.runlock import remove_incomplete_outputs
+    from npuflow.pipeline.runlock import remove_incomplete_outputs
 
     marks = tmp_path / ".snakemake" / "incomplete"
     marks.mkdir(parents=True)
@@ -191,8 +191,8 @@ def test_a_models_precision_for_a_chip_follows_to_profiles_derived_from_it():
     what its base does (the base's fit is carried over)."""
     import copy
 
-    from npuflow.config import validate_config
-    from npuflow.plan import Plan
+    from npuflow.pipeline.config import validate_config
+    from npuflow.pipeline.plan import Plan
 
     config = {
         "weights": "random",

@@ -1,12 +1,12 @@
-"""PTQ methods (npuflow.ptq): every registry entry on its example model, the settings checks, and
+"""PTQ methods (npuflow.quant.ptq): every registry entry on its example model, the settings checks, and
 the per-tensor MobileNetV2 improvement on the real ImageNet weights."""
 
 import numpy as np
 import onnx
 import pytest
 
-from npuflow.ptq import PTQ_METHODS, apply_methods, check_settings, resolve_settings, settings_id
-from npuflow.ptq.examples import images_for
+from npuflow.quant.ptq import PTQ_METHODS, apply_methods, check_settings, resolve_settings, settings_id
+from npuflow.quant.ptq.examples import images_for
 
 
 @pytest.mark.parametrize("key", PTQ_METHODS.names())
@@ -42,8 +42,8 @@ def test_a_method_the_graph_cannot_use_is_not_applicable(key):
 
 
 def test_equalisation_balances_the_channel_ranges_and_keeps_relu6_exact():
-    from npuflow.ptq.cle import find_pairs
-    from npuflow.ptq.graph import Weights
+    from npuflow.quant.ptq.cle import find_pairs
+    from npuflow.quant.ptq.graph import Weights
 
     model = PTQ_METHODS.get("cross_layer_equalization").example()
     w = Weights(model)
@@ -66,7 +66,7 @@ def test_bias_correction_reduces_the_output_shift_it_targets():
 
 
 def test_smoothquant_shrinks_the_activation_outliers_and_raises_the_int8_sqnr():
-    from npuflow.ptq.graph import Weights, outputs_of, quantise_weight
+    from npuflow.quant.ptq.graph import Weights, outputs_of, quantise_weight
 
     model = PTQ_METHODS.get("smoothquant").example()
     images = images_for(model, 16)
@@ -96,7 +96,7 @@ def _expose(model, tensor):
 
 
 def test_settings_are_checked_naming_the_key():
-    from npuflow.ptq import PtqError
+    from npuflow.quant.ptq import PtqError
 
     with pytest.raises(PtqError, match=r"unknown quantization key 'bias_corection'.*bias_correction"):
         check_settings({"bias_corection": True}, "models.m.quantization")
@@ -115,10 +115,10 @@ def test_the_ptq_stage_reports_each_method_and_carries_the_settings_to_the_quant
     """efficientvit_m0 (random weights): equalisation and bias correction apply, SmoothQuant is
     not applicable (no LayerNorm feeding a MatMul); the quantiser then uses per-tensor weights."""
     from conftest import make_config
-    from npuflow.config import model_spec
-    from npuflow.ptq.stage import embedded_settings, ptq
-    from npuflow.quantize import quantize
-    from npuflow.records import PtqReport
+    from npuflow.core.records import PtqReport
+    from npuflow.pipeline.config import model_spec
+    from npuflow.quant.ptq.stage import embedded_settings, ptq
+    from npuflow.quant.quantize import quantize
 
     _, p = classifier
     settings = {"weights": "per_tensor", "cross_layer_equalization": True, "bias_correction": True, "smoothquant": 0.5}
@@ -155,9 +155,9 @@ def test_the_ptq_stage_reports_each_method_and_carries_the_settings_to_the_quant
 
 def test_a_target_profile_requiring_per_tensor_weights_gets_its_own_quantised_model():
     from conftest import classifier_entry, make_config
-    from npuflow.plan import Plan
-    from npuflow.precision import recipe_id
-    from npuflow.quantize import per_channel_weights
+    from npuflow.graph.precision import recipe_id
+    from npuflow.pipeline.plan import Plan
+    from npuflow.quant.quantize import per_channel_weights
 
     config = make_config(evit=classifier_entry())
     config["targets"] = ["ax650n-npu3", "pt-chip"]
@@ -178,9 +178,9 @@ def test_equalisation_and_bias_correction_rescue_per_tensor_mobilenet_v2(real_mo
     """torchvision's MobileNetV2 with its real ImageNet weights, int8 with per-tensor weights:
     CLE + BC bring the output SQNR and cosine back to the per-channel model's (benchmarks/ptq.py
     prints the full table)."""
-    from npuflow.data import CALIBRATION_PHOTOS, image_batches
-    from npuflow.io import read_json
-    from npuflow.ptq.study import measure
+    from npuflow.data.datasets import CALIBRATION_PHOTOS, image_batches
+    from npuflow.quant.ptq_study import measure
+    from npuflow.util.io import read_json
 
     spec, paths, _ = real_mobilenet
     model = onnx.load(str(paths["surgery_onnx"]))
@@ -204,7 +204,7 @@ def test_equalisation_and_bias_correction_rescue_per_tensor_mobilenet_v2(real_mo
 
 
 def test_a_methods_result_reads_as_one_line():
-    from npuflow.ptq.report import method_text
+    from npuflow.quant.ptq.report import method_text
 
     model = PTQ_METHODS.get("cross_layer_equalization").example()
     _, report = apply_methods(model, resolve_settings({"cross_layer_equalization": True}), images_for(model))

@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import reference_and_evaluate
-from npuflow.config import ConfigError, validate_config
-from npuflow.io import read_json
+from npuflow.pipeline.config import ConfigError, validate_config
+from npuflow.util.io import read_json
 
 
 def _attention_like():
@@ -39,7 +39,7 @@ def _attention_like():
 
 
 def test_recipe_priority_is_layer_then_op_type_then_subgraph():
-    from npuflow.precision import resolve_precision
+    from npuflow.graph.precision import resolve_precision
 
     model = _attention_like()
     recipe = {
@@ -56,7 +56,7 @@ def test_recipe_priority_is_layer_then_op_type_then_subgraph():
 
 
 def test_recipe_naming_a_missing_layer_is_refused_with_the_field():
-    from npuflow.precision import RecipeError, resolve_precision
+    from npuflow.graph.precision import RecipeError, resolve_precision
 
     with pytest.raises(RecipeError, match=r"precision\.layers\.nope: no node of that name"):
         resolve_precision(_attention_like(), {"default": "int8", "layers": {"nope": "int16"}})
@@ -78,7 +78,7 @@ def test_bad_recipe_in_config_names_the_entry_and_field():
 
 
 def test_histogram_methods_narrow_the_minmax_range():
-    from npuflow.calibrate import compute_ranges
+    from npuflow.quant.calibrate import compute_ranges
 
     rng = np.random.default_rng(0)
     data = np.concatenate([rng.normal(0, 1, 200_000), [40.0, -35.0]])  # two outliers
@@ -95,7 +95,7 @@ def test_histogram_methods_narrow_the_minmax_range():
 @pytest.fixture(scope="module")
 def seg_quant(segmenter, tmp_path_factory):
     """The tiny SegFormer quantised under a recipe with int16 Softmax and float MatMul, evaluated."""
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     spec, p = segmenter
     d = tmp_path_factory.mktemp("segq")
@@ -113,7 +113,7 @@ def seg_quant(segmenter, tmp_path_factory):
 
 
 def test_int16_recipe_reaches_the_quantised_model_and_the_simulator(seg_quant):
-    from npuflow.precision import embedded_precision
+    from npuflow.graph.precision import embedded_precision
     from npuflow.sim import analyse
     from npuflow.targets import load_targets
 
@@ -134,7 +134,7 @@ def test_int16_recipe_reaches_the_quantised_model_and_the_simulator(seg_quant):
 
 
 def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_path):
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
     from npuflow.sim.build import build
     from npuflow.targets import load_targets
 
@@ -158,7 +158,7 @@ def test_float_layers_stay_unquantised_and_fall_back_to_the_cpu(segmenter, tmp_p
 def _near_uniform_attention(tmp_path):
     """x → MatMul → Softmax over 197 near-equal logits → MatMul: DeiT-Tiny's attention with random
     weights, whose Softmax output (at most ~0.008) gets an int8 scale of ~3e-5. Calibrated."""
-    from npuflow.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.quant.calibrate import collect, compute_ranges, save_ranges
 
     rng = np.random.default_rng(0)
     w1 = onnx.numpy_helper.from_array((rng.standard_normal((16, 197)) * 0.02).astype(np.float32), "w1")
@@ -188,7 +188,7 @@ def test_a_float_op_runs_in_float_between_int8_crossings(tmp_path, monkeypatch):
     int8 at their calibrated scales, and the simulator sees the same model as before."""
     import onnxruntime as ort
 
-    from npuflow import quantize as q
+    from npuflow.quant import quantize as q
     from npuflow.sim import analyse, simulate
     from npuflow.targets import load_targets
 
@@ -242,9 +242,9 @@ def test_a_float_softmax_stays_float_in_a_vision_transformer(tmp_path):
     import timm
     import torch
 
-    from npuflow.calibrate import collect, compute_ranges, save_ranges
-    from npuflow.onnxutil import session
-    from npuflow.quantize import quantize_model
+    from npuflow.quant.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.quant.quantize import quantize_model
+    from npuflow.util.onnxutil import session
 
     torch.manual_seed(0)
     net = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64).eval()
@@ -276,7 +276,7 @@ def test_a_float_softmax_stays_float_in_a_vision_transformer(tmp_path):
 
 
 def run_float(model, x):
-    from npuflow.onnxutil import run_onnx
+    from npuflow.util.onnxutil import run_onnx
 
     return run_onnx(model, {"x": x[None]})[0]
 
@@ -311,8 +311,8 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
     assert all(r["quantized_dtype"] != "float" for r in table if not r["unranked"])
     # The logits' row, recomputed here: the float model's against the quantised model's as its
     # consumer (the ArgMax) reads them, over the analysis images.
-    from npuflow.evaluate import expose_logits
-    from npuflow.onnxutil import run_onnx
+    from npuflow.evaluation.evaluate import expose_logits
+    from npuflow.util.onnxutil import run_onnx
 
     quant = onnx.load(str(d / "q.onnx"))
     argmax = next(n for n in quant.graph.node if n.op_type == "ArgMax")
@@ -338,9 +338,9 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
 
 
 def test_near_zero_and_float_tensors_are_left_out_of_the_worst_layer_rankings(tmp_path):
-    from npuflow.layers import NEAR_ZERO_RATIO, read_layers_csv, unranked_reason, worst_rows, write_layers_csv
+    from npuflow.evaluation.layers import NEAR_ZERO_RATIO, read_layers_csv, unranked_reason, worst_rows, write_layers_csv
     from npuflow.report import worst_layers
-    from npuflow.track import layer_metrics
+    from npuflow.tracking.track import layer_metrics
 
     def row(tensor, cosine, sqnr, quantised=True, rms=1.0):
         return {"tensor": tensor, "node": tensor, "op_type": "X", "shape": "1", "dtype": "float32", "quantized_dtype": "int8" if quantised else "float",
@@ -364,7 +364,7 @@ def test_near_zero_and_float_tensors_are_left_out_of_the_worst_layer_rankings(tm
 
 
 def test_fidelity_check_flags_a_headline_the_layer_table_disagrees_with():
-    from npuflow.layers import fidelity_check, fidelity_check_text
+    from npuflow.evaluation.layers import fidelity_check, fidelity_check_text
 
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((4, 10))
@@ -380,10 +380,10 @@ def test_fidelity_check_flags_a_headline_the_layer_table_disagrees_with():
 def test_layer_figures_are_sums_over_the_images_of_the_float_and_quantised_tensors(tmp_path):
     """Each row's cosine, SQNR, MSE and local SQNR against their formulas, recomputed here from
     the two models' tensors, with one tensor a group (a segment each) and a tensor kept float."""
-    from npuflow.calibrate import collect, compute_ranges, save_ranges
-    from npuflow.layers import analyse_layers
-    from npuflow.onnxutil import run_onnx
-    from npuflow.quantize import quantize_model
+    from npuflow.evaluation.layers import analyse_layers
+    from npuflow.quant.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.quant.quantize import quantize_model
+    from npuflow.util.onnxutil import run_onnx
 
     model = _attention_like()
     model.ir_version = 8  # onnxruntime's highest is below what onnx.helper writes
@@ -427,9 +427,9 @@ def test_an_activation_folded_into_its_conv_keeps_the_convs_unit_and_time(tmp_pa
     import timm
     import torch
 
-    from npuflow.calibrate import collect, compute_ranges, save_ranges
-    from npuflow.layers import analyse_layers
-    from npuflow.quantize import quantize_model
+    from npuflow.evaluation.layers import analyse_layers
+    from npuflow.quant.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.quant.quantize import quantize_model
     from npuflow.sim import analyse, simulate
     from npuflow.sim.build import layer_table
     from npuflow.targets import load_targets
@@ -457,7 +457,7 @@ def test_an_activation_folded_into_its_conv_keeps_the_convs_unit_and_time(tmp_pa
 
 
 def test_auto_calibration_keeps_the_best_candidate(segmenter, tmp_path):
-    from npuflow.calibrate import calibrate
+    from npuflow.quant.calibrate import calibrate
 
     spec, p = segmenter
     spec = {**spec, "calibration": {**spec["calibration"], "method": "auto", "images": 4, "selection_images": 2}}
@@ -473,7 +473,7 @@ def test_auto_calibration_keeps_the_best_candidate(segmenter, tmp_path):
 
 
 def test_mixed_precision_walks_the_trade_off_curve(seg_quant, tmp_path):
-    from npuflow.mixed import mixed_precision
+    from npuflow.quant.mixed import mixed_precision
     from npuflow.targets import load_targets
 
     spec, p, d, q, e = seg_quant
@@ -502,7 +502,7 @@ def test_mixed_precision_walks_the_trade_off_curve(seg_quant, tmp_path):
     chosen = report["chosen"]
     assert report["goal_met"] == (chosen["cosine"] >= 0.999999)
     # The chosen step's model is kept: the same bytes and report the quantize stage gives its recipe.
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     stage = quantize(
         p["surgery_onnx"],
@@ -520,8 +520,8 @@ def test_mixed_precision_walks_the_trade_off_curve(seg_quant, tmp_path):
 def test_mixed_precision_that_keeps_the_base_recipe_links_its_model(seg_quant, tmp_path, monkeypatch):
     """A goal the base recipe meets: the search's first step is the base recipe's model as the
     quantize stage made it (not quantised again), and the chosen model is that file, linked."""
-    from npuflow.mixed import mixed_precision
-    from npuflow.quantize import quantize
+    from npuflow.quant.mixed import mixed_precision
+    from npuflow.quant.quantize import quantize
     from npuflow.targets import load_targets
 
     spec, p, d, q, e = seg_quant
@@ -538,10 +538,10 @@ def test_mixed_precision_that_keeps_the_base_recipe_links_its_model(seg_quant, t
         out_onnx=tmp_path / "quant" / "int8.onnx",
         out_json=tmp_path / "quant" / "int8.json",
     )
-    import npuflow.quantize
+    import npuflow.quant.quantize
 
     calls = []
-    monkeypatch.setattr(npuflow.quantize, "quantize_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(npuflow.quant.quantize, "quantize_model", lambda *a, **k: calls.append(a))
     report = mixed_precision(
         p["surgery_onnx"],
         manifest_json=p["manifest"],
@@ -571,8 +571,8 @@ def _write_png(path, rng, size=(40, 56), mode="RGB"):
 
 
 def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segmenter):
-    from npuflow.data import image_batches, prepare_dataset
-    from npuflow.evaluate import task_metrics
+    from npuflow.data.datasets import image_batches, prepare_dataset
+    from npuflow.evaluation.evaluate import task_metrics
 
     rng = np.random.default_rng(0)
     for cls in ("3", "7"):
@@ -593,8 +593,8 @@ def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segment
 
 
 def test_masks_give_miou(tmp_path):
-    from npuflow.data import image_batches, prepare_dataset
-    from npuflow.evaluate import task_metrics
+    from npuflow.data.datasets import image_batches, prepare_dataset
+    from npuflow.evaluation.evaluate import task_metrics
 
     rng = np.random.default_rng(1)
     for i in range(2):
@@ -629,7 +629,7 @@ def test_one_user_dataset_for_calibration_and_evaluation_is_refused():
 def test_archive_dataset_is_extracted_once_and_indexed_with_labels(tmp_path):
     import tarfile
 
-    from npuflow.data import prepare_dataset
+    from npuflow.data.datasets import prepare_dataset
 
     rng = np.random.default_rng(2)
     for cls in ("cat", "dog"):
@@ -650,9 +650,9 @@ def test_a_softmax_over_many_tokens_keeps_its_calibrated_range_in_int8(tmp_path)
     cosine 0 behind a 0.9965 headline). On its calibrated range the output follows the float one."""
     import torch
 
-    from npuflow.calibrate import collect, compute_ranges, save_ranges
-    from npuflow.onnxutil import session
-    from npuflow.quantize import quantize_model
+    from npuflow.quant.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.quant.quantize import quantize_model
+    from npuflow.util.onnxutil import session
 
     class Attention(torch.nn.Module):
         def forward(self, q, v=None):  # q: [1, 4096, 8] as both query and key, v = q

@@ -3,8 +3,7 @@ keeps keys it does not name, and names a missing one."""
 
 import pytest
 
-from npuflow.io import read_json
-from npuflow.records import (
+from npuflow.core.records import (
     BuildReport,
     CalibrationReport,
     EvalReport,
@@ -19,6 +18,7 @@ from npuflow.records import (
     SurgeryReport,
     TrackReport,
 )
+from npuflow.util.io import read_json
 
 REPORTS = {
     "fetch/manifest.json": Manifest,

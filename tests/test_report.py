@@ -71,9 +71,9 @@ def test_detection_models_have_a_front_of_their_own_by_the_detection_fidelity_me
 
 
 def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):
-    from npuflow.layers import read_layers_csv
+    from npuflow.evaluation.layers import read_layers_csv
     from npuflow.report import worst_layers
-    from npuflow.track import layer_metrics
+    from npuflow.tracking.track import layer_metrics
 
     path = tmp_path / "layers.csv"
     path.write_text(
@@ -102,7 +102,7 @@ def _touch_chain_until(pair, stop: str):
 def test_a_failed_mixed_precision_search_is_reported_at_its_own_stage_and_log(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from npuflow.plan import Pair
+    from npuflow.pipeline.plan import Pair
     from npuflow.report import collect
 
     monkeypatch.chdir(tmp_path)
@@ -119,7 +119,7 @@ def test_a_failed_mixed_precision_search_is_reported_at_its_own_stage_and_log(tm
 def test_a_missing_dataset_folder_is_reported_at_the_dataset_stage(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from npuflow.plan import Pair
+    from npuflow.pipeline.plan import Pair
     from npuflow.report import collect
 
     monkeypatch.chdir(tmp_path)
@@ -174,8 +174,8 @@ def test_published_measurements_are_matched_by_model_input_target_and_batch():
     from types import SimpleNamespace
 
     from conftest import REPO
+    from npuflow.calibration.published import read_published
     from npuflow.report.collect import published_figures
-    from npuflow.sim.published import read_published
 
     published = read_published(REPO / "data" / "published" / "npu_latency_calibration.csv")
     row = next(p for p in published if p.target == "ax650n-npu3" and p.metric == "fps" and p.name == "efficientvit_m0")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import REPO, snakemake, snakemake_env
-from npuflow.errors import ConfigError
-from npuflow.track import TrackingFailed
-from npuflow.tracking_server import redacted, tracking_uri
+from npuflow.tracking.server import redacted, tracking_uri
+from npuflow.tracking.track import TrackingFailed
+from npuflow.util.errors import ConfigError
 
 SECRET = "Pw-7f3a9c1e"
 

@@ -1,4 +1,4 @@
-"""npuflow.segments: a graph cut into one segment per group of exposed tensors, each node run once."""
+"""npuflow.evaluation.segments: a graph cut into one segment per group of exposed tensors, each node run once."""
 
 import numpy as np
 import onnx
@@ -39,7 +39,7 @@ def _whole_model_values(model, x):
     del m.graph.output[:]
     names = [t for n in model.graph.node for t in n.output]
     m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names)
-    from npuflow.onnxutil import session
+    from npuflow.util.onnxutil import session
 
     return dict(zip(names, session(m).run(None, {"x": x})))
 
@@ -53,8 +53,8 @@ def _whole_model_values(model, x):
     ],
 )
 def test_each_node_runs_in_one_segment_and_every_group_gets_the_whole_models_values(groups):
-    from npuflow.onnxutil import ReusedOutputs, session
-    from npuflow.segments import cut
+    from npuflow.evaluation.segments import cut
+    from npuflow.util.onnxutil import ReusedOutputs, session
 
     model = _skips()
     segs = cut(model, groups)
@@ -83,7 +83,7 @@ def test_each_node_runs_in_one_segment_and_every_group_gets_the_whole_models_val
 
 
 def test_a_graph_with_a_subgraph_is_not_cut():
-    from npuflow.segments import cut
+    from npuflow.evaluation.segments import cut
 
     model = _skips()
     branch = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "branch", [], [helper.make_empty_tensor_value_info("z")])
@@ -95,8 +95,8 @@ def test_a_graph_with_a_subgraph_is_not_cut():
 
 def _quantised_skips(tmp_path, images):
     """_skips and its int8 model (its Softmax kept float), calibrated on `images`."""
-    from npuflow.calibrate import collect, compute_ranges, save_ranges
-    from npuflow.quantize import quantize_model
+    from npuflow.quant.calibrate import collect, compute_ranges, save_ranges
+    from npuflow.quant.quantize import quantize_model
 
     model = _skips()
     onnx.save(model, tmp_path / "f.onnx")
@@ -113,9 +113,9 @@ def _assert_same_rows(rows, expected):
 
 
 def test_the_layer_analysis_in_one_group_per_tensor_equals_the_analysis_in_one_group(tmp_path):
-    """analyse_layers cuts both models into segments (npuflow.layers.GROUP_BYTES bounds a group);
+    """analyse_layers cuts both models into segments (npuflow.evaluation.layers.GROUP_BYTES bounds a group);
     its rows do not depend on where the cuts fall."""
-    from npuflow.layers import analyse_layers
+    from npuflow.evaluation.layers import analyse_layers
 
     images = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
     model, quant = _quantised_skips(tmp_path, images)
@@ -126,9 +126,9 @@ def test_the_layer_analysis_in_one_group_per_tensor_equals_the_analysis_in_one_g
 
 
 def test_a_graph_that_cannot_be_cut_gives_the_same_rows_and_says_so(tmp_path, monkeypatch, capsys):
-    """Where npuflow.segments cannot cut a graph, analyse_layers runs the whole model for each group:
+    """Where npuflow.evaluation.segments cannot cut a graph, analyse_layers runs the whole model for each group:
     the same rows, and a line in the job's log saying it."""
-    from npuflow import layers, segments
+    from npuflow.evaluation import layers, segments
 
     images = np.random.default_rng(1).standard_normal((2, 4, 4)).astype(np.float32)
     model, quant = _quantised_skips(tmp_path, images)

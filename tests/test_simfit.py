@@ -9,10 +9,10 @@ import onnx
 import pytest
 
 from conftest import REPO
+from npuflow.calibration.fit import MAX_PARAMETERS, RATE_PATHS, fit_group, predict
+from npuflow.calibration.published import Row, SimFitError, model_onnx, parse_precision, read_published
+from npuflow.calibration.validate import summarise, validate
 from npuflow.sim import analyse
-from npuflow.sim.fit import MAX_PARAMETERS, RATE_PATHS, fit_group, predict
-from npuflow.sim.published import Row, SimFitError, model_onnx, parse_precision, read_published
-from npuflow.sim.validate import summarise, validate
 from npuflow.targets import get_path, load_targets, set_path
 from test_simulator import conv_model
 
@@ -131,8 +131,8 @@ def test_each_fit_records_its_residuals_and_the_csvs_sha256():
 def test_fit_recovers_a_known_profile(monkeypatch):
     """Measurements made by a profile with other rates are fitted back within 2 % (plain least
     squares, a prior too weak to matter)."""
-    monkeypatch.setattr("npuflow.sim.fit.PRIOR_FACTOR", 1e6)
-    monkeypatch.setattr("npuflow.sim.fit.LOSS", "linear")
+    monkeypatch.setattr("npuflow.calibration.fit.PRIOR_FACTOR", 1e6)
+    monkeypatch.setattr("npuflow.calibration.fit.LOSS", "linear")
     base = load_targets(apply_fit=False).get("ax650n-npu3")
     truth = copy.deepcopy(base)
     truth_values = {"units.tensor.efficiency": 0.4, "units.vector.efficiency": 0.3, "memory.efficiency": 0.6, "overheads.op_s": 4e-6}
@@ -283,7 +283,7 @@ def test_cross_validation_predicts_a_held_out_family_from_a_fit_without_it(tiny_
 
 
 def test_sim_validate_command_takes_the_cross_validation_flag(tiny_csv, tmp_path, capsys):
-    from npuflow.cli import main
+    from npuflow.cli.main import main
 
     csv, cache = tiny_csv
     args = ["sim-validate", str(csv), "--cache-dir", str(cache), "--config", str(tmp_path / "none.yaml")]
@@ -323,7 +323,7 @@ def test_sim_fit_makes_a_few_shot_profile_of_a_users_chip_from_three_rows(tiny_c
     three rows are too few to measure intervals."""
     import yaml
 
-    from npuflow.sim.validate import fit
+    from npuflow.calibration.validate import fit
     from npuflow.targets import FIT_DIR
 
     _, cache = tiny_csv
@@ -348,7 +348,7 @@ def test_interval_residuals_put_latency_and_fps_rows_on_one_time_scale():
     """An FPS predicted 10 % high is a time predicted 10 % low: both residuals say 'too fast'."""
     import math
 
-    from npuflow.sim.validate import time_residual
+    from npuflow.calibration.validate import time_residual
 
     lat = Row("x", "m", "m", (224, 224), 1, "latency_ms", 2.0, "")
     fps = Row("x", "m", "m", (224, 224), 8, "fps", 100.0, "")

@@ -9,13 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from npuflow.io import read_json
-from npuflow.precision import resolve_precision
+from npuflow.graph.opgraph import Graph
+from npuflow.graph.patterns import PATTERNS, find
+from npuflow.graph.precision import resolve_precision
 from npuflow.sim import analyse, simulate
 from npuflow.sim.build import build
-from npuflow.sim.graph import Graph
-from npuflow.sim.patterns import PATTERNS, find
 from npuflow.targets import get_path, load_targets
+from npuflow.util.io import read_json
 
 TARGETS = load_targets()
 INT8 = {"default": "int8"}
@@ -274,7 +274,7 @@ def test_few_shot_chips_say_so_fit_fewer_parameters_than_rows_and_take_the_rest_
 
 
 def test_quantised_model_builds_on_every_target(classifier, tmp_path):
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     _, p = classifier
     quantize(

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import IMAGENET_CATS, IMAGENET_ESPRESSO, MOBILENET_V2_FILE, classify_photo, make_config, run_front
-from npuflow.config import STAGE_FIELDS, ConfigError, load_schema, model_spec, validate_config
-from npuflow.export import export
-from npuflow.fetch import fetch
-from npuflow.onnxutil import load, run_onnx
-from npuflow.sources import SOURCES, FetchError, source_fields, source_for
+from npuflow.graph.export import export
+from npuflow.pipeline.config import STAGE_FIELDS, ConfigError, load_schema, model_spec, validate_config
+from npuflow.sources.core import SOURCES, FetchError, source_fields, source_for
+from npuflow.sources.fetch import fetch
+from npuflow.util.onnxutil import load, run_onnx
 
 SOURCE_NAMES = SOURCES.names()
 
@@ -35,11 +35,11 @@ def valid_value(schema: dict):
 @pytest.fixture
 def offline(monkeypatch):
     """Every hub and download host unreachable, whatever network this machine has."""
-    import npuflow.download
-    import npuflow.sources
+    import npuflow.sources.core
+    import npuflow.util.download
 
-    monkeypatch.setattr(npuflow.download, "reachable", lambda *a, **k: False)
-    monkeypatch.setattr(npuflow.sources, "reachable", lambda *a, **k: False)
+    monkeypatch.setattr(npuflow.util.download, "reachable", lambda *a, **k: False)
+    monkeypatch.setattr(npuflow.sources.core, "reachable", lambda *a, **k: False)
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
 
 
@@ -119,7 +119,7 @@ def test_real_mobilenet_v2_classifies_the_sample_photos_in_float_and_int8(real_m
 
 
 def load_manifest(paths):
-    from npuflow.io import read_json
+    from npuflow.util.io import read_json
 
     return read_json(paths["manifest"])
 
@@ -173,7 +173,7 @@ def test_unknown_names_list_close_matches(source, task, expected, tmp_path):
 def test_torchvision_segmenter_through_export_to_build(tmp_path):
     """LR-ASPP MobileNetV3 (random weights): export, simplify, ArgMax surgery, calibrate, quantise,
     simulated build."""
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
     from npuflow.sim.build import build
     from npuflow.targets import load_targets
 

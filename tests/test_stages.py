@@ -8,14 +8,14 @@ import onnx
 import pytest
 
 from conftest import make_config, reference_and_evaluate
-from npuflow.io import read_json
-from npuflow.onnxutil import op_counts, run_onnx
+from npuflow.util.io import read_json
+from npuflow.util.onnxutil import op_counts, run_onnx
 
 INT8 = {"default": "int8"}
 
 
 def test_fetch_random_weights_are_labelled_and_reproducible(classifier, tmp_path):
-    from npuflow.fetch import fetch
+    from npuflow.sources.fetch import fetch
 
     spec, p = classifier
     manifest = read_json(p["manifest"])
@@ -33,7 +33,7 @@ def test_export_matches_torch_and_records_opset(classifier):
     assert report["opset"] == 17 and report["output_shape"] == [1, 1000]
     import torch
 
-    from npuflow.fetch import load_model
+    from npuflow.sources.fetch import load_model
 
     x = np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_simplify_stage_imports_no_torch(classifier, tmp_path):
     _, p = classifier
     code = (
         "import sys, onnx\n"
-        "from npuflow.simplify import simplify\n"
+        "from npuflow.graph.simplify import simplify\n"
         f"simplify({str(p['onnx'])!r}, out_onnx={str(tmp_path / 's.onnx')!r}, out_json={str(tmp_path / 's.json')!r})\n"
         "print('torch' in sys.modules)\n"
         "import onnxsim\n"
@@ -108,7 +108,7 @@ def test_append_argmax_makes_class_ids_the_sole_output(segmenter):
 
 
 def test_failed_surgery_leaves_no_output(segmenter, tmp_path):
-    from npuflow.surgery import SurgeryError, surgery
+    from npuflow.graph.surgery import SurgeryError, surgery
 
     _, p = segmenter
     out = tmp_path / "x.onnx"
@@ -129,7 +129,7 @@ def test_calibration_ranges_cover_every_tensor_once(classifier):
 
 @pytest.fixture(scope="module")
 def quantized(classifier, tmp_path_factory):
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     _, p = classifier
     d = tmp_path_factory.mktemp("quant")
@@ -166,7 +166,7 @@ def test_quantize_leaves_onnxruntime_and_logging_as_it_found_them_and_its_faster
 
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    import npuflow.quantize as q
+    import npuflow.quant.quantize as q
 
     _, p = classifier
     original, root = ONNXModel.replace_input_of_all_nodes, logging.getLogger()
@@ -195,7 +195,7 @@ def test_quantize_leaves_onnxruntime_and_logging_as_it_found_them_and_its_faster
 def test_quantize_reuses_ranges_without_recalibrating(classifier, tmp_path, monkeypatch):
     import sys
 
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     ortq = sys.modules["onnxruntime.quantization.quantize"]  # the module, not the function of that name
 
@@ -240,8 +240,8 @@ def test_evaluate_compares_int8_to_float_on_held_out_images(quantized, classifie
 
 
 def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
-    from npuflow.evaluate import expose_logits
-    from npuflow.quantize import quantize
+    from npuflow.evaluation.evaluate import expose_logits
+    from npuflow.quant.quantize import quantize
 
     spec, p = segmenter
     quantize(
@@ -266,7 +266,7 @@ def test_segmentation_evaluation_reports_pixel_agreement(segmenter, tmp_path):
 
 
 def test_fidelity_metrics_values():
-    from npuflow.evaluate import fidelity
+    from npuflow.evaluation.evaluate import fidelity
 
     f = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 0.0]])
     m = fidelity(f, f.argmax(1), f, f.argmax(1), "classification")
@@ -289,9 +289,9 @@ def test_fidelity_metrics_values():
 def test_host_latency_takes_the_held_out_runs_as_samples(monkeypatch, runs, repeats, budget, extra_runs, samples, median_ms):
     """The held-out images' run times after the first (a warm-up) are the latency's samples; more
     runs only to reach `repeats` within the budget, and at least MIN_REPEATS."""
-    from npuflow import evaluate
+    from npuflow.evaluation import timing
 
-    monkeypatch.setattr(evaluate, "LATENCY_BUDGET_S", budget)
+    monkeypatch.setattr(timing, "LATENCY_BUDGET_S", budget)
 
     class Session:
         calls = 0
@@ -299,7 +299,7 @@ def test_host_latency_takes_the_held_out_runs_as_samples(monkeypatch, runs, repe
         def run(self, outputs, feeds):
             Session.calls += 1
 
-    ms, n = evaluate.host_latency_ms(Session(), {"x": None}, repeats, runs)
+    ms, n = timing.host_latency_ms(Session(), {"x": None}, repeats, runs)
     assert (Session.calls, n) == (extra_runs, samples)
     if median_ms is not None:
         assert ms == pytest.approx(median_ms)
@@ -307,9 +307,9 @@ def test_host_latency_takes_the_held_out_runs_as_samples(monkeypatch, runs, repe
 
 def test_unknown_timm_name_lists_close_matches():
     from conftest import classifier_entry
-    from npuflow.config import model_spec
-    from npuflow.fetch import fetch
-    from npuflow.sources import FetchError
+    from npuflow.pipeline.config import model_spec
+    from npuflow.sources.core import FetchError
+    from npuflow.sources.fetch import fetch
 
     spec = model_spec(make_config(m=classifier_entry(source="timm:efficientvit_m9")), "m")
     with pytest.raises(FetchError, match=r"efficientvit_m0|efficientvit_m5") as e:
@@ -318,7 +318,7 @@ def test_unknown_timm_name_lists_close_matches():
 
 
 def test_int16_recipe_quantises_activations_to_int16(classifier, tmp_path):
-    from npuflow.quantize import quantize
+    from npuflow.quant.quantize import quantize
 
     _, p = classifier
     report = quantize(
@@ -362,7 +362,7 @@ def test_int16_recipe_quantises_activations_to_int16(classifier, tmp_path):
 
 
 def test_targets_with_one_recipe_share_one_quantised_model():
-    from npuflow.precision import recipe_id
+    from npuflow.graph.precision import recipe_id
     from npuflow.targets import load_targets
 
     targets = load_targets({"my-npu": {"base": "ax650n-npu3", "precision": {"default": "int16"}}})
@@ -378,8 +378,8 @@ def test_targets_with_one_recipe_share_one_quantised_model():
 
 
 def test_reparameterisation_exports_the_single_branch_deploy_form(tmp_path):
-    from npuflow.export import export_module
-    from npuflow.sources import TimmSource
+    from npuflow.graph.export import export_module
+    from npuflow.sources.core import TimmSource
 
     source = TimmSource()
     train_form = source.build({"name": "m", "source": "timm:mobileone_s0"})

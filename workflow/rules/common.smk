@@ -4,15 +4,15 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from npuflow.cluster import job_limits, partition_name, slurm_node
-from npuflow.config import ConfigError, load_yaml, validate_config
-from npuflow.errors import NpuflowError
-from npuflow.layout import IMAGE_CACHE, STAGES
-from npuflow.memory import local_mem_mb
-from npuflow.names import wildcard_constraint
-from npuflow.plan import Plan
-from npuflow.runlock import hold_run_lock, release_run_lock
-from npuflow.tracking_server import preflight, redacted, tracking_uri
+from npuflow.pipeline.cluster import job_limits, partition_name, slurm_node
+from npuflow.pipeline.config import ConfigError, load_yaml, validate_config
+from npuflow.util.errors import NpuflowError
+from npuflow.core.layout import IMAGE_CACHE, STAGES
+from npuflow.pipeline.memory import local_mem_mb
+from npuflow.core.names import wildcard_constraint
+from npuflow.pipeline.plan import Plan
+from npuflow.pipeline.runlock import hold_run_lock, release_run_lock
+from npuflow.tracking.server import preflight, redacted, tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -22,7 +22,7 @@ try:
     for path in workflow.configfiles:
         load_yaml(path)
     validate_config(config)
-    # MLFLOW_TRACKING_URI wins over the config. No http(s) URI holds credentials (npuflow.tracking_server:
+    # MLFLOW_TRACKING_URI wins over the config. No http(s) URI holds credentials (npuflow.tracking.server:
     # the jobs inherit MLflow's variables); a database URI may hold a password.
     MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 except ConfigError as e:
@@ -35,18 +35,18 @@ except ConfigError as e:
 os.environ.update(MLFLOW_TRACKING_URI=MLFLOW_URI)
 MLFLOW_URI_SHOWN = redacted(MLFLOW_URI)
 
-# The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.plan's; the
-# paths are the stage table's (npuflow.layout). These rules only wire them together.
+# The decisions (pairs, recipes, mixed precision, datasets, run files) are npuflow.pipeline.plan's; the
+# paths are the stage table's (npuflow.core.layout). These rules only wire them together.
 PLAN = Plan(config)
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"]
 MLFLOW_RULES = ("init_mlflow", "track")
 
-# Jobs declare the memory they need (npuflow.memory); a local run starts no more of them than the
+# Jobs declare the memory they need (npuflow.pipeline.memory); a local run starts no more of them than the
 # memory free now holds, unless `--resources mem_mb=…` says otherwise. The executor is not known yet
 # while the Snakefile is read (workflow.non_local_exec is always False here); `--jobs` (`_nodes`) is
 # what cluster and cloud executors require and what the local one turns into `--cores`. On a
 # cluster each job asks its scheduler for its own mem_mb instead, and no job asks for more CPUs or
-# memory than the largest Slurm node offers (npuflow.cluster): Snakemake's --max-threads and the
+# memory than the largest Slurm node offers (npuflow.pipeline.cluster): Snakemake's --max-threads and the
 # mem_mb limit (per job on a cluster, not summed) take the node's figures. Read once, by the
 # process that submits; the jobs get --max-threads from it.
 if workflow.global_resources["_nodes"].value is None:
@@ -66,7 +66,7 @@ elif workflow.is_main_process:
         workflow.register_resource("mem_mb", _limits.mem_mb)
 
 
-# Each wildcard takes the planned names only, each of which npuflow.names has checked is a name.
+# Each wildcard takes the planned names only, each of which npuflow.core.names has checked is a name.
 wildcard_constraints:
     model=wildcard_constraint(PLAN.specs),
     target=wildcard_constraint(PLAN.targets.names()),
@@ -80,10 +80,10 @@ def mem_mb(stage):
 
 # A run stopped as a job ended leaves that job's outputs marked incomplete, and Snakemake 9.27
 # does not run it again once the `recipes` checkpoint's dependencies are updated: the main
-# process of a real run removes them first (npuflow.runlock.remove_incomplete_outputs), under
+# process of a real run removes them first (npuflow.pipeline.runlock.remove_incomplete_outputs), under
 # the folder's run lock, which it then holds for the run (another run's jobs may be writing them).
 if workflow.is_main_process and not workflow.dryrun:
-    from npuflow.runlock import RunningElsewhere, hold_run_lock, remove_incomplete_outputs
+    from npuflow.pipeline.runlock import RunningElsewhere, hold_run_lock, remove_incomplete_outputs
 
     try:
         if hold_run_lock():
@@ -94,7 +94,7 @@ if workflow.is_main_process and not workflow.dryrun:
 
 
 def spec_json(stage):
-    """The part of the model spec a stage reads (npuflow.layout: the stage's `fields`)."""
+    """The part of the model spec a stage reads (npuflow.core.layout: the stage's `fields`)."""
     return lambda wildcards: PLAN.spec_json(wildcards.model, stage)
 
 
@@ -161,7 +161,7 @@ def planned(*rules):
 
 # The report (report.smk: PUBLISHED_CSV, its outputs): its pairs as the recipe maps decide them.
 def report_inputs():
-    """The pairs before any recipe map (npuflow.plan.Plan.unresolved_pairs); the report settles them."""
+    """The pairs before any recipe map (npuflow.pipeline.plan.Plan.unresolved_pairs); the report settles them."""
     return [
         *[f"--pair={pair.to_json()}" for pair in PLAN.unresolved_pairs()],
         f"--published={PUBLISHED_CSV}",

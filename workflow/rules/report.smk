@@ -1,8 +1,8 @@
 from pathlib import Path
 import subprocess
 
-from npuflow.layout import PARTIAL_REPORT, REPORT_ONERROR_LOG
-from npuflow.runlock import release_run_lock
+from npuflow.core.layout import PARTIAL_REPORT, REPORT_ONERROR_LOG
+from npuflow.pipeline.runlock import release_run_lock
 
 
 # One model's simulated latency breakdown over its targets: logged with each run, shown in the report.
@@ -26,7 +26,7 @@ rule plot:
         "npuflow plot --model {wildcards.model:q} --files {params.files:q} --out {output.png:q} > {log:q} 2>&1"
 
 
-# Each (model, target) with the facts its chain of stages derives from (npuflow.plan.Pair): the
+# Each (model, target) with the facts its chain of stages derives from (npuflow.pipeline.plan.Pair): the
 # report names the first stage of the chain whose output is missing, and that stage's log.
 REPORT_TARGETS = list(dict.fromkeys(p.target for p in PLAN.pairs()))
 # The published measurements the simulator is fitted to, shown beside the simulated figures.

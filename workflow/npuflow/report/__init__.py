@@ -12,10 +12,10 @@ import csv
 import io
 from pathlib import Path
 
-from ..io import atomic_path
-from .collect import Row, collect, worst_layers
-from .columns import COLUMNS, csv_value
-from .pareto import mark_pareto, quality_metric
+from npuflow.report.collect import Row, collect, worst_layers
+from npuflow.report.columns import COLUMNS, csv_value
+from npuflow.report.pareto import mark_pareto, quality_metric
+from npuflow.util.io import atomic_path
 
 __all__ = ["Row", "collect", "failure_lines", "mark_pareto", "quality_metric", "report", "worst_layers", "write_summary"]
 
@@ -46,13 +46,13 @@ def report(
     `published_csv`: device measurements to show beside the simulated figures (the simulator's fit
     data); `target_profiles`: the config's own profiles (for which ops a recipe can move);
     `partial`: the report of a run that stopped early (the page says so)."""
-    from ..targets import load_targets
-    from .html import write_html
-    from .plots import pareto_png
+    from npuflow.report.html import write_html
+    from npuflow.report.plots import pareto_png
+    from npuflow.targets import load_targets
 
     published = []
     if published_csv and Path(published_csv).exists():
-        from ..sim.published import read_published
+        from npuflow.calibration.published import read_published
 
         published = read_published(published_csv)
     rows = collect(pairs, published, load_targets(target_profiles or {}))

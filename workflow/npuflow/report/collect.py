@@ -1,5 +1,5 @@
 """The report's rows: one per (model, target), read from the stage reports of its MLflow run, or
-marked failed at the first stage of its chain (npuflow.plan.Pair.chain) whose output is missing,
+marked failed at the first stage of its chain (npuflow.pipeline.plan.Pair.chain) whose output is missing,
 with that stage's log."""
 
 from __future__ import annotations
@@ -9,9 +9,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..layers import read_layers_csv
-from ..plan import Pair
-from ..records import BuildReport, EvalReport, ExportReport, LayerAnalysis, Manifest, MixedReport, QuantReport, RunRecord, TrackReport
+from npuflow.core.records import (
+    BuildReport,
+    EvalReport,
+    ExportReport,
+    LayerAnalysis,
+    Manifest,
+    MixedReport,
+    QuantReport,
+    RunRecord,
+    TrackReport,
+)
+from npuflow.evaluation.layers import read_layers_csv
+from npuflow.pipeline.plan import Pair
 
 # A target's CPU fallback is called out when it takes at least this share of the simulated time.
 CPU_DOMINATES = 0.5
@@ -107,9 +117,9 @@ def failed_row(pair: Pair, stage: str, log: str) -> Row:
 
 # ------------------------------------------------------------------------------- the good rows
 def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
-    """The n ranked layers furthest from float (`npuflow.layers.ranked`): lowest SQNR (cosine
+    """The n ranked layers furthest from float (`npuflow.evaluation.layers.ranked`): lowest SQNR (cosine
     where a row has no SQNR)."""
-    from ..layers import ranked
+    from npuflow.evaluation.layers import ranked
 
     def badness(r):
         s, c = r.get("sqnr_db"), r.get("cosine")
@@ -162,7 +172,7 @@ def _architecture(name: str) -> str:
 
 
 def good_row(pair: Pair, track: TrackReport, published: list, profiles) -> Row:
-    from ..io import read_json
+    from npuflow.util.io import read_json
 
     run = track.runs[pair.target]
     files = run.files
@@ -195,7 +205,7 @@ def good_row(pair: Pair, track: TrackReport, published: list, profiles) -> Row:
 def collect(pairs: list[Pair], published: list | None = None, profiles=None) -> list[Row]:
     """One row per pair, in the pairs' order. Paths are the stage table's, under the working
     directory (the report runs where the workflow runs)."""
-    from ..layout import STAGES
+    from npuflow.core.layout import STAGES
 
     rows = []
     for pair in pairs:

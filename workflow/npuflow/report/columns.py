@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import BUILD_METRICS, EVAL_METRICS
-from .collect import Row
+from npuflow.core.records import BUILD_METRICS, EVAL_METRICS
+from npuflow.report.collect import Row
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ import base64
 import os
 from pathlib import Path
 
-from ..io import atomic_path, read_json
-from ..records import EVAL_METRICS
-from .collect import Row, worst_layers
-from .columns import COLUMNS, fmt, interval_text, sig
-from .pareto import QUALITY_LABELS, quality_groups
-from .plots import UNITS, latency_by_op_type, top_op_types
+from npuflow.core.records import EVAL_METRICS
+from npuflow.report.collect import Row, worst_layers
+from npuflow.report.columns import COLUMNS, fmt, interval_text, sig
+from npuflow.report.pareto import QUALITY_LABELS, quality_groups
+from npuflow.report.plots import UNITS, latency_by_op_type, top_op_types
+from npuflow.util.io import atomic_path, read_json
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LAYER_COLUMNS = (
@@ -64,7 +64,7 @@ def _text(cell) -> str:
 
 def mlflow_run_url(row: Row, ui: str) -> str | None:
     """The row's run in the MLflow UI: the tracking server's own, or `ui` for a local store."""
-    from ..track import run_url
+    from npuflow.tracking.track import run_url
 
     if not row.run:
         return None
@@ -155,7 +155,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
     )
     # Worst layers of the precision analysis, once per distinct table (targets sharing a
     # quantised model share its errors; the unit column is the first target's).
-    from ..layers import read_layers_csv
+    from npuflow.evaluation.layers import read_layers_csv
 
     tables: dict[str, list[str]] = {}
     for r in ok:
@@ -176,7 +176,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
         )
     out["layers"] = layer_tables
     out["ptq"] = _ptq(first)
-    from ..layers import fidelity_check_text
+    from npuflow.evaluation.layers import fidelity_check_text
 
     out["fidelity_warnings"] = [
         f"{r.target} ({r.build.precision_recipe}): {fidelity_check_text(r.analysis.fidelity_check if r.analysis else None)}"
@@ -214,9 +214,9 @@ def collapse_warnings(rows: list[Row]) -> list[str]:
 
 def _ptq(r: Row) -> dict | None:
     """The model's `quantization:` settings and what each method did (the ptq stage's report)."""
-    from ..ptq import resolve_settings, settings_id
-    from ..ptq.report import method_text
-    from ..records import PtqReport
+    from npuflow.core.records import PtqReport
+    from npuflow.quant.ptq import resolve_settings, settings_id
+    from npuflow.quant.ptq.report import method_text
 
     path = r.files.get("ptq")
     if not path or not Path(path).exists():
@@ -262,14 +262,14 @@ def _failure(r: Row) -> dict:
 def simulator_section(targets: list[str]) -> list[dict]:
     """Per target: the simulator's predictions against the published measurements it was fitted
     to (stored in the profile by `npuflow sim-fit`), or why there are none."""
-    from ..targets import load_targets
+    from npuflow.targets import load_targets
 
     profiles = load_targets()
     out = []
     for target in targets:
         fit = profiles.get(target).get("fit") if target in profiles else None
         if not fit:
-            from ..sim.build import profile_basis
+            from npuflow.sim.build import profile_basis
 
             basis = profile_basis(profiles.get(target)) if target in profiles else "a profile of the config's own"
             out.append({"target": target, "fitted": False, "basis": basis})
@@ -296,7 +296,7 @@ def simulator_section(targets: list[str]) -> list[dict]:
 def write_html(
     rows: list[Row], out_html: str | Path, pareto: dict[str, bytes], latency: dict[str, bytes], mlflow_ui: str, partial: bool = False
 ) -> None:
-    from ..sim.uncertainty import stored_table
+    from npuflow.sim.uncertainty import stored_table
 
     page_dir = Path(out_html).parent
     targets = list(dict.fromkeys(r.target for r in rows))

@@ -8,9 +8,9 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from ..io import atomic_path, read_json
-from ..records import BuildReport
-from .pareto import FIDELITY, QUALITY_LABELS, quality_groups
+from npuflow.core.records import BuildReport
+from npuflow.report.pareto import FIDELITY, QUALITY_LABELS, quality_groups
+from npuflow.util.io import atomic_path, read_json
 
 UNITS = ("tensor", "vector", "dma", "cpu", "overhead")
 TOP_OP_TYPES = 7

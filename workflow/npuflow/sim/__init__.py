@@ -4,6 +4,6 @@
 renderers (`render`). The fit to published measurements and its validation live in `fit`,
 `published` and `validate`. All figures are simulations, never measurements."""
 
-from .analysis import Analysis, Simulation, analyse, frames_per_s, simulate
+from npuflow.sim.analysis import Analysis, Simulation, analyse, frames_per_s, simulate
 
 __all__ = ["Analysis", "Simulation", "analyse", "frames_per_s", "simulate"]

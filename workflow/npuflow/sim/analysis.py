@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .cost import Costs, Demands, costs, demands
-from .graph import Graph
-from .passes import Mapping, map_graph
+from npuflow.graph.opgraph import Graph
+from npuflow.sim.cost import Costs, Demands, costs, demands
+from npuflow.sim.passes import Mapping, map_graph
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Simulation:
 
 
 def model_recipe(model, profile: dict) -> dict:
-    from ..precision import DEFAULT_RECIPE
+    from npuflow.graph.precision import DEFAULT_RECIPE
 
     carried = next((p.value for p in model.metadata_props if p.key == "npuflow.recipe"), None)
     return json.loads(carried) if carried else profile.get("precision", DEFAULT_RECIPE)
@@ -48,7 +48,7 @@ def analyse(model, profile: dict, graph: Graph | None = None, recipe: dict | Non
     """The rate-independent part of a build. The node precision is the one the quantised model
     carries, else `recipe` (default: the profile's) resolved here. `graph` may be shared between
     targets: the mapping never changes it."""
-    from ..precision import embedded_precision, resolve_precision, weight_dtype
+    from npuflow.graph.precision import embedded_precision, resolve_precision, weight_dtype
 
     graph = graph or Graph(model)
     node_precision = embedded_precision(model)

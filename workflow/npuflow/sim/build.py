@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, write_json
-from .analysis import Analysis, Simulation, analyse, frames_per_s, simulate
-from .cost import UNIT_CODES, tensor_ops
-from .render import chrome_trace, readable_summary
+from npuflow.sim.analysis import Analysis, Simulation, analyse, frames_per_s, simulate
+from npuflow.sim.cost import UNIT_CODES, tensor_ops
+from npuflow.sim.render import chrome_trace, readable_summary
+from npuflow.util.io import atomic_path, write_json
 
 UNITS = tuple(UNIT_CODES)
 
@@ -82,7 +82,7 @@ def prediction_intervals(analysis: Analysis, profile: dict, latency_ms: float, f
     from the cross-validated residuals of comparable rows; {} before any fit wrote the table. The
     build knows the graph, not the task: its kind of work is told by the input size (dense at
     512 px and up)."""
-    from .uncertainty import comparable_class, interval, stored_table
+    from npuflow.sim.uncertainty import comparable_class, interval, stored_table
 
     table = stored_table()
     cls = comparable_class(profile.get("family", ""), "", input_size(analysis))
@@ -92,7 +92,7 @@ def prediction_intervals(analysis: Analysis, profile: dict, latency_ms: float, f
 
 def build_report(analysis: Analysis, profile: dict, model_name: str = "", weights: str = "") -> tuple[dict, Simulation]:
     """build.json's figures and the batch-1 simulation they come from."""
-    from ..precision import bits_name, recipe_id
+    from npuflow.graph.precision import bits_name, recipe_id
 
     n = int(profile["batch"])
     many = simulate(analysis, profile, n)
@@ -142,7 +142,7 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
             "free": len(analysis.graph.nodes) - sum(len(op.members) for op in ops),
         },
         "unknown_dims": analysis.graph.unknown_dims,
-        # the fusion patterns recognised (npuflow.sim.patterns): {Swish: 77, Attention: 1}
+        # the fusion patterns recognised (npuflow.graph.patterns): {Swish: 77, Attention: 1}
         "patterns": dict(Counter(m.pattern for m in analysis.mapping.matches)),
         "top_ops": [
             {
@@ -181,7 +181,7 @@ def build(
     report, one = build_report(analysis, profile, model_name, weights)
     out_dir = Path(out_dir)
     if layer_rows is not None and layers_csv:
-        from ..layers import write_layers_csv
+        from npuflow.evaluation.layers import write_layers_csv
 
         write_layers_csv(layer_table(layer_rows, analysis, one), layers_csv, ["unit", "fused_into", "sim_time_us"])
     write_json(out_dir / "trace.json", chrome_trace(one, profile["name"]))

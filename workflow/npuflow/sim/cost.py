@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import PRECISION_BYTES
-from .passes import Mapping, Op
+from npuflow.graph.opgraph import PRECISION_BYTES
+from npuflow.sim.passes import Mapping, Op
 
 UNIT_CODES = {"tensor": 0, "vector": 1, "dma": 2, "cpu": 3}
 PRECISIONS = ("int8", "int16", "float")
@@ -119,7 +119,7 @@ def _elements(shape: list[int], lanes: int) -> tuple[int, int]:
 
 
 def demands(mapping: Mapping, profile: dict, weights: str = "int8") -> Demands:
-    """`weights`: the recipe's weight type (int8 or int16; npuflow.precision.weight_dtype)."""
+    """`weights`: the recipe's weight type (int8 or int16; npuflow.graph.precision.weight_dtype)."""
     graph = mapping.graph
     units = profile["units"]
     per_elem = profile.get("vector_ops_per_element", {})

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import patterns
-from .graph import RANK, Graph, Node, swaps_last_two, wider
+from npuflow.graph import patterns
+from npuflow.graph.opgraph import RANK, Graph, Node, swaps_last_two, wider
 
 UNITS = ("tensor", "vector", "dma", "cpu")
 VIEW_OPS = ("Split", "Slice", "Concat")

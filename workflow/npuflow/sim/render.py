@@ -3,7 +3,7 @@ simulated batch-1 timeline in Chrome/Perfetto trace format, whose spans add up t
 
 from __future__ import annotations
 
-from .analysis import Simulation
+from npuflow.sim.analysis import Simulation
 
 LANES = {"tensor": 1, "vector": 2, "dma": 3, "cpu": 4, "overhead": 5}
 

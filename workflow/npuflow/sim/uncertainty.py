@@ -1,7 +1,7 @@
 """Prediction intervals from cross-validated residuals.
 
 `npuflow sim-fit` cross-validates the simulator by group (a family's task at one resolution held
-out at once: npuflow.sim.validate) and keeps each held-out row's log residual on the time per frame,
+out at once: npuflow.calibration.validate) and keeps each held-out row's log residual on the time per frame,
 log(predicted / published time): an FPS row's sign is turned. A prediction's interval is the spread of the residuals of comparable rows (the same
 chip family and kind of work: classifiers at their usual sizes, or dense high-resolution
 detection/segmentation/pose) between two quantiles; a class with fewer than MIN_CLASS_ROWS rows
@@ -112,7 +112,7 @@ def stored_table() -> dict | None:
     """The table `npuflow sim-fit` wrote (targets/fits/intervals.yaml), None before any fit."""
     import yaml
 
-    from ..targets import FIT_DIR
+    from npuflow.targets import FIT_DIR
 
     path = FIT_DIR / "intervals.yaml"
     return (yaml.safe_load(path.read_text()) or {}).get("intervals") if path.exists() else None

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
-from ..registry import Registry
+from npuflow.util.errors import ConfigError
+from npuflow.util.registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent
 # Fitted parameters live apart from the authored profiles: `npuflow sim-fit` writes
@@ -105,8 +105,8 @@ _passed: set[str] = set()
 def _check(prof: dict, where: str) -> None:
     """The profile against its schema (unknown keys, types, units without rates, ops on two units)
     and the simulator's own checks of its fit parameters; every problem in one error."""
-    from ..sim.fit import check_fit_parameters  # the simulator's own checks of a profile's fit section
-    from .schema import profile_problems
+    from npuflow.targets.fit_parameters import check_fit_parameters
+    from npuflow.targets.schema import profile_problems
 
     try:
         key = json.dumps([prof, where], sort_keys=True, default=repr)
@@ -130,7 +130,7 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
     profile without a fit that names `transfer_from: <target>`, or whose `base:` is a fitted
     target, takes that target's fitted values for the parameters it declares (recorded under
     `transferred`)."""
-    from ..sim.fit import transferred
+    from npuflow.targets.fit_parameters import transferred
 
     raw = _raw_profiles(user_profiles or {})
     resolved = {name: _resolve(name, raw) for name in raw if not name.startswith("_")}
@@ -145,8 +145,6 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
             prof["transfer_from"] = own_base
         source = prof.get("transfer_from")
         if source is not None and source not in resolved:
-            from ..config import ConfigError
-
             raise ConfigError(f"{raw[name][1]}.transfer_from: unknown target {source!r}")
         if apply_fit:
             values = dict(get_path(prof, "fit.parameters", {}))

@@ -9,7 +9,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from ..names import field_path
+from npuflow.core.names import field_path
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
 SCHEMA_PATH = SCHEMA_DIR / "target_profile.schema.yaml"
@@ -34,7 +34,7 @@ def profile_schema() -> dict:
     definition of a recipe for both)."""
     import yaml
 
-    from . import YAML_LOADER
+    from npuflow.targets import YAML_LOADER
 
     schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
     config = yaml.load((SCHEMA_DIR / "config.schema.yaml").read_text(), Loader=YAML_LOADER)
@@ -130,8 +130,8 @@ def user_profile_problems(profile, where: str) -> list[str]:
 
     if not isinstance(profile, dict):
         return [f"{where}: expected a mapping, got {profile!r}"]
-    from ..sim.fit import RATE_PATHS
-    from . import get_path
+    from npuflow.targets import get_path
+    from npuflow.targets.fit_parameters import RATE_PATHS
 
     validator = jsonschema.Draft202012Validator(_partial_schema())
     errors = sorted(validator.iter_errors(profile), key=lambda e: [str(p) for p in e.absolute_path])

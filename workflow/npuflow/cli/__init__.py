@@ -1,0 +1,1 @@
+"""The `npuflow` command line: one command per stage and tool."""

@@ -1,0 +1,1 @@
+"""Datasets: download, unpack, preparation and preprocessing for calibration and evaluation."""

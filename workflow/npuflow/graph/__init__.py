@@ -1,0 +1,1 @@
+"""Graph stages: ONNX export, onnxsim simplification, graph surgery passes."""

@@ -1,0 +1,1 @@
+"""Quantisation: precision recipes, calibration, onnxruntime quantisation, automatic mixed precision, PTQ methods."""

@@ -1,0 +1,1 @@
+"""Helpers every layer uses: files written whole, errors, registries, progress, downloads, onnx helpers."""
