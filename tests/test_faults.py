@@ -397,7 +397,7 @@ def preflight_error(uri: str, **kwargs) -> str:
     return str(e.value)
 
 
-def test_preflight_tells_each_refusal_apart_in_one_line(fake_server, monkeypatch):
+def test_preflight_tells_each_refusal_apart_in_one_line(fake_server, monkeypatch, tmp_path):
     from npuflow.tracking.server import preflight
 
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
@@ -439,9 +439,128 @@ def test_preflight_tells_each_refusal_apart_in_one_line(fake_server, monkeypatch
     assert _FakeServer.seen[-1] == "Bearer t0ken"
     _FakeServer.delay = 2.0
     start = time.monotonic()
-    assert "(no answer within 0.5 s)" in preflight_error(uri, timeout=0.5)
+    assert f"MLflow tracking server {uri}: no answer within 0.5 s although it accepts connections" in preflight_error(uri, timeout=0.5)
     assert time.monotonic() - start < 2
-    assert preflight("sqlite:///results/mlflow.db", "x") is None  # no server to ask
+    assert preflight(f"sqlite:///{tmp_path}/results/mlflow.db", "x") is None  # no server to ask: a store it can write
+    assert not (tmp_path / "results").exists()  # checked, not made
+
+
+def test_a_slow_server_gets_a_bounded_wait_said_as_it_waits_then_one_line(fake_server, monkeypatch):
+    """Before: a loaded server (basic auth hashing the password, a busy machine) that took over
+    5 s to answer was refused by the pre-flight although it was up."""
+    from npuflow.tracking.server import preflight
+    from npuflow.util.errors import ConfigError
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    uri, said = fake_server, []
+    _FakeServer.answer, _FakeServer.delay = (200, '{"experiment": {"experiment_id": "7"}}'), 1.2
+    start = time.monotonic()
+    assert preflight(uri, "npuflow-tiny", timeout=10, interval=0.5, say=said.append) == f"experiment 'npuflow-tiny' (id 7) at {uri}"
+    assert 1.2 <= time.monotonic() - start < 5  # the answer, as soon as it came
+    assert said and all(re.fullmatch(rf"waiting for {uri} \(no answer yet, [0-9] s of 10 s\)", line) for line in said), said
+    # Still no answer when the wait is over: one line, once it is over (NPUFLOW_TRACKING_WAIT_S sets it).
+    _FakeServer.delay, said[:] = 5.0, []
+    monkeypatch.setenv("NPUFLOW_TRACKING_WAIT_S", "1")
+    start = time.monotonic()
+    with pytest.raises(Exception) as e:
+        preflight(uri, "npuflow-tiny", interval=0.3, say=said.append)
+    assert 1 <= time.monotonic() - start < 3
+    assert str(e.value) == (
+        f"MLflow tracking server {uri}: no answer within 1 s although it accepts connections (overloaded, stuck, or a proxy "
+        "in between that does not pass the request on); check it, or wait longer with NPUFLOW_TRACKING_WAIT_S=<seconds>"
+    )
+    assert len(said) >= 2 and said[0].startswith(f"waiting for {uri} (no answer yet, 0 s of 1 s)")
+    # A refused connection does not wait.
+    start = time.monotonic()
+    assert "(connection refused: nothing listens there)" in preflight_error(f"http://127.0.0.1:{closed_port()}", say=said.append)
+    assert time.monotonic() - start < 1
+    monkeypatch.setenv("NPUFLOW_TRACKING_WAIT_S", "soon")
+    with pytest.raises(ConfigError, match=r"^NPUFLOW_TRACKING_WAIT_S: expected a number of seconds above 0, got 'soon'$"):
+        preflight(uri, "npuflow-tiny")
+
+
+def test_server_errors_are_reported_as_the_answers_they_are_with_the_servers_message(fake_server, monkeypatch):
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    uri = fake_server
+    failure = "(psycopg2.OperationalError) connection to server failed: postgresql://mlflow:hunter2@db:5432/mlflow"
+    _FakeServer.answer = (500, json.dumps({"error_code": "INTERNAL_ERROR", "message": failure}))
+    message = preflight_error(uri)
+    assert message == (
+        f"MLflow tracking server {uri} answered HTTP 500 Internal Server Error: INTERNAL_ERROR: (psycopg2.OperationalError) "
+        "connection to server failed: postgresql://***@db:5432/mlflow (an error of the server or a proxy before it, not of the "
+        "request: its log says more)"
+    )
+    _FakeServer.answer = (502, "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1>nginx</body></html>")
+    assert preflight_error(uri).startswith(f"MLflow tracking server {uri} answered HTTP 502 Bad Gateway: 502 Bad Gateway nginx (an error")
+    _FakeServer.answer = (429, "Too many requests, slow down")
+    assert preflight_error(uri) == f"MLflow tracking server {uri} answered HTTP 429 Too Many Requests: Too many requests, slow down"
+
+
+DISK_ERROR = json.dumps({"error_code": "INTERNAL_ERROR", "message": "(sqlite3.OperationalError) disk I/O error"})
+
+
+class _BreakingServer(http.server.BaseHTTPRequestHandler):
+    """An MLflow server that answers the pre-flight's question, then fails every request with
+    `status` and an MLflow error body (a backend store that broke: a full disk, a database gone)."""
+
+    status = 500
+    body = DISK_ERROR
+    asked: ClassVar[list] = []
+
+    def _answer(self):
+        type(self).asked.append(f"{self.command} {self.path.split('?')[0]}")
+        if len(type(self).asked) == 1:
+            status, body = 200, json.dumps({"experiment": {"experiment_id": "7", "name": "npuflow-tiny", "tags": []}})
+        else:
+            status, body = type(self).status, type(self).body
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        # Retried by MLflow (its retries drop the answer's body): the server is asked again.
+        (500, None, "answered HTTP 500 Internal Server Error while {doing} (asked again, it says: INTERNAL_ERROR: "),
+        (403, '{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}', "answered HTTP 403 Forbidden while {doing}: "),
+    ],
+)
+def test_a_server_that_passed_the_preflight_then_answers_an_error_is_reported_as_that_answer(status, body, said, tmp_path, monkeypatch):
+    """Before: reported as "stopped answering (connection lost)"."""
+    from npuflow.tracking.server import preflight
+    from npuflow.tracking.track import TrackingFailed, init_store
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's retries would take 14 s; the answer is the same
+    _BreakingServer.asked, _BreakingServer.status = [], status
+    _BreakingServer.body = body or DISK_ERROR
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BreakingServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert preflight(uri, "npuflow-tiny") == f"experiment 'npuflow-tiny' (id 7) at {uri}"
+        with pytest.raises(TrackingFailed) as e:
+            init_store(uri=uri, experiment="npuflow-tiny", out_json=tmp_path / "store.json")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    doing = "the experiment 'npuflow-tiny' was looked up or created"
+    message = str(e.value)
+    assert message.startswith(f"the MLflow tracking server {uri} {said.format(doing=doing)}"), message
+    assert message.endswith("every stage output is kept, and the next snakemake run logs what is missing")
+    assert "stopped answering" not in message and "connection lost" not in message
+    assert not (tmp_path / "store.json").exists()
 
 
 def test_a_server_that_is_not_there_stops_snakemake_before_any_job_in_seconds(tmp_path):
@@ -454,6 +573,72 @@ def test_a_server_that_is_not_there_stops_snakemake_before_any_job_in_seconds(tm
     assert proc.returncode != 0 and f"no MLflow tracking server answers at http://127.0.0.1:{port} (connection refused" in out
     assert "rule fetch:" not in out and "rule init_mlflow:" not in out  # no job started
     assert time.monotonic() - start < 30  # Snakemake's start and the DAG; the check itself is at most 5 s
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_tracking_store_that_cannot_be_written_fails_in_seconds_naming_the_path(tmp_path):
+    """Before: MLflow retried creating its database engine for about two minutes, then printed
+    one line. A path under a regular file cannot be written, by root either (chmod would not stop root)."""
+    from npuflow.tracking.server import TrackingServerError, check_store, preflight
+    from npuflow.tracking.track import init_store
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    (tmp_path / "a-folder.db").mkdir()
+    advice = "; set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a place this user can write"
+    cases = {
+        f"sqlite:///{tmp_path}/blocker/results/mlflow.db": f"cannot write {tmp_path}/blocker/results/mlflow.db: {tmp_path}/blocker is a file, not a folder",
+        f"file://{tmp_path}/blocker/mlruns": f"cannot write {tmp_path}/blocker/mlruns: {tmp_path}/blocker is a file, not a folder",
+        f"{tmp_path}/blocker": f"{tmp_path}/blocker is a file, not a folder",
+        f"sqlite:///{tmp_path}/a-folder.db": f"{tmp_path}/a-folder.db is a folder, not a database file",
+    }
+    start = time.monotonic()
+    for uri, problem in cases.items():
+        for check in (check_store, lambda uri: preflight(uri, "npuflow-tiny")):
+            with pytest.raises(TrackingServerError) as e:
+                check(uri)
+            assert str(e.value) == f"MLflow tracking store {uri}: {problem}{advice}"
+    with pytest.raises(TrackingServerError, match=rf"^MLflow tracking store sqlite:///{tmp_path}/blocker/mlflow.db: cannot write "):
+        init_store(uri=f"sqlite:///{tmp_path}/blocker/mlflow.db", experiment="npuflow-tiny", out_json=tmp_path / "store.json")
+    # A database server that is not there: refused at once, its password not shown.
+    port = closed_port()
+    with pytest.raises(TrackingServerError) as e:
+        check_store(f"postgresql://mlflow:hunter2@127.0.0.1:{port}/mlflow")
+    assert str(e.value) == (
+        f"no database server answers at 127.0.0.1:{port} for the tracking store postgresql://***@127.0.0.1:{port}/mlflow "
+        "(connection refused: nothing listens there); start it, or set MLFLOW_TRACKING_URI to the store you use"
+    )
+    assert time.monotonic() - start < 5
+    check_store(f"sqlite:///{tmp_path}/new/results/mlflow.db")  # a path it can make: fine, and nothing made yet
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.db", "blocker"]  # no probe file left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_folder_as_tracking_store_is_refused_naming_it(tmp_path):
+    from npuflow.tracking.server import TrackingServerError, check_store
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(
+            TrackingServerError, match=rf"cannot write {tmp_path}/ro/mlflow.db: cannot make files in {tmp_path}/ro \(Permission denied\)"
+        ):
+            check_store(f"sqlite:///{tmp_path}/ro/mlflow.db")
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_an_unwritable_tracking_store_stops_snakemake_before_any_job_naming_the_path(tmp_path):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    uri = f"sqlite:///{tmp_path}/blocker/mlflow.db"
+    start = time.monotonic()
+    env = {**snakemake_env(), "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run(snakemake_command(tmp_path), capture_output=True, text=True, cwd=tmp_path, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"MLflow tracking store {uri}: cannot write {tmp_path}/blocker/mlflow.db: {tmp_path}/blocker is a file, not a folder" in out
+    assert "rule fetch:" not in out and "rule init_mlflow:" not in out and "Traceback" not in out  # no job started
+    assert time.monotonic() - start < 30  # Snakemake's start and the DAG; the check itself takes milliseconds
     assert not (tmp_path / "results").exists()
 
 

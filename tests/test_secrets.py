@@ -99,8 +99,13 @@ def stub_npuflow(folder):
 def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_terminal(tmp_path):
     """The issue's case: postgresql://user:secret@host/db was printed three times and stored in
     .snakemake/metadata and .snakemake/log. A dry run of the pipeline, then the init_mlflow job
-    run for real (against a stub `npuflow`): the secret is nowhere, and the job got the URI."""
-    real = f"postgresql://pipeline:{SECRET}@db.example.org/mlflow"
+    run for real (against a stub `npuflow`): the secret is nowhere, and the job got the URI. The
+    database server is a socket that listens (the pre-flight asks no more of a database)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    host = f"127.0.0.1:{listener.getsockname()[1]}"
+    real = f"postgresql://pipeline:{SECRET}@{host}/mlflow"
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
     config["mlflow"]["tracking_uri"] = real
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
@@ -109,7 +114,7 @@ def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_
 
     dry = snakemake(work, "-n", "-p", configfile=tmp_path / "c.yaml")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert "npuflow init-mlflow --tracking-uri 'postgresql://***@db.example.org/mlflow'" in dry.stdout
+    assert f"npuflow init-mlflow --tracking-uri 'postgresql://***@{host}/mlflow'" in dry.stdout
     assert "npuflow track " in dry.stdout and SECRET not in dry.stdout + dry.stderr
 
     # The stub ahead of the venv's npuflow; EXPECTED_URI lets it compare without writing the URI.
@@ -118,10 +123,11 @@ def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_
     # its own environment for this run only: patching conftest.snakemake_env put the stub on the
     # PATH of the pipeline runs computed meanwhile in the background (a Ctrl-C test failed so)
     env = {**env, "PATH": f"{stubs}{os.pathsep}{env['PATH']}", "EXPECTED_URI": real}
-    run = snakemake(work, "-p", "results/mlflow.init.json", configfile=tmp_path / "c.yaml", env=env)
+    with listener:
+        run = snakemake(work, "-p", "results/mlflow.init.json", configfile=tmp_path / "c.yaml", env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert yaml.safe_load((work / "results" / "mlflow.init.json").read_text()) == {
-        "tracking_uri_arg": "postgresql://***@db.example.org/mlflow",
+        "tracking_uri_arg": f"postgresql://***@{host}/mlflow",
         "env_is_the_real_uri": True,
     }
     files = [p for p in work.rglob("*") if p.is_file()]

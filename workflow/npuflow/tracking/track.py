@@ -43,7 +43,7 @@ from npuflow.core.records import (
     TrackReport,
 )
 from npuflow.evaluation.layers import fidelity_check_text
-from npuflow.tracking.server import bound_http_retries, connection_lost, redacted
+from npuflow.tracking.server import answered_text, bound_http_retries, check_store, connection_lost, http_answer, is_server, redacted
 from npuflow.util.errors import NpuflowError
 from npuflow.util.io import read_json
 
@@ -97,7 +97,10 @@ def _artifact_root(uri: str) -> str | None:
 
 def init_store(*, uri: str, experiment: str, out_json: str | Path) -> StoreReport:
     """Create (and migrate) the tracking store and the experiment, once; mark the experiment as
-    model development (an experiment of an older npuflow gets the mark too)."""
+    model development (an experiment of an older npuflow gets the mark too). A store that is no
+    server is checked first (a local one must be writable: MLflow would retry for minutes)."""
+    if not is_server(uri):
+        check_store(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -332,8 +335,11 @@ class TrackingFailed(NpuflowError):
     """MLflow failed mid-way: one line saying where, what is kept and what to do."""
 
     def __init__(self, uri: str, doing: str, error: Exception, kept: str = ""):
+        answer = http_answer(error) if is_server(uri) else None
         lost = connection_lost(error)
-        if lost:
+        if answer:
+            why = answered_text(uri, *answer, doing)
+        elif lost:
             why = f"the MLflow tracking server {redacted(uri)} stopped answering ({lost}) while {doing}"
         else:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -454,9 +460,10 @@ def _new_run(client, experiment_id: str, spec: dict, target: str, files: dict, k
             client.log_artifacts(run_id, tmp)
         client.set_terminated(run_id, "FINISHED")
     except BaseException as e:
-        # A server that went away cannot be told (each request would retry for seconds); the next
-        # logging job retires a run left unfinished either way.
-        if connection_lost(e) is None:
+        # A server that went away, or fails (5xx), cannot be told (each request would retry for
+        # seconds); the next logging job retires a run left unfinished either way.
+        answer = http_answer(e)
+        if connection_lost(e) is None and (answer is None or answer[0] < 500):
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
                 client.set_tag(run_id, CURRENT_TAG, "false")
