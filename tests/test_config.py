@@ -276,7 +276,7 @@ def test_segmentation_entry_is_valid():
 
 
 def test_check_config_cli_reports_field(tmp_path, capsys):
-    from npuflow.cli.main import main
+    from npuflow.cli import main
 
     bad = base()
     bad["models"]["m"]["task"] = "regression"
@@ -348,7 +348,7 @@ def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, ca
 
     import onnx
 
-    from npuflow.cli.main import main
+    from npuflow.cli import main
     from test_simulator import conv_model
 
     onnx.save(conv_model(hw=8), str(tmp_path / "m.onnx"))

@@ -173,7 +173,7 @@ def bad_argv(name: str, cmd, tmp_path: Path) -> list[str]:
 
 
 def test_every_command_answers_a_user_mistake_in_one_line_without_a_traceback(tmp_path, capsys, monkeypatch):
-    from npuflow.cli.main import COMMANDS, main
+    from npuflow.cli.app import COMMANDS, main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # no config.yaml here: commands that default to one say so
@@ -192,7 +192,7 @@ def test_every_command_answers_a_user_mistake_in_one_line_without_a_traceback(tm
 
 
 def test_files_of_the_wrong_kind_and_bad_json_are_named_in_one_line(tmp_path, capsys):
-    from npuflow.cli.main import main
+    from npuflow.cli import main
 
     (tmp_path / "report.json").write_text("{}")
     cases = [
@@ -246,8 +246,8 @@ def spec_argv(name: str, cmd, tmp_path: Path, spec: dict) -> list[str]:
 def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, capsys, monkeypatch):
     """Every command that takes --spec checks it against the fields its stage reads, as model_spec
     resolves them: a missing field (nested ones by their path) is named before anything runs."""
+    from npuflow.cli import main
     from npuflow.cli.base import COMMAND_STAGES, COMMANDS
-    from npuflow.cli.main import main
     from npuflow.pipeline.config import model_spec as resolve
     from npuflow.pipeline.config import stage_spec
 
@@ -302,7 +302,7 @@ BROKEN_YAML = 'weights: random\nmodels:\n  m0:\n    source: "timm:efficientvit_m
 
 
 def test_a_yaml_syntax_error_names_its_line_in_check_config_and_snakemake(tmp_path, capsys):
-    from npuflow.cli.main import main
+    from npuflow.cli import main
 
     (tmp_path / "config.yaml").write_text(BROKEN_YAML)
     assert main(["check-config", str(tmp_path / "config.yaml")]) == 2
@@ -324,7 +324,7 @@ def test_a_yaml_syntax_error_names_its_line_in_check_config_and_snakemake(tmp_pa
 @pytest.mark.slow  # a model through fetch and export
 def test_an_input_size_the_model_cannot_take_fails_in_one_line_naming_both_sizes(tmp_path, capsys):
     """deit_tiny_patch16_224 at 256×256: torch's 39-line traceback before; now the export job's one line."""
-    from npuflow.cli.main import main
+    from npuflow.cli import main
 
     config = write_config(
         tmp_path / "c.yaml",

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO, snakemake
-from npuflow.cli.main import COMMANDS, build_parser
+from npuflow.cli.app import COMMANDS, build_parser
 from npuflow.core.layout import ARTIFACTS, RUN_FILES, STAGES, reserved_names, run_files
 from npuflow.pipeline.config import RESERVED_MODEL_NAMES, STAGE_FIELDS
 from npuflow.pipeline.memory import MEASURED_PEAKS_MB

@@ -283,7 +283,7 @@ def test_cross_validation_predicts_a_held_out_family_from_a_fit_without_it(tiny_
 
 
 def test_sim_validate_command_takes_the_cross_validation_flag(tiny_csv, tmp_path, capsys):
-    from npuflow.cli.main import main
+    from npuflow.cli import main
 
     csv, cache = tiny_csv
     args = ["sim-validate", str(csv), "--cache-dir", str(cache), "--config", str(tmp_path / "none.yaml")]

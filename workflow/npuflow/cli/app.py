@@ -38,7 +38,3 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         print(json.dumps(result, indent=2, default=str)[:4000])
     return 0
-
-
-if __name__ == "__main__":  # `python -m npuflow.cli.main`
-    sys.exit(main())

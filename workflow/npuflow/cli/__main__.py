@@ -1,0 +1,7 @@
+"""`python -m npuflow.cli`: the `npuflow` command."""
+
+import sys
+
+from npuflow.cli import main
+
+sys.exit(main())
