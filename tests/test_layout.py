@@ -47,6 +47,7 @@ def every_rule(tmp_path_factory):
     d = tmp_path_factory.mktemp("layout")
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
     (d / "images").mkdir()
+    (d / "images" / "0.png").write_bytes(b"")  # a folder of images (the config refuses one without any)
     config["datasets"] = {"mine": {"folder": str(d / "images")}}
     entry = config["models"]["efficientvit_m0"]
     entry["calibration"] = {"dataset": "mine"}

@@ -49,6 +49,7 @@ def test_mixed_precision_chooses_the_recipe_of_the_targets_it_names_only():
 
 def test_a_mixed_pair_chains_through_the_search_and_a_dataset_through_its_preparation(tmp_path):
     entry = classifier_entry(calibration={"dataset": "mine"}, mixed_precision={"goal": {"metric": "cosine", "value": 0.9}})
+    (tmp_path / "0.png").write_bytes(b"")  # a folder of images (the config refuses one without any)
     p = Plan(validate_config({"weights": "random", "datasets": {"mine": {"folder": str(tmp_path)}}, "models": {"m": entry}}))
     assert p.user_datasets("m") == ["mine"] and p.user_datasets("m", ("evaluation",)) == []
     assert p.dataset_indexes("m", ("calibration",)) == ["results/datasets/mine/index.json"]
