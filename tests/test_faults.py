@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 import background
-from conftest import REPO, classifier_entry, snakemake, snakemake_command, snakemake_env
+from conftest import REPO, classifier_entry, copy_pipeline, snakemake, snakemake_command, snakemake_env
 from npuflow.config import ConfigError, load_config
 
 
@@ -826,11 +826,6 @@ def test_the_run_lock_is_held_until_its_process_ends_however_it_ends(tmp_path):
 # End to end: a failure fixed, a run interrupted, two runs in one folder; each finished by running again
 # ---------------------------------------------------------------------------------------------
 
-# The front stages of the session's tiny pipeline, as if an earlier run had made them (no report yet).
-FRONT = ("fetch", "model.onnx", "export.json", "model.sim.onnx", "simplify.json", "model.surgery.onnx", "surgery.json")
-FRONT += ("model.ptq.onnx", "ptq.json")
-FRONT += ("calibration.ranges.json", "calibration.json", "quant/int8.onnx", "quant/int8.json")
-
 
 def _wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -842,19 +837,25 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 @background.fixture(scope="module")
 def failed_fixed_interrupted(pipeline, tmp_path_factory):
-    """A fresh folder holding the tiny pipeline's front stages, on one target, evaluated on a
-    folder of images one of which is broken:
+    """A copy of the tiny pipeline's working folder, with its complete report and MLflow runs, run
+    again on one target, evaluated on a folder of images one of which is broken:
     1. the run fails at `reference` (the other jobs go on); 2. the image is fixed and the run
     started again, stopped (SIGSTOP) while a job runs so that a second run is tried beside it
     (refused by Snakemake's lock; `--unlock`; refused by npuflow's), then Ctrl-C (SIGINT to its
     process group); 3. the same command again."""
     import shutil
+    import sqlite3
 
-    workdir = tmp_path_factory.mktemp("faults")
-    for name in FRONT:
-        src, dest = pipeline / "results" / "efficientvit_m0" / name, workdir / "results" / "efficientvit_m0" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
+    workdir = copy_pipeline(pipeline, tmp_path_factory.mktemp("faults") / "pipeline")
+
+    def mlflow_run_ids():
+        con = sqlite3.connect(workdir / "results" / "mlflow.db")
+        try:
+            return {row[0] for row in con.execute("SELECT run_uuid FROM runs")}
+        finally:
+            con.close()
+
+    steps = {"earlier_report": (workdir / "results" / "report.html").read_bytes(), "earlier_runs": mlflow_run_ids()}
     images = write_images(workdir / "eval-images", 4)
     images[-1].write_text("not an image")
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
@@ -862,8 +863,10 @@ def failed_fixed_interrupted(pipeline, tmp_path_factory):
     config["evaluation"]["dataset"] = "evalset"
     del config["models"]["efficientvit_m0"]["precision"]
     configfile = write_config(workdir / "c.yaml", config)
-    steps = {"failed": snakemake(workdir, configfile=configfile)}
+    steps["failed"] = snakemake(workdir, configfile=configfile)
     steps["after_failure"] = {p.name for p in (workdir / "results").iterdir()}
+    steps["report_after_failure"] = (workdir / "results" / "report.html").read_bytes()
+    steps["runs_after_failure"] = mlflow_run_ids()
 
     write_images(workdir / "fixed", 4)
     shutil.copy2(workdir / "fixed" / "3.png", images[-1])
@@ -892,6 +895,7 @@ def failed_fixed_interrupted(pipeline, tmp_path_factory):
                 first.wait()
     steps["interrupted"] = (first.returncode, (workdir / "interrupted.log").read_text())
     steps["after_interrupt"] = {p.name for p in (workdir / "results").iterdir()}
+    steps["report_after_interrupt"] = (workdir / "results" / "report.html").read_bytes()
     steps["finished"] = snakemake(workdir, configfile=configfile)
     return workdir, steps
 
@@ -905,9 +909,12 @@ def test_a_failed_run_prints_the_reason_and_writes_only_the_partial_report(faile
     assert f"Logfile results/logs/reference/efficientvit_m0.log:\n{'=' * 80}\n{reason}" in out  # the log, in the terminal
     assert "npuflow: the run did not finish; what exists is in results/report.partial.html" in out
     assert f"  efficientvit_m0 (ax650n-npu3) failed at reference: {reason}" in out
-    # The report stage's outputs are not written: the next run must see the report as not done.
-    assert {"report.html", "summary.csv", "plots"}.isdisjoint(steps["after_failure"])
-    assert {"report.partial.html", "summary.partial.csv"} <= steps["after_failure"]
+    # The report of what exists goes beside the earlier complete report, which stays as it was
+    # (before: the failed run removed it), as do the MLflow runs.
+    assert "(results/report.html, of an earlier complete run, is kept until a run finishes)" in out
+    assert {"report.partial.html", "summary.partial.csv", "report.html", "summary.csv"} <= steps["after_failure"]
+    assert steps["report_after_failure"] == steps["earlier_report"]
+    assert steps["runs_after_failure"] == steps["earlier_runs"] != set()
 
 
 def test_a_second_run_in_the_folder_is_refused_even_after_unlock(failed_fixed_interrupted):
@@ -925,7 +932,7 @@ def test_ctrl_c_then_the_same_command_finishes_with_the_complete_report(failed_f
     workdir, steps = failed_fixed_interrupted
     rc, log = steps["interrupted"]
     assert rc != 0, log[-3000:]
-    assert "report.html" not in steps["after_interrupt"] and "summary.csv" not in steps["after_interrupt"]
+    assert steps["report_after_interrupt"] == steps["earlier_report"]  # still the earlier complete one
     finished = steps["finished"]
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     results = workdir / "results"
@@ -933,7 +940,7 @@ def test_ctrl_c_then_the_same_command_finishes_with_the_complete_report(failed_f
 
     with open(results / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["model"], r["target"], r["status"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3", "ok")]
+    assert [(r["model"], r["target"], r["status"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3", "ok")]  # replaced
     assert "INCOMPLETE RUN" not in (results / "report.html").read_text()
     assert not (results / "report.partial.html").exists() and not (results / "summary.partial.csv").exists()
     assert not list(results.rglob("*.part")) and not list((workdir / ".snakemake" / "incomplete").iterdir())

@@ -26,7 +26,8 @@ def dry_run_jobs(workdir, configfile) -> list[dict]:
         elif job is None:
             continue
         elif line.startswith("    output: "):
-            job["output"] = line.split(": ", 1)[1].split(", ")
+            # the report's outputs are update(): Snakemake keeps an earlier report until the job succeeds
+            job["output"] = [path.removesuffix(" (update)") for path in line.split(": ", 1)[1].split(", ")]
         elif line.startswith("    log: "):
             job["log"] = line.split(": ", 1)[1]
         elif line.startswith("    benchmark: "):
