@@ -117,7 +117,9 @@ def authenticated(pipeline, tmp_path_factory):
         before = {p: p.stat().st_mtime for p in logs.rglob("*.log")}
         steps = {"wrong": run(workdir, proxy.url, "pipeline", "not-the-password"), "none": run(workdir, proxy.url)}
         steps["logs_untouched"] = all(p.stat().st_mtime == t for p, t in before.items()) and set(logs.rglob("*.log")) == set(before)
+        steps["report_before"] = (workdir / "results" / "report.html").read_bytes()
         steps["died"] = run(workdir, proxy.url, "pipeline", PASSWORD)
+        steps["report_after_died"] = (workdir / "results" / "report.html").read_bytes()
         steps["died_at"] = proxy.died_at
         steps["track_log_at"] = (logs / "track" / "efficientvit_m0.log").stat().st_mtime
         proxy = DyingProxy(url, port=int(proxy.url.rsplit(":", 1)[1]), die=False)
@@ -163,7 +165,9 @@ def test_a_server_gone_mid_way_fails_the_logging_job_in_one_line_and_keeps_the_r
     model = workdir / "results" / "efficientvit_m0"
     for path in ("model.onnx", "quant/int8.onnx", "eval/int8.json", "build/rdk-x5/build.json", "plots/latency.png"):
         assert (model / path).is_file(), path
-    assert "results/report.partial.html" in out and "results/report.html" in out and "removed: this run was to rewrite them" in out
+    # The earlier complete report is kept as it was (issue 28), beside the partial one.
+    assert "(results/report.html, of an earlier complete run, is kept until a run finishes)" in out
+    assert "what exists is in results/report.partial.html" in out and steps["report_after_died"] == steps["report_before"]
     assert not list((workdir / "results").rglob("*.part"))  # no half-written file
 
 
@@ -182,6 +186,8 @@ def test_the_run_after_the_server_is_back_logs_exactly_the_missing_runs(authenti
     track = json.loads((workdir / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]
     assert track["ax650n-npu3"]["reused"] and not track["rdk-x5"]["reused"]
     assert {r["id"] for r in runs} == {track[t]["run_id"] for t in track}
+    assert "(Rule: report)" in back.stdout + back.stderr  # the report kept by the failed run, made again
+    assert not (workdir / "results" / "report.partial.html").exists()
 
 
 def test_the_permissions_let_colleagues_read_but_not_move_the_pipelines_model_alias(authenticated):

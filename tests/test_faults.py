@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 import background
-from conftest import REPO, classifier_entry, snakemake, snakemake_command, snakemake_env
+from conftest import REPO, classifier_entry, copy_pipeline, snakemake, snakemake_command, snakemake_env
 from npuflow.pipeline.config import ConfigError, load_config
 
 
@@ -136,6 +136,128 @@ def test_an_archive_dataset_holding_fewer_evaluation_images_than_asked_fails_in_
     assert image_batches("val", "evaluation", 2, [1, 3, 16, 16], prep, 0, datasets_dir=tmp_path / "ds").images.shape[0] == 2
     with pytest.raises(DatasetError, match=r"evaluation\.images: 3 asked, but dataset val holds 2 images"):
         image_batches("val", "evaluation", 3, [1, 3, 16, 16], prep, 0, datasets_dir=tmp_path / "ds")
+
+
+def test_a_dataset_folder_without_images_stops_even_the_dry_run_naming_the_field(tmp_path):
+    """Before: an empty calibration folder passed the dry run and failed in its job."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes" / "deep").mkdir(parents=True)
+    (tmp_path / "notes" / "deep" / "README.txt").write_text("no image here")
+    (tmp_path / "notes" / "masks").mkdir()
+    write_images(tmp_path / "notes" / "masks", 1)  # images of the masks sub-folder are not the dataset's
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["datasets"] = {"calib": {"folder": str(tmp_path / "empty")}, "held": {"folder": str(tmp_path / "notes"), "masks": "masks"}}
+    config["calibration"]["dataset"] = "calib"
+    suffixes = ".bmp, .jpeg, .jpg, .png, .ppm, .tif, .tiff, .webp"
+    expected = (
+        f"  datasets.calib.folder: no images ({suffixes}) in {tmp_path}/empty or its sub-folders\n"
+        f"  datasets.held.folder: no images ({suffixes}) in {tmp_path}/notes or its sub-folders"
+    )
+    assert problems_of(write_config(tmp_path / "c.yaml", config)) == f"invalid config:\n{expected}"
+    proc = snakemake(tmp_path, "-n", configfile=tmp_path / "c.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and expected in out and "Traceback" not in out
+    assert "rule fetch" not in out and not (tmp_path / "results").exists()
+
+
+def test_labels_the_model_cannot_output_are_refused_before_any_job_where_the_config_tells_its_outputs(tmp_path):
+    """Before: evaluation labels past a model's classes gave top1: 0.0 and exit 0. The config knows
+    the outputs of hf: models (their architecture config) and torchvision's classifiers (1000)."""
+    for cls in ("0", "4", "7", "1000"):
+        write_images(tmp_path / "val" / cls, 1)
+    vit = {
+        "source": "hf:someone/tiny-vit",
+        "task": "classification",
+        "input": {"shape": [1, 3, 32, 32]},
+        "hf_config": {"model_type": "vit", "architectures": ["ViTForImageClassification"], "num_labels": 5},
+    }
+    tv = {"source": "torchvision:squeezenet1_1", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
+    base = {"weights": "random", "datasets": {"val": {"folder": str(tmp_path / "val")}}, "evaluation": {"dataset": "val", "images": 4}}
+    text = problems_of(write_config(tmp_path / "a.yaml", {**base, "models": {"vit": vit, "sq": tv}}))
+    assert text == (
+        "invalid config:\n"
+        "  datasets.val.folder: class folder '1000' is label 1000, but models.sq outputs 1000 classes (0 to 999; torchvision's "
+        "classifiers: ImageNet-1k): the model can never predict 1 of the 4 class folders, and top-1 would count their images as "
+        "wrong instead of failing; name the class folders by the model's class indices, or list the model's classes in order "
+        "under datasets.val.classes\n"
+        "  datasets.val.folder: class folder '1000' is label 1000, but models.vit outputs 5 classes (0 to 4; models.vit.hf_config: "
+        "num_labels): the model can never predict 2 of the 4 class folders, and top-1 would count their images as wrong instead "
+        "of failing; name the class folders by the model's class indices, or list the model's classes in order under "
+        "datasets.val.classes"
+    )
+    # Named folders: labels in sorted order, or in the order `classes` gives; a folder it lacks is refused too.
+    for cls in ("cat", "dog", "emu", "fox", "gnu", "hen"):
+        write_images(tmp_path / "named" / cls, 1)
+    named = {"weights": "random", "evaluation": {"dataset": "val", "images": 6}, "models": {"vit": vit}}
+    text = problems_of(write_config(tmp_path / "b.yaml", {**named, "datasets": {"val": {"folder": str(tmp_path / "named")}}}))
+    assert "datasets.val.folder: class folder 'hen' is label 5, but models.vit outputs 5 classes (0 to 4;" in text
+    listed = {"folder": str(tmp_path / "named"), "classes": ["cat", "dog", "emu", "fox", "gnu"]}
+    text = problems_of(write_config(tmp_path / "c.yaml", {**named, "datasets": {"val": listed}}))
+    assert text == "invalid config:\n  datasets.val.classes: class folder(s) hen not listed"
+    listed["classes"] = ["hen", "cat", "dog", "emu", "fox", "gnu", "owl"]
+    text = problems_of(write_config(tmp_path / "d.yaml", {**named, "datasets": {"val": listed}}))
+    assert text.startswith("invalid config:\n  datasets.val.classes: class folder 'gnu' is label 5, but models.vit outputs 5")
+    # Labels that fit, a segmenter, a model whose outputs only building it tells (timm): not refused here.
+    assert load_config(
+        write_config(tmp_path / "e.yaml", {**base, "evaluation": {"dataset": "val", "images": 4}, "models": {"m": classifier_entry()}})
+    )
+    listed["classes"] = ["cat", "dog", "emu", "fox", "gnu", "hen"]
+    assert load_config(write_config(tmp_path / "f.yaml", {**named, "datasets": {"val": listed}, "models": {"sq": tv}}))
+
+
+def test_labels_the_model_cannot_output_fail_the_reference_job_where_only_its_outputs_tell(tmp_path):
+    """A model of 3 classes (timm's and checkpoints' counts are known once built), evaluated on
+    class folders 0, 1 and 5: the reference job fails in one line, writing nothing."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from npuflow.core.records import Manifest
+    from npuflow.data.datasets import DatasetError, prepare_dataset
+    from npuflow.evaluation.evaluate import label_problem, reference
+
+    weights = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "three-classes",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3])],
+        [weights],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    manifest = dict(model="m", source="timm:x", arch=None, task="classification", family="x", weights="random")
+    manifest.update(weights_detail="", seed=0, hub_reachable=None, params=9, weights_sha256="", seconds=0.0)
+    Manifest(**manifest, preprocessing={"mean": [0.5] * 3, "std": [0.5] * 3}).write(tmp_path / "manifest.json")
+    for cls in ("0", "1", "5"):
+        write_images(tmp_path / "val" / cls, 1)
+    prepare_dataset("val", {"folder": str(tmp_path / "val")}, tmp_path / "ds" / "val")
+    spec = {"name": "m", "task": "classification", "seed": 0, "input": {"shape": [1, 3, 16, 16]}}
+    spec["evaluation"] = {"dataset": "val", "images": 3, "latency_repeats": 1}
+    with pytest.raises(DatasetError) as e:
+        reference(
+            tmp_path / "m.onnx",
+            manifest_json=tmp_path / "manifest.json",
+            spec=spec,
+            out_npz=tmp_path / "r.npz",
+            out_json=tmp_path / "r.json",
+            datasets_dir=tmp_path / "ds",
+        )
+    assert str(e.value) == (
+        "dataset val: label 5 is past the model's last class (3 outputs, 0 to 2): the model can never predict it, so its "
+        "accuracy would read low instead of failing; label the images by the model's class indices (datasets.val.classes "
+        "lists folder names in the model's class order), or evaluate on a dataset of its classes"
+    )
+    assert not (tmp_path / "r.npz").exists() and not (tmp_path / "r.json").exists()
+    # Segmentation masks alike (255 is "ignore", not a class).
+    scores = np.zeros((1, 5, 2, 2), np.float32)
+    assert label_problem(scores, None, np.array([[[0, 4], [255, 1]]]), "segmentation", "cs") is None
+    assert label_problem(scores, None, np.array([[[0, 7], [255, 5]]]), "segmentation", "cs").startswith(
+        "dataset cs: mask class 7 is past the model's last class (5 outputs, 0 to 4)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,11 +827,6 @@ def test_the_run_lock_is_held_until_its_process_ends_however_it_ends(tmp_path):
 # End to end: a failure fixed, a run interrupted, two runs in one folder; each finished by running again
 # ---------------------------------------------------------------------------------------------
 
-# The front stages of the session's tiny pipeline, as if an earlier run had made them (no report yet).
-FRONT = ("fetch", "model.onnx", "export.json", "model.sim.onnx", "simplify.json", "model.surgery.onnx", "surgery.json")
-FRONT += ("model.ptq.onnx", "ptq.json")
-FRONT += ("calibration.ranges.json", "calibration.json", "quant/int8.onnx", "quant/int8.json")
-
 
 def _wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -721,19 +838,25 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 @background.fixture(scope="module")
 def failed_fixed_interrupted(pipeline, tmp_path_factory):
-    """A fresh folder holding the tiny pipeline's front stages, on one target, evaluated on a
-    folder of images one of which is broken:
+    """A copy of the tiny pipeline's working folder, with its complete report and MLflow runs, run
+    again on one target, evaluated on a folder of images one of which is broken:
     1. the run fails at `reference` (the other jobs go on); 2. the image is fixed and the run
     started again, stopped (SIGSTOP) while a job runs so that a second run is tried beside it
     (refused by Snakemake's lock; `--unlock`; refused by npuflow's), then Ctrl-C (SIGINT to its
     process group); 3. the same command again."""
     import shutil
+    import sqlite3
 
-    workdir = tmp_path_factory.mktemp("faults")
-    for name in FRONT:
-        src, dest = pipeline / "results" / "efficientvit_m0" / name, workdir / "results" / "efficientvit_m0" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
+    workdir = copy_pipeline(pipeline, tmp_path_factory.mktemp("faults") / "pipeline")
+
+    def mlflow_run_ids():
+        con = sqlite3.connect(workdir / "results" / "mlflow.db")
+        try:
+            return {row[0] for row in con.execute("SELECT run_uuid FROM runs")}
+        finally:
+            con.close()
+
+    steps = {"earlier_report": (workdir / "results" / "report.html").read_bytes(), "earlier_runs": mlflow_run_ids()}
     images = write_images(workdir / "eval-images", 4)
     images[-1].write_text("not an image")
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
@@ -741,8 +864,10 @@ def failed_fixed_interrupted(pipeline, tmp_path_factory):
     config["evaluation"]["dataset"] = "evalset"
     del config["models"]["efficientvit_m0"]["precision"]
     configfile = write_config(workdir / "c.yaml", config)
-    steps = {"failed": snakemake(workdir, configfile=configfile)}
+    steps["failed"] = snakemake(workdir, configfile=configfile)
     steps["after_failure"] = {p.name for p in (workdir / "results").iterdir()}
+    steps["report_after_failure"] = (workdir / "results" / "report.html").read_bytes()
+    steps["runs_after_failure"] = mlflow_run_ids()
 
     write_images(workdir / "fixed", 4)
     shutil.copy2(workdir / "fixed" / "3.png", images[-1])
@@ -771,6 +896,7 @@ def failed_fixed_interrupted(pipeline, tmp_path_factory):
                 first.wait()
     steps["interrupted"] = (first.returncode, (workdir / "interrupted.log").read_text())
     steps["after_interrupt"] = {p.name for p in (workdir / "results").iterdir()}
+    steps["report_after_interrupt"] = (workdir / "results" / "report.html").read_bytes()
     steps["finished"] = snakemake(workdir, configfile=configfile)
     return workdir, steps
 
@@ -784,9 +910,12 @@ def test_a_failed_run_prints_the_reason_and_writes_only_the_partial_report(faile
     assert f"Logfile results/logs/reference/efficientvit_m0.log:\n{'=' * 80}\n{reason}" in out  # the log, in the terminal
     assert "npuflow: the run did not finish; what exists is in results/report.partial.html" in out
     assert f"  efficientvit_m0 (ax650n-npu3) failed at reference: {reason}" in out
-    # The report stage's outputs are not written: the next run must see the report as not done.
-    assert {"report.html", "summary.csv", "plots"}.isdisjoint(steps["after_failure"])
-    assert {"report.partial.html", "summary.partial.csv"} <= steps["after_failure"]
+    # The report of what exists goes beside the earlier complete report, which stays as it was
+    # (before: the failed run removed it), as do the MLflow runs.
+    assert "(results/report.html, of an earlier complete run, is kept until a run finishes)" in out
+    assert {"report.partial.html", "summary.partial.csv", "report.html", "summary.csv"} <= steps["after_failure"]
+    assert steps["report_after_failure"] == steps["earlier_report"]
+    assert steps["runs_after_failure"] == steps["earlier_runs"] != set()
 
 
 def test_a_second_run_in_the_folder_is_refused_even_after_unlock(failed_fixed_interrupted):
@@ -804,7 +933,7 @@ def test_ctrl_c_then_the_same_command_finishes_with_the_complete_report(failed_f
     workdir, steps = failed_fixed_interrupted
     rc, log = steps["interrupted"]
     assert rc != 0, log[-3000:]
-    assert "report.html" not in steps["after_interrupt"] and "summary.csv" not in steps["after_interrupt"]
+    assert steps["report_after_interrupt"] == steps["earlier_report"]  # still the earlier complete one
     finished = steps["finished"]
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     results = workdir / "results"
@@ -812,7 +941,7 @@ def test_ctrl_c_then_the_same_command_finishes_with_the_complete_report(failed_f
 
     with open(results / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["model"], r["target"], r["status"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3", "ok")]
+    assert [(r["model"], r["target"], r["status"]) for r in rows] == [("efficientvit_m0", "ax650n-npu3", "ok")]  # replaced
     assert "INCOMPLETE RUN" not in (results / "report.html").read_text()
     assert not (results / "report.partial.html").exists() and not (results / "summary.partial.csv").exists()
     assert not list(results.rglob("*.part")) and not list((workdir / ".snakemake" / "incomplete").iterdir())

@@ -26,7 +26,8 @@ def dry_run_jobs(workdir, configfile) -> list[dict]:
         elif job is None:
             continue
         elif line.startswith("    output: "):
-            job["output"] = line.split(": ", 1)[1].split(", ")
+            # the report's outputs are update(): Snakemake keeps an earlier report until the job succeeds
+            job["output"] = [path.removesuffix(" (update)") for path in line.split(": ", 1)[1].split(", ")]
         elif line.startswith("    log: "):
             job["log"] = line.split(": ", 1)[1]
         elif line.startswith("    benchmark: "):
@@ -47,6 +48,7 @@ def every_rule(tmp_path_factory):
     d = tmp_path_factory.mktemp("layout")
     config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
     (d / "images").mkdir()
+    (d / "images" / "0.png").write_bytes(b"")  # a folder of images (the config refuses one without any)
     config["datasets"] = {"mine": {"folder": str(d / "images")}}
     entry = config["models"]["efficientvit_m0"]
     entry["calibration"] = {"dataset": "mine"}

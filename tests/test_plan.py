@@ -49,6 +49,7 @@ def test_mixed_precision_chooses_the_recipe_of_the_targets_it_names_only():
 
 def test_a_mixed_pair_chains_through_the_search_and_a_dataset_through_its_preparation(tmp_path):
     entry = classifier_entry(calibration={"dataset": "mine"}, mixed_precision={"goal": {"metric": "cosine", "value": 0.9}})
+    (tmp_path / "0.png").write_bytes(b"")  # a folder of images (the config refuses one without any)
     p = Plan(validate_config({"weights": "random", "datasets": {"mine": {"folder": str(tmp_path)}}, "models": {"m": entry}}))
     assert p.user_datasets("m") == ["mine"] and p.user_datasets("m", ("evaluation",)) == []
     assert p.dataset_indexes("m", ("calibration",)) == ["results/datasets/mine/index.json"]
@@ -183,6 +184,14 @@ def test_outputs_a_stopped_run_left_marked_incomplete_are_removed(tmp_path):
     (tmp_path / "results" / "m" / "kept.json").write_text("{}")
     assert remove_incomplete_outputs(tmp_path) == [str(tmp_path / "results/m/eval/reference.npz")]
     assert not (tmp_path / "results/m/eval/reference.npz").exists() and (tmp_path / "results/m/kept.json").exists()
+    # The report's own files stay (an earlier complete report: its job replaces them whole); its mark goes.
+    for name in ("results/report.html", "results/plots/pareto.rdk-x5.png", "results/report.complete.json"):
+        (marks / urlsafe_b64encode(name.encode()).decode()).write_text("")
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    keep = ("results/report.html", "results/plots/pareto.*.png")
+    assert remove_incomplete_outputs(tmp_path, keep=keep) == [str(tmp_path / "results/report.complete.json")]
+    assert (tmp_path / "results/report.html").exists() and (tmp_path / "results/plots/pareto.rdk-x5.png").exists()
 
 
 def test_a_models_precision_for_a_chip_follows_to_profiles_derived_from_it():

@@ -87,7 +87,9 @@ if workflow.is_main_process and not workflow.dryrun:
 
     try:
         if hold_run_lock():
-            for path in remove_incomplete_outputs():
+            # The report's own files (update(): an earlier complete report) stay; its mark goes.
+            report_files = tuple(STAGES.report.outputs[k].replace("{target}", "*") for k in ("csv", "html", "pareto"))
+            for path in remove_incomplete_outputs(keep=report_files):
                 print(f"npuflow: {path} was left incomplete by a stopped run; its job runs again", file=sys.stderr)
     except RunningElsewhere:
         pass  # refused in onstart, before any job, in one line
@@ -177,5 +179,6 @@ def report_args(wildcards):
         f"--plots-dir={os.path.dirname(STAGES.report.outputs['pareto'])}",
         f"--csv={STAGES.report.outputs['csv']}",
         f"--html={STAGES.report.outputs['html']}",
+        f"--complete={STAGES.report.outputs['complete']}",
         *[f"--replaces={path}" for path in PARTIAL_REPORT.values()],
     ]

@@ -521,6 +521,11 @@ class Report(Command):
             metavar="PATH",
             help="a partial report this one replaces: removed once this one is written",
         )
+        p.add_argument(
+            "--complete",
+            metavar="PATH",
+            help="written last, once every file of the report is: the workflow's mark that the report is complete",
+        )
         _outputs(p, csv="summary CSV to write", html="report HTML to write")
 
     def run(self, args):
@@ -541,12 +546,17 @@ class Report(Command):
         )
         for stale in args.replaces:
             Path(stale).unlink(missing_ok=True)
-        return {
+        summary = {
             "rows": len(rows),
             "failed": [f"{r.model}:{r.target} at {r.failed_stage}" for r in rows if not r.ok],
             "csv": args.csv,
             "html": args.html,
         }
+        if args.complete:
+            from npuflow.util.io import write_json
+
+            write_json(args.complete, summary)
+        return summary
 
 
 @command

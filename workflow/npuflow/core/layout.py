@@ -245,6 +245,9 @@ STAGES = StageTable(
                 "csv": f"{RESULTS}/summary.csv",
                 "html": f"{RESULTS}/report.html",
                 "pareto": f"{RESULTS}/plots/pareto.{{target}}.png",  # one per target
+                # Written last: the mark that the report is complete. A run that stops early removes
+                # it (never the report itself), so that the next run makes the report again.
+                "complete": f"{RESULTS}/report.complete.json",
             },
             f"{RESULTS}/logs/report.log",
             benchmark=False,

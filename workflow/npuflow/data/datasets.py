@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -126,17 +127,28 @@ def _images_under(root: Path, skip: Path | None) -> list[Path]:
     )
 
 
-def index_images(name: str, root: Path, entry: dict) -> dict:
-    """The index of an image folder: labels from class sub-folders (integer names are class
-    indices; other names map by `classes`, else sorted order), masks from the `masks` sub-folder
-    (same relative path, any image suffix)."""
-    where = f"datasets.{name}"
-    masks_dir = root / entry["masks"] if entry.get("masks") else None
-    if masks_dir is not None and not masks_dir.is_dir():
-        raise DatasetError(f"{where}.masks: no folder {masks_dir}")
-    paths = _images_under(root, masks_dir)
-    if not paths:
-        raise DatasetError(f"{where}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+def _has_image(root: Path, skip: Path | None) -> bool:
+    """Whether `root` holds an image `_images_under` would list: stops at the first one (a config
+    check on a folder of a million images takes no longer than on one of ten)."""
+    for folder, subfolders, files in os.walk(root):
+        if skip is not None and (Path(folder) == skip or skip in Path(folder).parents):
+            subfolders[:] = []
+            continue
+        if any(
+            Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".") and os.path.isfile(os.path.join(folder, f)) for f in files
+        ):
+            return True
+    return False
+
+
+def no_images_text(root: Path) -> str:
+    return f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {_shown(root)} or its sub-folders"
+
+
+def _labelling(where: str, root: Path, entry: dict, paths: list[Path]) -> tuple[str, list[str] | None]:
+    """("folders" or "none", classes): how the index labels the images `paths` of a folder. Class
+    sub-folders label them where every image sits in one (`labels: auto`): integer names are the
+    class indices (classes None); other names map by `classes`, else by sorted order."""
     folders = sorted({p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1})
     labelled = entry.get("labels", "auto")
     if labelled == "auto":
@@ -152,6 +164,39 @@ def index_images(name: str, root: Path, entry: dict) -> dict:
             classes = None  # folder names are the class indices
         else:
             classes = folders
+    return labelled, classes
+
+
+def folder_labels(name: str, entry: dict, paths: list[Path] | None = None) -> dict[str, int] | None:
+    """{class folder: label} of a `folder:` dataset as its index will label its images (`paths`,
+    listed here if not given); None where its images are unlabelled, or are in an archive (known
+    once it is extracted). Raises DatasetError as the index would (a folder `classes` lacks)."""
+    if "folder" not in entry or not Path(entry["folder"]).is_dir():
+        return None
+    root = Path(entry["folder"])
+    if paths is None:
+        paths = _images_under(root, root / entry["masks"] if entry.get("masks") else None)
+    if not paths:
+        return None
+    labelled, classes = _labelling(f"datasets.{name}", root, entry, paths)
+    if labelled != "folders":
+        return None
+    folders = {p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1}
+    return {f: int(f) if classes is None else classes.index(f) for f in sorted(folders)}
+
+
+def index_images(name: str, root: Path, entry: dict) -> dict:
+    """The index of an image folder: labels from class sub-folders (integer names are class
+    indices; other names map by `classes`, else sorted order), masks from the `masks` sub-folder
+    (same relative path, any image suffix)."""
+    where = f"datasets.{name}"
+    masks_dir = root / entry["masks"] if entry.get("masks") else None
+    if masks_dir is not None and not masks_dir.is_dir():
+        raise DatasetError(f"{where}.masks: no folder {masks_dir}")
+    paths = _images_under(root, masks_dir)
+    if not paths:
+        raise DatasetError(f"{where}: {no_images_text(root)}")
+    labelled, classes = _labelling(where, root, entry, paths)
     boxes = _box_labels(name, root, entry, paths)
     images = []
     for p in paths:
@@ -240,7 +285,8 @@ def _shown(path: Path) -> str:
 
 def local_path_problems(name: str, entry: dict) -> list[str]:
     """The local paths of a dataset entry that are not there (its folder and masks folder, or its
-    archive): checked when the config is read, and again when the dataset is prepared."""
+    archive), and a folder that holds no image: checked when the config is read, and again when
+    the dataset is prepared."""
     where = f"datasets.{name}"
     if "folder" in entry:
         root = Path(entry["folder"])
@@ -250,6 +296,8 @@ def local_path_problems(name: str, entry: dict) -> list[str]:
             ]
         if entry.get("masks") and not (root / entry["masks"]).is_dir():
             return [f"{where}.masks: no folder {_shown(root / entry['masks'])}"]
+        if not _has_image(root, root / entry["masks"] if entry.get("masks") else None):
+            return [f"{where}.folder: {no_images_text(root)}"]
     elif "archive" in entry and not Path(entry["archive"]).is_file():
         archive = Path(entry["archive"])
         return [

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from npuflow.core.records import EVAL_METRICS, FLOAT_ACCURACY, EvalReport, LayerAnalysis, Manifest, ReferenceReport
-from npuflow.data.datasets import IGNORE_LABEL, image_batches
+from npuflow.data.datasets import IGNORE_LABEL, DatasetError, image_batches
 from npuflow.evaluation.timing import host_latency_ms, timed_runs
 from npuflow.util.io import atomic_path
 from npuflow.util.onnxutil import input_name, load, session
@@ -57,6 +57,29 @@ def _resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     rows = (np.arange(hw[0]) * masks.shape[1] // hw[0])[:, None]
     cols = (np.arange(hw[1]) * masks.shape[2] // hw[1])[None, :]
     return masks[:, rows, cols]
+
+
+def label_problem(scores: np.ndarray, labels: np.ndarray | None, masks: np.ndarray | None, task: str, dataset: str) -> str | None:
+    """Labels (or mask classes) the model cannot output: a top-1 or mIoU against them would be a
+    number, 0 or lower than the truth, where it should be an error. The config refuses them before
+    any job where it knows how many classes a model outputs; here the outputs tell."""
+    count = scores.shape[1] if scores.ndim > 1 else 0
+    if task == "classification" and labels is not None:
+        past = labels[labels >= count]
+        what, n = "label", len(past)
+    elif task == "segmentation" and masks is not None:
+        past = masks[(masks >= count) & (masks != IGNORE_LABEL)]
+        what, n = "mask class", len(np.unique(past))
+    else:
+        return None
+    if not n:
+        return None
+    return (
+        f"dataset {dataset}: {what} {int(past.max())} is past the model's last class ({count} outputs, 0 to {count - 1}): "
+        f"the model can never predict it, so its accuracy would read low instead of failing; label the images by the "
+        f"model's class indices (datasets.{dataset}.classes lists folder names in the model's class order), or evaluate on "
+        "a dataset of its classes"
+    )
 
 
 def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | None, masks: np.ndarray | None, task: str) -> dict:
@@ -127,6 +150,9 @@ def reference(
     model = expose_logits(load(float_onnx))
     sess, name, outs, seconds = run_model(model, batch.images, threads)
     scores, classes = scores_and_classes(outs)
+    problem = label_problem(scores, batch.labels, batch.masks, spec["task"], ev["dataset"])
+    if problem:
+        raise DatasetError(problem)
     fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
     extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as f:
@@ -204,6 +230,9 @@ def evaluate(
     int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"], seconds)
     labels = ref["labels"] if "labels" in ref else None
     masks = ref["masks"] if "masks" in ref else None
+    problem = label_problem(scores, labels, masks, spec["task"], ref_report.dataset)
+    if problem:
+        raise DatasetError(problem)
     accuracy = task_metrics(scores, classes, labels, masks, spec["task"])
     figures = {
         **fidelity(ref["scores"], ref["classes"], scores, classes, spec["task"]),

@@ -132,8 +132,8 @@ def _check_semantics(config: dict) -> None:
         for name in profiles
         if name in builtins
     ]
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    if problems:  # a profile's op type checked by both: said once
+        raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
     try:
         targets = load_targets(profiles)
     except ConfigError as e:
@@ -150,7 +150,7 @@ def _check_semantics(config: dict) -> None:
         if "url" in entry and entry["url"].startswith("http://") and not entry["allow_http"]:
             problems.append(f"datasets.{name}.url: plain http is refused; use https, or set allow_http: true")
         problems += local_path_problems(name, entry)
-    problems += _evaluation_count_problems(config)
+    problems += _evaluation_dataset_problems(config)
     try:
         check_uri(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
     except ConfigError as e:
@@ -217,21 +217,57 @@ def _check_semantics(config: dict) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
-def _evaluation_count_problems(config: dict) -> list[str]:
+def _evaluation_dataset_problems(config: dict) -> list[str]:
     """Evaluation images are held out and count once each: a folder dataset must hold as many as
-    asked (an archive's images are counted once it is prepared)."""
-    from npuflow.data.datasets import folder_image_count
+    asked (an archive's images are counted once it is prepared). And the labels its class folders
+    give must be classes the models evaluated on it can output, where the config tells how many
+    they output (npuflow.sources.core: `num_classes`; else the evaluation job checks): a label past
+    them would give a top-1 of 0, not an error."""
+    from npuflow.data.datasets import DatasetError, _images_under, folder_labels
 
     ev = config["evaluation"]
-    entry = config["datasets"].get(ev["dataset"])
-    held = folder_image_count(entry) if entry else None
-    if held is not None and ev["images"] > held:
+    name = ev["dataset"]
+    entry = config["datasets"].get(name)
+    if not entry or "folder" not in entry or not Path(entry["folder"]).is_dir():
+        return []
+    root = Path(entry["folder"])
+    paths = _images_under(root, root / entry["masks"] if entry.get("masks") else None)
+    problems = []
+    held = len(paths)
+    if ev["images"] > held:
         most = f"so at most {held}" if held else "and it holds none"
-        return [
-            f"evaluation.images: {ev['images']} asked, but datasets.{ev['dataset']} holds {held} images "
+        problems.append(
+            f"evaluation.images: {ev['images']} asked, but datasets.{name} holds {held} images "
             f"({entry['folder']}); held-out images count once each, {most}"
-        ]
-    return []
+        )
+    classifiers = [m for m, e in config["models"].items() if e["task"] == "classification"]
+    if not classifiers or not paths:
+        return problems
+    try:
+        labels = folder_labels(name, entry, paths)
+    except DatasetError as e:
+        return [*problems, str(e)]
+    if not labels:
+        return problems
+    from npuflow.sources.core import SOURCES
+
+    field = f"datasets.{name}.classes" if entry.get("classes") else f"datasets.{name}.folder"
+    folder, top = max(labels.items(), key=lambda item: item[1])
+    for model in classifiers:
+        model_entry = config["models"][model]
+        kind = model_entry["source"].partition(":")[0]
+        outputs = SOURCES.get(kind)().num_classes(model_entry, f"models.{model}") if kind in SOURCES else None
+        if outputs is None or top < outputs[0]:
+            continue
+        count, basis = outputs
+        past = sum(1 for label in labels.values() if label >= count)
+        problems.append(
+            f"{field}: class folder {folder!r} is label {top}, but models.{model} outputs {count} classes (0 to {count - 1}; "
+            f"{basis}): the model can never predict {past} of the {len(labels)} class folders, and top-1 would count their "
+            "images as wrong instead of failing; name the class folders by the model's class indices, or list the model's "
+            f"classes in order under datasets.{name}.classes"
+        )
+    return problems
 
 
 def _image_memory_problems(name: str, entry: dict, config: dict) -> list[str]:

@@ -68,21 +68,27 @@ def release_run_lock() -> None:
         _held = None
 
 
-def remove_incomplete_outputs(folder: str | Path = ".") -> list[str]:
+def remove_incomplete_outputs(folder: str | Path = ".", keep: tuple[str, ...] = ()) -> list[str]:
     """Remove the outputs that carry Snakemake's "incomplete" mark (the job was stopped, e.g. by
     Ctrl-C as it ended), so that their jobs run again: Snakemake 9.27's --rerun-incomplete loses
     them once a checkpoint's dependencies are updated (the `recipes` checkpoint), and the run
-    would leave them marked and stale. Call only while holding the run lock: no job of another
-    run is writing them. Returns the paths removed."""
+    would leave them marked and stale. Those matching a `keep` pattern (fnmatch) stay: files an
+    interrupted job replaces whole or not at all, of which the earlier version is worth keeping
+    (the report's, whose job another output of it, removed here, makes run again). Call only while
+    holding the run lock: no job of another run is writing them. Returns the paths removed."""
     from base64 import urlsafe_b64decode
+    from fnmatch import fnmatchcase
 
     marks = Path(folder) / ".snakemake" / "incomplete"
     removed = []
     for mark in sorted(marks.iterdir()) if marks.is_dir() else []:
         try:
-            path = Path(folder) / urlsafe_b64decode(mark.name.encode()).decode()
+            name = urlsafe_b64decode(mark.name.encode()).decode()
         except ValueError:
             continue  # not a mark of an output file
+        if any(fnmatchcase(name, pattern) for pattern in keep):
+            continue
+        path = Path(folder) / name
         if path.is_file() or path.is_symlink():
             path.unlink()
             removed.append(str(path))

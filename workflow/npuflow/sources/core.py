@@ -132,6 +132,12 @@ class ModelSource:
         """(module to export, its output names): the deploy form when `reparameterize` is on."""
         return (self.deploy_form(module) if spec.get("reparameterize", True) else module), [DEFAULT_OUTPUT]
 
+    def num_classes(self, entry: dict, where: str) -> tuple[int, str] | None:
+        """(how many classes the model outputs, where that comes from) where the config entry
+        tells without building the model; None where only building it would (the evaluation
+        job then checks the labels against the outputs). Cheap: runs at every Snakemake start."""
+        return None
+
     def head(self, module) -> dict | None:
         """What the host needs to post-process the outputs (detection heads), for the manifest."""
         return None
@@ -303,6 +309,24 @@ class HFSource(_HFHubSource):
     def check(self, entry, where):
         problem = hf_config_problem(_ref(entry), entry, where)
         return [problem] if problem else []
+
+    def num_classes(self, entry, where):
+        """The architecture config's `id2label` (or its `num_labels`), given or shipped."""
+        field = f"{where}.hf_config"
+        cfg = entry.get("hf_config")
+        if cfg is None and hf_config_file(_ref(entry)).exists():
+            field = f"the shipped config of hf:{_ref(entry)}"
+            try:
+                cfg = json.loads(hf_config_file(_ref(entry)).read_text())
+            except (OSError, ValueError):
+                return None
+        if not isinstance(cfg, dict):
+            return None
+        if isinstance(cfg.get("id2label"), dict) and cfg["id2label"]:  # transformers counts these first
+            return len(cfg["id2label"]), f"{field}: id2label"
+        if isinstance(cfg.get("num_labels"), int) and not isinstance(cfg["num_labels"], bool) and cfg["num_labels"] > 0:
+            return cfg["num_labels"], f"{field}: num_labels"
+        return None
 
     def _config(self, spec):
         import transformers

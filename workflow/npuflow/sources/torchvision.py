@@ -78,6 +78,11 @@ class TorchvisionSource(ModelSource):
             raise FetchError(f"{where}.task: torchvision's {name} is a {task} model, not {spec['task']}")
         return name
 
+    def num_classes(self, entry, where):
+        """torchvision's classifiers output the 1000 ImageNet-1k classes (every builder's default,
+        and every classification weight's `categories`); its segmenters' classes depend on the weights."""
+        return (1000, "torchvision's classifiers: ImageNet-1k") if entry["task"] == "classification" else None
+
     def _weights(self, spec):
         """The weights enum entry the source names (after the builder's name), else DEFAULT; None
         for a builder without pretrained weights."""
