@@ -119,7 +119,7 @@ def run_fetch_cli(tmp_path, weights):
         [
             sys.executable,
             "-m",
-            "npuflow.cli.main",
+            "npuflow.cli",
             "fetch",
             "--config",
             str(tmp_path / "c.yaml"),
