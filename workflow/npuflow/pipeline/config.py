@@ -5,6 +5,7 @@ Every error names the config entry and field at fault and what was expected."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from npuflow.core.layout import STAGES, reserved_names
 from npuflow.core.names import field_path, name_problems
 from npuflow.targets import PROFILE_DIR, YAML_LOADER, load_targets
 from npuflow.util.errors import ConfigError
+from npuflow.util.merge import merge_blocks
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 # Entries of results/ that are not model folders: a model of one of these names would write into
@@ -38,11 +40,13 @@ def load_schema() -> dict:
     from npuflow.sources.core import SOURCES, source_fields
 
     schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
-    # A model's `calibration:` block overrides the global one key by key: it takes no schema
-    # defaults of its own, or a block that sets only `method` would reset the global images and
-    # dataset to the defaults (what the global block gets filled with, not the entry's).
-    schema["$defs"]["calibration_override"] = _without_defaults(copy.deepcopy(schema["$defs"]["calibration"]))
-    schema["$defs"]["model"]["properties"]["calibration"] = {"$ref": "#/$defs/calibration_override"}
+    # A block a model may also set (`calibration:`, `quantization:`, `targets:`, …) overrides the
+    # global one key by key (model_spec): the model's takes no schema defaults of its own, or a
+    # block that sets only `method` would reset the global images and dataset to the defaults
+    # (what the global block gets filled with, not the entry's).
+    for key in shared_blocks(schema):
+        given = schema["$defs"]["model"]["properties"][key]
+        schema["$defs"]["model"]["properties"][key] = _without_defaults(_inlined(given, schema["$defs"]))
     model = schema["$defs"]["model"]["properties"]
     kinds = ", ".join(SOURCES.get(k).syntax for k in SOURCES.names())
     model["source"]["description"] = f"{kinds}. {model['source']['description']}"
@@ -53,12 +57,76 @@ def load_schema() -> dict:
     return schema
 
 
-def _without_defaults(node):
-    if isinstance(node, dict):
-        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
-    if isinstance(node, list):
-        return [_without_defaults(v) for v in node]
-    return node
+def shared_blocks(schema: dict | None = None) -> tuple[str, ...]:
+    """The settings the config has both at the top level and under a model (in the top level's
+    order): a model's resolves over the global one by `resolved_block`."""
+    schema = schema or _raw_schema()
+    model = schema["$defs"]["model"]["properties"]
+    return tuple(k for k in schema["properties"] if k in model)
+
+
+@functools.cache
+def _raw_schema() -> dict:
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
+
+
+@functools.cache
+def _block_defaults() -> dict:
+    """The schema's defaults of the shared blocks, as validation fills an empty config's."""
+    filled: dict = {}
+    for _ in _defaults_filling_validator()(_raw_schema()).iter_errors(filled):  # `models` missing: filled all the same
+        pass
+    return {k: filled[k] for k in shared_blocks() if k in filled}
+
+
+def resolved_block(config: dict, entry: dict, key: str):
+    """A shared block (`shared_blocks`) as a model uses it: per key, the model's value over the
+    global one over the schema's default, mappings merged the same way inside, lists and other
+    values replaced whole (npuflow.util.merge)."""
+    layers = [layer for layer in (_block_defaults(), config, entry) if key in layer]
+    return merge_blocks(*({key: layer[key]} for layer in layers)).get(key)
+
+
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+_VALUE_KEYWORDS = ("const", "enum", "examples", "required")
+
+
+def _without_defaults(schema):
+    """`schema` with no `default` keyword at any depth (a property named `default` stays)."""
+    if isinstance(schema, list):
+        return [_without_defaults(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k == "default":
+            continue
+        if k in _SUBSCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: _without_defaults(sub) for name, sub in v.items()}
+        else:
+            out[k] = v if k in _VALUE_KEYWORDS else _without_defaults(v)
+    return out
+
+
+def _inlined(schema, defs: dict, depth: int = 0):
+    """`schema` with its local `$ref`s replaced by their definitions (their defaults can then be
+    dropped for one use of them, not for every use). The schema's definitions are not recursive."""
+    if depth > 32:
+        raise ValueError("config schema: $ref nested past 32 levels (a recursive definition?)")
+    if isinstance(schema, list):
+        return [_inlined(s, defs, depth + 1) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k in _SUBSCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: _inlined(sub, defs, depth + 1) for name, sub in v.items()}
+        elif k != "$ref":
+            out[k] = v if k in _VALUE_KEYWORDS else _inlined(v, defs, depth + 1)
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return {**_inlined(copy.deepcopy(defs[ref.removeprefix("#/$defs/")]), defs, depth + 1), **out}
+    return out
 
 
 def _defaults_filling_validator():
@@ -194,7 +262,7 @@ def _check_semantics(config: dict) -> None:
         problems += _check_quantization(f"{where}.quantization", entry.get("quantization", {}))
         for t, recipe in (entry.get("precision") or {}).items():  # op types that exist, a close match named
             problems += [line for line in check_recipe(recipe, f"{where}.precision.{t}") if ".op_types." in line]
-        model_targets = entry.get("targets", config["targets"])
+        model_targets = resolved_block(config, entry, "targets")
         # a key may also name a target the model's targets derive from (`base: rdk-x5`): it applies to them
         keyed = set(model_targets) | {b for t in model_targets if t in targets for b in targets.get(t).get("derived_from", [])}
         for t in entry.get("precision", {}):
@@ -207,7 +275,7 @@ def _check_semantics(config: dict) -> None:
         for t in entry.get("mixed_precision", {}).get("targets", []):
             if t not in model_targets:
                 problems.append(f"{where}.mixed_precision.targets: {t!r} is not one of this model's targets ({', '.join(model_targets)})")
-        calib_set = entry.get("calibration", {}).get("dataset", config["calibration"]["dataset"])
+        calib_set = resolved_block(config, entry, "calibration")["dataset"]
         if calib_set in config["datasets"] and calib_set == config["evaluation"]["dataset"]:
             problems.append(
                 f"{where}.calibration.dataset: {calib_set!r} is also the evaluation dataset; evaluation images must be "
@@ -274,7 +342,7 @@ def _image_memory_problems(name: str, entry: dict, config: dict) -> list[str]:
     """Counts of images whose float32 tensors one job of this model could not hold (MAX_IMAGE_BYTES)."""
     h, w = entry["input"]["shape"][2:]
     per_image = 3 * h * w * 4
-    calib = {**config["calibration"], **entry.get("calibration", {})}
+    calib = resolved_block(config, entry, "calibration")
     calib_where = f"models.{name}.calibration" if "images" in entry.get("calibration", {}) else "calibration"
     calib_images = calib["images"] + (calib["selection_images"] if calib["method"] == "auto" else 0)
     jobs = [(f"{calib_where}.images", calib_images, "calibration"), ("evaluation.images", config["evaluation"]["images"], "evaluation")]
@@ -447,9 +515,8 @@ def spec_problems(spec: dict, stage: str) -> list[str]:
     top, model = schema["properties"], schema["$defs"]["model"]
     fields = {
         "name": {"type": "string", "minLength": 1},
-        **{k: top[k] for k in ("weights", "seed", "targets", "evaluation")},
-        "calibration": {"$ref": "#/$defs/calibration"},
-        **{k: v for k, v in model["properties"].items() if k not in ("calibration", "targets")},
+        **{k: top[k] for k in ("weights", "seed", "evaluation", *shared_blocks())},
+        **{k: v for k, v in model["properties"].items() if k not in shared_blocks()},
     }
     always = {"name", "weights", "seed", "targets", "calibration", "evaluation", *model["required"]}
     stage_fields = STAGE_FIELDS[stage]
@@ -470,20 +537,19 @@ def spec_problems(spec: dict, stage: str) -> list[str]:
 
 
 def model_spec(config: dict, name: str) -> dict:
-    """Everything the stages need to know about one model, global defaults merged in.
-    The spec is what Snakemake compares to decide whether a model's jobs must re-run."""
+    """Everything the stages need to know about one model, global settings merged in: each block
+    the config has both globally and per model (`shared_blocks`: calibration, quantization,
+    targets) is `resolved_block`'s. The spec is what Snakemake compares to decide whether a
+    model's jobs must re-run."""
     entry = copy.deepcopy(config["models"][name])
-    calibration = dict(config["calibration"])
-    calibration.update(entry.pop("calibration", {}))
-    quantization = {**config.get("quantization", {}), **entry.pop("quantization", {})}
     spec = {
         "name": name,
         "weights": config["weights"],
         "seed": config["seed"],
-        "targets": entry.pop("targets", config["targets"]),
-        "calibration": calibration,
         "evaluation": dict(config["evaluation"]),
-        "quantization": quantization,  # npuflow.quant.ptq's settings, as given (defaults in the stage)
+        # quantization: npuflow.quant.ptq's settings, as given (its defaults are the stage's)
+        **{key: resolved_block(config, entry, key) for key in shared_blocks()},
     }
-    spec.update(entry)
+    spec = {k: v for k, v in spec.items() if v is not None}  # a shared block set nowhere, with no default
+    spec.update({k: v for k, v in entry.items() if k not in spec})
     return spec
