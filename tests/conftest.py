@@ -7,6 +7,7 @@ import copy
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -107,11 +108,46 @@ def copy_pipeline(pipeline: Path, dest: Path) -> Path:
     return dest
 
 
+PG_DIR = Path(os.environ.get("NPUFLOW_PG_DIR", "/var/tmp/npuflow-pg"))
+PG_PORT = int(os.environ.get("NPUFLOW_PG_PORT", "5433"))
+
+
+@dataclass
+class PostgresStore:
+    """A fresh database on .ci/postgres's server, the team recipe's backend store
+    (docs/scaling-out.md): its URI without a password, a ~/.pgpass-style file holding it."""
+
+    database: str
+    passfile: Path
+    password: str
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://mlflow@127.0.0.1:{PG_PORT}/{self.database}"
+
+    def dump(self) -> bytes:
+        return subprocess.run([str(REPO / ".ci" / "postgres"), "dump", self.database], capture_output=True, check=True).stdout
+
+
+def postgres_store(database: str, folder: Path) -> PostgresStore | None:
+    """A fresh PostgreSQL database for an MLflow server, from .ci/postgres (started here when this
+    is root and PostgreSQL is installed, as .ci/run does); None where neither is the case."""
+    script = str(REPO / ".ci" / "postgres")
+    if os.geteuid() != 0 or subprocess.run([script, "up"], capture_output=True).returncode != 0:
+        return None
+    subprocess.run([script, "fresh", database], capture_output=True, check=True)
+    password = (PG_DIR / "password").read_text().strip()
+    passfile = folder / "pgpass"
+    passfile.write_text(f"127.0.0.1:{PG_PORT}:{database}:mlflow:{password}\n")
+    passfile.chmod(0o600)
+    return PostgresStore(database, passfile, password)
+
+
 @contextlib.contextmanager
-def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | None = None):
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend and artifacts in `folder`), with
-    MLflow's basic authentication when `auth_config` (its ini file) is given; yields its URL and
-    stops it with every process it started."""
+def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | None = None, store: PostgresStore | None = None):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, or `store`'s PostgreSQL database, and
+    artifacts in `folder`), with MLflow's basic authentication when `auth_config` (its ini file) is
+    given; yields its URL and stops it with every process it started."""
     import signal
     import socket
     import time
@@ -122,8 +158,11 @@ def mlflow_server(folder: Path, *, auth_config: Path | None = None, port: int | 
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts")]
+    backend = store.uri if store else f"sqlite:///{folder}/server.db"
+    command += ["--backend-store-uri", backend, "--artifacts-destination", str(folder / "artifacts")]
     env = {k: v for k, v in background.environment().items() if not k.startswith("MLFLOW_")}
+    if store:
+        env["PGPASSFILE"] = str(store.passfile)  # the database password: in no URI, no command line
     # Without the server's job runner: eight more processes (about 230 MB each) importing MLflow at
     # every start, for the GenAI jobs MLflow runs on a server; npuflow submits none (README).
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"

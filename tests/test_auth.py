@@ -16,8 +16,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 import background
-from conftest import copy_pipeline, mlflow_server, snakemake_command, snakemake_env
+from conftest import copy_pipeline, mlflow_server, postgres_store, snakemake_command, snakemake_env
 
 ADMIN_PASSWORD = "admin-pw-for-tests-only"
 PASSWORD = "pipeline-Pw-7d3f9a41c2"  # the pipeline user's; grepped for in every file a run wrote
@@ -108,7 +110,10 @@ def authenticated(pipeline, tmp_path_factory):
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     workdir = copy_pipeline(pipeline, tmp_path_factory.mktemp("auth") / "pipeline")
-    with mlflow_server(server_dir, auth_config=server_dir / "auth.ini") as url:
+    # The team recipe's backend store (docs/scaling-out.md): PostgreSQL, from .ci/postgres (CI
+    # starts it; root starts it here); SQLite where neither can.
+    store = postgres_store("npuflow_auth", server_dir)
+    with mlflow_server(server_dir, auth_config=server_dir / "auth.ini", store=store) as url:
         admin = ("admin", ADMIN_PASSWORD)
         for user, password in (("pipeline", PASSWORD), ("reader", READER_PASSWORD)):
             assert api(url, "users/create", {"username": user, "password": password}, admin)[0] == 200
@@ -135,6 +140,8 @@ def authenticated(pipeline, tmp_path_factory):
         )[0]
         steps["anonymous"] = api(url, "runs/search", {"experiment_ids": [exp["experiment_id"]]})[0]
         proxy.stop()
+        steps["store"] = store
+        steps["store_dump"] = store.dump() if store else (server_dir / "server.db").read_bytes()
     return workdir, server_dir, steps
 
 
@@ -201,10 +208,29 @@ def test_the_password_is_in_no_file_the_runs_wrote(authenticated):
     workdir, server_dir, steps = authenticated
     secret = PASSWORD.encode()
     files = [p for root in (workdir, server_dir) for p in root.rglob("*") if p.is_file()]
-    assert len(files) > 50 and any(".snakemake" in p.parts for p in files) and (server_dir / "server.db").exists()
-    assert [p for p in files if secret in p.read_bytes()] == []
+    assert len(files) > 50 and any(".snakemake" in p.parts for p in files) and b"npuflow-tiny" in steps["store_dump"]
+    assert [p for p in files if secret in p.read_bytes()] == [] and secret not in steps["store_dump"]
     for proc in (steps["wrong"], steps["none"], steps["died"], steps["back"]):
         assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_the_team_recipe_keeps_its_runs_in_postgresql_and_its_database_password_out_of_every_file(authenticated):
+    """docs/scaling-out.md's shared server: basic auth in front of a PostgreSQL backend store whose
+    password the server reads from a ~/.pgpass-style file. The pipeline's runs land in the
+    database, and the database password is in no file of the run's folder, the server's folder but
+    that file, nor the terminal."""
+    workdir, server_dir, steps = authenticated
+    store = steps["store"]
+    if store is None:
+        pytest.skip("no PostgreSQL here: as root, `.ci/postgres install && .ci/postgres up` (CI does)")
+    dump = steps["store_dump"]
+    run_ids = {r["info"]["run_id"] for r in steps["runs"]}
+    assert run_ids and all(run_id.encode() in dump for run_id in run_ids)
+    secret = store.password.encode()
+    files = [p for root in (workdir, server_dir) for p in root.rglob("*") if p.is_file() and p != store.passfile]
+    assert [p for p in files if secret in p.read_bytes()] == []
+    for proc in (steps["wrong"], steps["none"], steps["died"], steps["back"]):
+        assert store.password not in proc.stdout + proc.stderr
 
 
 def test_a_tracking_uri_with_credentials_is_refused_without_showing_them(tmp_path):
