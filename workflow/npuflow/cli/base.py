@@ -5,7 +5,7 @@ A model is named either by `--config FILE --model NAME` (by hand) or by `--spec 
 resolved model spec, as the workflow passes it). Each command prints its result as JSON; bad input
 is one line, `npuflow <command>: error: …`, and exit status 2.
 
-The commands are a registry (`COMMANDS`, filled by npuflow.cli.commands): one class per command with
+The commands are a registry (`COMMANDS`, filled by the modules of npuflow.cli.commands): one class per command with
 its name, its help, its arguments and what it runs, as Polygraphy's tools are. Adding a command is
 adding a class."""
 
@@ -95,6 +95,16 @@ def command(cls: type[Command]) -> type[Command]:
 
 
 # ------------------------------------------------------------------ arguments shared by commands
+def add_outputs(parser: argparse.ArgumentParser, **helps) -> None:
+    """Required output arguments: --<name> with its help."""
+    for name, text in helps.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=text)
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime/torch threads (default: %(default)s)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model (--spec, or --config with --model)")
     g.add_argument("--spec", type=json_object, help="the resolved model spec as JSON (what the workflow passes)")
