@@ -36,7 +36,8 @@ def main() -> int:
     import mlflow.onnx  # noqa: F401
     import onnx  # noqa: F401
 
-    from npuflow.tracking.track import _client, init_store, log_run
+    from npuflow.tracking.store import init_store, mlflow_client
+    from npuflow.tracking.track import log_run
     from npuflow.util.io import read_json
 
     import_s = time.perf_counter() - t0
@@ -69,7 +70,7 @@ def main() -> int:
     try:
         uri = f"sqlite:///{store}/mlflow.db"
         init_store(uri=uri, experiment="bench", out_json=store / "init.json")
-        client = _client(uri)
+        client = mlflow_client(uri)
         exp_id = client.get_experiment_by_name("bench").experiment_id
         times = []
         for i in range(args.runs):

@@ -192,7 +192,7 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs_not_the_genai_overview(pipel
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from npuflow.tracking.track import experiment_url
+    from npuflow.tracking.store import experiment_url
 
     track = TrackReport.read(pipeline / "results" / "efficientvit_m0" / "track.json")
     names = [f"efficientvit_m0@{target}" for target in track.runs]

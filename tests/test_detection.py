@@ -137,7 +137,7 @@ def test_yolo_evaluation_compares_boxes_and_head_outputs(yolo):
 
 def test_yolo_builds_and_its_metrics_log_under_the_uniform_names(yolo):
     from npuflow.core.records import EVAL_METRICS
-    from npuflow.tracking.track import RunReports, run_metrics
+    from npuflow.tracking.projection import RunReports, run_metrics
 
     _, paths, report, built = yolo
     assert built["latency_ms"] > 0 and built["subgraphs"] >= 1

@@ -660,7 +660,7 @@ class _BreakingServer(http.server.BaseHTTPRequestHandler):
 def test_a_server_that_passed_the_preflight_then_answers_an_error_is_reported_as_that_answer(status, body, said, tmp_path, monkeypatch):
     """Before: reported as "stopped answering (connection lost)"."""
     from npuflow.tracking.server import preflight
-    from npuflow.tracking.track import TrackingFailed, init_store
+    from npuflow.tracking.store import TrackingFailed, init_store
 
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -702,7 +702,7 @@ def test_a_tracking_store_that_cannot_be_written_fails_in_seconds_naming_the_pat
     """Before: MLflow retried creating its database engine for about two minutes, then printed
     one line. A path under a regular file cannot be written, by root either (chmod would not stop root)."""
     from npuflow.tracking.server import TrackingServerError, check_store, preflight
-    from npuflow.tracking.track import init_store
+    from npuflow.tracking.store import init_store
 
     (tmp_path / "blocker").write_text("a file, not a folder")
     (tmp_path / "a-folder.db").mkdir()
@@ -769,7 +769,7 @@ def test_connection_lost_is_told_apart_from_other_mlflow_failures():
     from mlflow.exceptions import MlflowException
 
     from npuflow.tracking.server import connection_lost
-    from npuflow.tracking.track import TrackingFailed
+    from npuflow.tracking.store import TrackingFailed
 
     def raised(cause):
         try:

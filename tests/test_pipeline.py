@@ -72,7 +72,7 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
 
 def test_the_experiment_is_a_model_training_one(pipeline):
     """MLflow's UI opens an experiment by its kind; without one it opened npuflow's on the GenAI overview."""
-    from npuflow.tracking.track import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from npuflow.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     client, runs = mlflow_runs(pipeline)
     assert client.get_experiment(runs[0].info.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
@@ -194,11 +194,12 @@ def test_changed_inputs_supersede_the_run_and_move_the_alias(pipeline, tmp_path)
     move the alias."""
     import json
 
-    from npuflow.tracking.track import CURRENT_TAG, _client, init_store, log_run
+    from npuflow.tracking.store import init_store, mlflow_client
+    from npuflow.tracking.track import CURRENT_TAG, log_run
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     init_store(uri=uri, experiment="t", out_json=tmp_path / "init.json")
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp_id = client.get_experiment_by_name("t").experiment_id
     track = json.loads((pipeline / "results" / "efficientvit_m0" / "track.json").read_text())["runs"]["rdk-x5"]
     files = {k: str(pipeline / v) for k, v in track["files"].items()}

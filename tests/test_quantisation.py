@@ -340,7 +340,7 @@ def test_per_layer_table_has_every_layer_worst_first_with_the_target_unit(seg_qu
 def test_near_zero_and_float_tensors_are_left_out_of_the_worst_layer_rankings(tmp_path):
     from npuflow.evaluation.layers import NEAR_ZERO_RATIO, read_layers_csv, unranked_reason, worst_rows, write_layers_csv
     from npuflow.report import worst_layers
-    from npuflow.tracking.track import layer_metrics
+    from npuflow.tracking.projection import layer_metrics
 
     def row(tensor, cosine, sqnr, quantised=True, rms=1.0):
         return {"tensor": tensor, "node": tensor, "op_type": "X", "shape": "1", "dtype": "float32", "quantized_dtype": "int8" if quantised else "float",

@@ -73,7 +73,7 @@ def test_detection_models_have_a_front_of_their_own_by_the_detection_fidelity_me
 def test_worst_layers_lowest_sqnr_first_and_metrics_without_a_table(tmp_path):
     from npuflow.evaluation.layers import read_layers_csv
     from npuflow.report import worst_layers
-    from npuflow.tracking.track import layer_metrics
+    from npuflow.tracking.projection import layer_metrics
 
     path = tmp_path / "layers.csv"
     path.write_text(

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, snakemake, snakemake_env
 from npuflow.tracking.server import redacted, tracking_uri
-from npuflow.tracking.track import TrackingFailed
+from npuflow.tracking.store import TrackingFailed
 from npuflow.util.errors import ConfigError
 
 SECRET = "Pw-7f3a9c1e"

@@ -64,7 +64,7 @@ def _text(cell) -> str:
 
 def mlflow_run_url(row: Row, ui: str) -> str | None:
     """The row's run in the MLflow UI: the tracking server's own, or `ui` for a local store."""
-    from npuflow.tracking.track import run_url
+    from npuflow.tracking.store import run_url
 
     if not row.run:
         return None

@@ -25,7 +25,7 @@ class InitMlflow(Command):
 
     def run(self, args):
         from npuflow.tracking.server import tracking_uri
-        from npuflow.tracking.track import init_store
+        from npuflow.tracking.store import init_store
 
         return init_store(uri=tracking_uri(args.tracking_uri, "--tracking-uri"), experiment=args.experiment, out_json=args.out).to_json()
 
