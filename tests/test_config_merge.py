@@ -136,3 +136,31 @@ def test_merge_blocks_is_per_key_recursive_and_replaces_lists_whole():
     merged["nested"]["x"] = 0
     assert default["nested"]["x"] == 1  # nothing shared with the layers
     assert merge_blocks({"k": {"x": 1}}, {"k": 2}) == {"k": 2} and merge_blocks({"k": 2}, {"k": {"x": 1}}) == {"k": {"x": 1}}
+
+
+def test_a_global_method_reaches_a_default_config_model_whose_block_sets_only_images():
+    """The default config's SegFormer sets `calibration: {images: 4}`: a global `method: auto`
+    left it on minmax (its block took the schema's default method)."""
+    from conftest import REPO
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["calibration"]["method"] = "auto"
+    config = validate_config(config)
+    seg = model_spec(config, "segformer_b0_cityscapes")["calibration"]
+    assert (seg["method"], seg["images"], seg["dataset"]) == ("auto", 4, "samples")
+    assert model_spec(config, "swin_tiny")["calibration"]["method"] == "auto"
+
+
+def test_a_models_precision_changes_merge_into_the_targets_recipe_by_the_same_rule():
+    from npuflow.graph.precision import merge_recipe
+
+    profile = {
+        "default": "int8",
+        "op_types": {"Softmax": "float", "Gelu": "int16"},
+        "subgraphs": [{"start": ["a"], "end": ["b"], "dtype": "int16"}],
+    }
+    model = {"op_types": {"Softmax": "int16"}, "weights": "int16", "subgraphs": [{"start": ["c"], "end": ["d"], "dtype": "float"}]}
+    merged = merge_recipe(profile, model)
+    assert merged["op_types"] == {"Softmax": "int16", "Gelu": "int16"} and (merged["default"], merged["weights"]) == ("int8", "int16")
+    assert [s["start"] for s in merged["subgraphs"]] == [["a"], ["c"]]  # a model's subgraphs add to the profile's
+    assert profile["op_types"]["Softmax"] == "float" and merge_recipe(None, None) == {"default": "int8"}

@@ -16,6 +16,7 @@ import hashlib
 import json
 
 from npuflow.util.errors import NpuflowError
+from npuflow.util.merge import merge_blocks
 
 DTYPES = ("int8", "int16", "float")
 WEIGHT_DTYPES = ("int8", "int16")  # a recipe's `weights`: the conv/matmul weights' type
@@ -34,17 +35,13 @@ class RecipeError(NpuflowError, ValueError):
 
 
 def merge_recipe(base: dict | None, override: dict | None) -> dict:
-    """A model's per-target override on top of the profile's recipe: op_types and layers are
-    merged key by key, subgraphs appended, default replaced."""
-    out = copy.deepcopy(base or DEFAULT_RECIPE)
-    out.setdefault("default", "int8")
-    for key, value in (override or {}).items():
-        if key in ("op_types", "layers"):
-            out[key] = {**out.get(key, {}), **value}
-        elif key == "subgraphs":
-            out[key] = out.get(key, []) + list(value)
-        else:
-            out[key] = value
+    """A model's per-target override on top of the profile's recipe, by the config's one merge rule
+    (npuflow.util.merge: op_types and layers merged key by key, default and weights replaced),
+    except that subgraphs add up: the model's are appended to the profile's."""
+    base, override = base or DEFAULT_RECIPE, override or {}
+    out = merge_blocks({"default": "int8"}, base, {k: v for k, v in override.items() if k != "subgraphs"})
+    if "subgraphs" in override:
+        out["subgraphs"] = copy.deepcopy(base.get("subgraphs", [])) + copy.deepcopy(list(override["subgraphs"]))
     return {k: v for k, v in out.items() if v not in ({}, [])}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from npuflow.util.errors import ConfigError
+from npuflow.util.merge import merge_blocks
 from npuflow.util.registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -20,13 +21,6 @@ PROFILE_DIR = Path(__file__).resolve().parent
 FIT_DIR = PROFILE_DIR / "fits"
 # libyaml's parser where PyYAML has it: the same documents, several times faster to read.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 @functools.cache
@@ -67,7 +61,7 @@ def _resolve(name: str, raw: dict, seen: tuple = ()) -> dict:
     # a fit belongs to the target it was fitted on, not to derived ones; nor does "datasheet only"
     inherited.pop("fit", None)
     inherited.pop("datasheet_only", None)
-    return deep_merge(inherited, {k: v for k, v in prof.items() if k != "base"})
+    return merge_blocks(inherited, {k: v for k, v in prof.items() if k != "base"})
 
 
 def _ancestors(name: str, raw: dict) -> list[str]:
