@@ -83,11 +83,17 @@ onerror:
         done = subprocess.run(["npuflow", "report", *report_inputs(), *partial], stdout=report_log, stderr=subprocess.STDOUT)
     earlier = f" ({html}, of an earlier complete run, is kept until a run finishes)" if kept else ""
     if done.returncode == 0:
-        from npuflow.report import failure_lines
+        from npuflow.report import failure_lines, interrupted
 
-        print(f"npuflow: the run did not finish; what exists is in {PARTIAL_REPORT['html']}{earlier}; running again finishes it:")
-        for line in failure_lines(PARTIAL_REPORT["csv"]):
-            print(f"  {line}")
+        if interrupted(PARTIAL_REPORT["csv"]):
+            # Ctrl-C: one line, not the interrupted jobs as failures
+            print(
+                f"npuflow: interrupted (Ctrl-C); what exists is in {PARTIAL_REPORT['html']}{earlier}; the same command finishes the run"
+            )
+        else:
+            print(f"npuflow: the run did not finish; what exists is in {PARTIAL_REPORT['html']}{earlier}; running again finishes it:")
+            for line in failure_lines(PARTIAL_REPORT["csv"]):
+                print(f"  {line}")
     else:
         print(
             f"npuflow: the run did not finish{earlier}; the report of what exists failed too (exit {done.returncode}, log {REPORT_ONERROR_LOG})"

@@ -11,7 +11,7 @@ import sys
 # The commands register themselves into COMMANDS on import (they subclass base.Command).
 from npuflow.cli import base, commands  # noqa: F401
 from npuflow.cli.base import COMMANDS, Parser
-from npuflow.util.errors import NpuflowError
+from npuflow.util.errors import INTERRUPTED, NpuflowError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"npuflow {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (Snakemake passes it to its jobs): one line, outputs appear whole or not at all
+        print(f"npuflow {args.command}: {INTERRUPTED}", file=sys.stderr)
+        return 130
     if result is not None:
         print(json.dumps(result, indent=2, default=str)[:4000])
     return 0

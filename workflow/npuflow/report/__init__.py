@@ -15,6 +15,7 @@ from pathlib import Path
 from npuflow.report.collect import Row, collect, worst_layers
 from npuflow.report.columns import COLUMNS, csv_value
 from npuflow.report.pareto import mark_pareto, quality_metric
+from npuflow.util.errors import INTERRUPTED
 from npuflow.util.io import atomic_path
 
 __all__ = ["Row", "collect", "failure_lines", "mark_pareto", "quality_metric", "report", "worst_layers", "write_summary"]
@@ -76,6 +77,19 @@ def report(
     return rows
 
 
+def _last_line(log: str) -> str:
+    lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()] if Path(log).exists() else []
+    return lines[-1] if lines else ""
+
+
+def interrupted(summary_csv: str | Path) -> bool:
+    """Whether the run stopped because of Ctrl-C: every failed (model, target)'s log ends with the
+    line an interrupted npuflow command prints (none failed of itself)."""
+    with open(summary_csv, newline="") as f:
+        failed = [r for r in csv.DictReader(f) if r["status"] == "failed"]
+    return bool(failed) and all(_last_line(r["log"]).endswith(INTERRUPTED) for r in failed)
+
+
 def failure_lines(summary_csv: str | Path) -> list[str]:
     """From a summary CSV: one line per failed stage (its targets together) with the last line of
     its log, and a count of the pairs whose jobs never ran; what the terminal shows when a run
@@ -89,8 +103,7 @@ def failure_lines(summary_csv: str | Path) -> list[str]:
         elif r["status"] != "ok":
             not_run.append(r)
     for (model, stage, log), targets in failed.items():
-        tail = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()] if Path(log).exists() else []
-        lines.append(f"{model} ({', '.join(targets)}) failed at {stage}: {tail[-1] if tail else '(empty log)'} [{log}]")
+        lines.append(f"{model} ({', '.join(targets)}) failed at {stage}: {_last_line(log) or '(empty log)'} [{log}]")
     if not_run:
         stages = ", ".join(dict.fromkeys(r["failed_stage"] for r in not_run))
         lines.append(f"{len(not_run)} (model, target) pairs not run: the run stopped before their jobs (at {stages})")
