@@ -675,3 +675,95 @@ def test_a_softmax_over_many_tokens_keeps_its_calibrated_range_in_int8(tmp_path)
 
     ref, quant = output(tmp_path / "f.onnx"), output(tmp_path / "q.onnx")
     assert float(np.sum(ref * quant) / np.linalg.norm(ref) / np.linalg.norm(quant)) > 0.9
+
+
+def _collapsing_pair():
+    """A float model x → Relu → r → Mul 2 → y, z = x·0, and its 'quantised' twin whose Q/DQ pair on
+    r has a scale so large (1000) that every value rounds to 0: r and y come out all zeros."""
+    f32 = TensorProto.FLOAT
+
+    def model(nodes, inits):
+        graph = helper.make_graph(
+            nodes,
+            "collapse",
+            [helper.make_tensor_value_info("x", f32, [1, 4, 4])],
+            [helper.make_tensor_value_info("y", f32, [1, 4, 4]), helper.make_tensor_value_info("z", f32, [1, 4, 4])],
+            [onnx.numpy_helper.from_array(np.array(v, dtype=d), k) for k, (v, d) in inits.items()],
+        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+    consts = {"two": (2.0, np.float32), "zero": (0.0, np.float32)}
+    tail = [helper.make_node("Mul", ["x", "zero"], ["z"], name="zero_mul")]
+    float_model = model(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Mul", ["r", "two"], ["y"], name="double"), *tail], consts
+    )
+    quant_model = model(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["r_q"], name="r_q"),
+            helper.make_node("DequantizeLinear", ["r_q", "s", "zp"], ["r_dq"], name="r_dq"),
+            helper.make_node("Mul", ["r_dq", "two"], ["y"], name="double"),
+            *tail,
+        ],
+        {**consts, "s": (1000.0, np.float32), "zp": (0, np.int8)},
+    )
+    return float_model, quant_model
+
+
+def test_a_tensor_quantised_to_a_constant_is_flagged_without_a_division_by_zero(tmp_path):
+    """SegFormer's Softmax on a [0, 1] grid came out all zeros (issue 29): such a tensor, and the
+    one computed from it, are flagged `collapsed` and `below_floor` in the table, counted and named in
+    the layer record and MLflow; their SQNR is a defined -inf/0 dB, computed without a warning. A
+    tensor that is zero in float too is an exact match, not flagged."""
+    import warnings
+
+    from npuflow.core.records import LayerAnalysis
+    from npuflow.evaluation.evaluate import analyse
+    from npuflow.evaluation.layers import COSINE_FLOOR, flag_text, read_layers_csv, write_layers_csv
+    from npuflow.tracking.projection import fidelity_metrics
+
+    float_model, quant_model = _collapsing_pair()
+    onnx.save(float_model, tmp_path / "f.onnx")
+    onnx.save(quant_model, tmp_path / "q.onnx")
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "ref.npz", images=images)
+    spec = {"task": "detection", "evaluation": {"analysis_images": 2}}  # detection: no headline check to run
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        out = analyse(
+            tmp_path / "q.onnx",
+            float_onnx=tmp_path / "f.onnx",
+            reference_npz=tmp_path / "ref.npz",
+            spec=spec,
+            out_layers=tmp_path / "l.json",
+        )
+    record = LayerAnalysis.read(tmp_path / "l.json")
+    rows = {r["tensor"]: r for r in record.rows}
+    assert rows["r"]["collapsed"] and rows["r"]["below_floor"] and rows["r"]["quantized_dtype"] == "int8"
+    assert rows["r"]["cosine"] == 0.0 < COSINE_FLOOR and rows["r"]["sqnr_db"] == 0.0  # noise = the whole signal
+    assert rows["r"]["local_sqnr_db"] == float("-inf")  # the quantised signal is zero
+    assert rows["y"]["collapsed"] and rows["y"]["unranked"] == "not quantised"  # what the collapse feeds
+    assert not rows["z"]["collapsed"] and not rows["z"]["below_floor"] and rows["z"]["cosine"] == 1.0  # zero in float too
+    assert (record.flagged_tensors, record.collapsed_tensors, record.flagged_names) == (2, 2, ["r", "y"])
+    assert out["flagged_tensors"] == 2
+    assert fidelity_metrics(record) == {"flagged_tensors": 2.0, "collapsed_tensors": 2.0}
+    # the CSV keeps the flags as booleans; the report's per-layer table says which
+    write_layers_csv(record.rows, tmp_path / "l.csv")
+    table = {r["tensor"]: r for r in read_layers_csv(tmp_path / "l.csv")}
+    assert table["r"]["collapsed"] is True and table["z"]["collapsed"] is False and table["r"]["local_sqnr_db"] == float("-inf")
+    assert flag_text(table["r"]) == "collapsed (constant in int8)" and flag_text(table["z"]) == ""
+    assert flag_text({"below_floor": True}) == f"cosine < {COSINE_FLOOR}"
+    # an analysis written before the flags: no flag metrics, not zero
+    assert fidelity_metrics(LayerAnalysis(images=1, rows=[])) == {}
+
+
+def test_sqnr_and_cosine_of_extreme_energies_are_defined_without_warnings():
+    from npuflow.evaluation.layers import _cosine, _db
+
+    with np.errstate(all="raise"):
+        assert _db(1e-300, 1e300) == pytest.approx(-6000.0)  # the ratio underflowed to 0: log10(0)
+        assert _db(0.0, 1.0) == float("-inf") and _db(1.0, 0.0) == float("inf") and _db(0.0, 0.0) == float("inf")
+        assert _cosine(1e-200, 1e-200, 1e-200) == pytest.approx(1.0)  # the product of energies underflowed
+        assert _cosine(0.0, 1.0, 0.0) == 0.0 and _cosine(0.0, 0.0, 0.0) == 1.0

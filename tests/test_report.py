@@ -260,3 +260,32 @@ def test_a_collapsed_layer_is_flagged_whatever_the_headline():
 
     rows = [row("ax650n-npu3", "int8", 0.0), row("ax650n-npu1", "int8", 0.0), row("rdk-x5", "int8_Softmax-float", COLLAPSED_COSINE + 0.3)]
     assert collapse_warnings(rows) == ["ax650n-npu3 (int8): layer /attn/Softmax has cosine 0.000 to the float model (output cosine 0.9965)"]
+
+
+def test_flagged_tensors_show_on_the_headline_row_and_in_the_summary():
+    """The per-layer analysis flagged tensors (constant in int8 or below the cosine floor): the
+    headline cosine cell of that (model, target) says how many beneath the figure and names the first
+    in its tooltip; summary.csv has the count and the first name. Nothing flagged: a plain cell."""
+    from npuflow.core.records import LayerAnalysis
+    from npuflow.evaluation.layers import COSINE_FLOOR
+    from npuflow.report.columns import COLUMNS
+    from npuflow.report.html import COLLAPSED_COSINE, _environment, flag_cell
+
+    assert COLLAPSED_COSINE == COSINE_FLOOR  # one floor for the table, the record and the warning
+    names = ["/attn/Softmax_output_0", "/attn/MatMul_1_output_0"]
+    row = _row("segformer", 10.0, 0.9965)
+    row.analysis = LayerAnalysis(images=2, rows=[], flagged_tensors=16, collapsed_tensors=16, flagged_names=names)
+    cell = flag_cell(row)
+    assert cell["sub"] == "⚠ 16 layers lost" and cell["cls"] == "failed"
+    assert (
+        cell["title"].startswith("16 tensors lost their float signal")
+        and "/attn/Softmax_output_0, /attn/MatMul_1_output_0 and 14 more" in cell["title"]
+    )
+    html = _environment().from_string('{% from "report.html.j2" import td %}{{ td(cell) }}').render(cell={**cell, "text": "0.9965"})
+    assert 'class="failed" title="16 tensors' in html and "0.9965" in html and "⚠ 16 layers lost" in html
+    csv_of = {c.key: c.get(row) for c in COLUMNS if c.key in ("flagged_tensors", "first_flagged_tensor")}
+    assert csv_of == {"flagged_tensors": 16, "first_flagged_tensor": "/attn/Softmax_output_0"}
+    row.analysis = LayerAnalysis(images=2, rows=[], flagged_tensors=0, collapsed_tensors=0, flagged_names=[])
+    assert flag_cell(row) is None
+    row.analysis = None  # no analysis (or one written before the flags)
+    assert flag_cell(row) is None and {c.key: c.get(row) for c in COLUMNS if c.key == "flagged_tensors"} == {"flagged_tensors": None}

@@ -272,7 +272,7 @@ def analyse(
 ) -> dict:
     """The per-layer precision analysis (npuflow.evaluation.layers) of a quantised model against the float
     model, on the first `evaluation.analysis_images` of the reference's images, any task."""
-    from npuflow.evaluation.layers import analyse_layers, fidelity_check, worst_rows
+    from npuflow.evaluation.layers import COSINE_FLOOR, analyse_layers, fidelity_check, flag_summary, worst_rows
 
     start = time.perf_counter()
     ref = np.load(reference_npz)
@@ -292,12 +292,20 @@ def analyse(
                 f" ({check['tensor']}: {check['layer_table_cosine']:.4f}) on the same {check['images']} images",
                 flush=True,
             )
+    flags = flag_summary(rows)
+    if flags["flagged_tensors"]:
+        print(
+            f"WARNING: {flags['flagged_tensors']} tensors lost their signal in the quantised model (constant while the float one"
+            f" is not: {flags['collapsed_tensors']}; or cosine below {COSINE_FLOOR}), first: {', '.join(flags['flagged_names'])}",
+            flush=True,
+        )
     report = LayerAnalysis(
         images=len(images),
         rows=rows,
         worst_layers=worst_rows(rows),
         fidelity_check=check,
+        **flags,
         seconds=round(time.perf_counter() - start, 3),
     )
     report.write(out_layers)
-    return {"images": report.images, "layers": len(rows), "worst_layers": report.worst_layers, "seconds": report.seconds}
+    return {"images": report.images, "layers": len(rows), "worst_layers": report.worst_layers, **flags, "seconds": report.seconds}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,16 @@ COLUMNS = [
     "local_sqnr_db",
     "float_rms",
     "unranked",
+    "collapsed",
+    "below_floor",
 ]
+# A tensor whose quantised value keeps less than this cosine to the float one has lost its signal:
+# int8 layers of a working model stay above 0.9, a noisy one around 0.5-0.8, while a collapsed one
+# (SegFormer's Softmax on a [0, 1] grid, all zeros: cosine 0) sits near 0. Rows below it are flagged
+# (`below_floor`), counted in the layer record and MLflow, and shown on the report's headline row.
+COSINE_FLOOR = 0.2
+# How many flagged tensors the layer record names (the count covers them all).
+FLAGGED_NAMES = 5
 # A tensor whose RMS is below this fraction of its node's largest input RMS holds rounding residue
 # (LayerNorm's ReduceMean of an already centred tensor): its cosine and SQNR compare noise with
 # noise (SegFormer: cosine -0.001, SQNR -114 dB), so it is left out of the worst-layer ranking.
@@ -138,9 +148,15 @@ def _groups(tensors: list[tuple], budget: int) -> list[list[tuple]]:
 BLOCK = 1 << 18
 
 
+def _accumulator() -> np.ndarray:
+    """f·q, f², q², (f−q)², count, (pre−q)², then min q, max q, min f, max f (`_accumulate`)."""
+    return np.array([0.0] * 6 + [math.inf, -math.inf, math.inf, -math.inf])
+
+
 def _accumulate(acc: np.ndarray, f: np.ndarray, q: np.ndarray, pre: np.ndarray | None) -> None:
     """acc += (f·q, f·f, q·q, (f−q)², size, (pre−q)²) in float64, for a float tensor `f`, its
-    quantised value `q` as consumers read it and, where it has a Q/DQ pair, its value `pre` before."""
+    quantised value `q` as consumers read it and, where it has a Q/DQ pair, its value `pre` before;
+    acc[6:10] keep the range of q and of f (a constant tensor: min == max)."""
     f, q = f.ravel(), q.ravel()
     pre = None if pre is None else pre.ravel()
     fb, qb, db = (np.empty(min(f.size, BLOCK)) for _ in range(3))
@@ -153,6 +169,8 @@ def _accumulate(acc: np.ndarray, f: np.ndarray, q: np.ndarray, pre: np.ndarray |
         acc[2] += qk @ qk
         np.subtract(fk, qk, out=dk)
         acc[3] += dk @ dk
+        acc[6], acc[7] = min(acc[6], qk.min()), max(acc[7], qk.max())
+        acc[8], acc[9] = min(acc[8], fk.min()), max(acc[9], fk.max())
         if pre is not None:
             np.subtract(pre[start:end], qk, out=dk)
             acc[5] += dk @ dk
@@ -166,7 +184,7 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
     tensors = [t for t in tensors if t[0] in quant_names]
     qdq = _qdq_of(quant_model)
     fin, qin = input_name(float_model), input_name(quant_model)
-    acc = {t[0]: np.zeros(6) for t in tensors}  # f·q, f², q², (f-q)², count, (pre-post)²
+    acc = {t[0]: _accumulator() for t in tensors}
     shapes = {t[0]: t[3] for t in tensors}  # a dequantised tensor has its float tensor's shape
     shapes.update({qdq[t][0]: shapes[t] for t in shapes if t in qdq})
     groups = _groups(tensors, group_bytes)
@@ -199,9 +217,13 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
     inputs_of = {n.name: list(n.input) for n in float_model.graph.node}
     rows = []
     for t, node, op_type, shape in tensors:
-        fq, ff, qq, err, count, local = acc[t]
+        fq, ff, qq, err, count, local, qmin, qmax, fmin, fmax = map(float, acc[t])
         rms = rms_of[t]
         input_rms = max((rms_of[i] for i in inputs_of.get(node, []) if i in rms_of), default=None)
+        unranked = unranked_reason(t in qdq, rms, input_rms)
+        cosine = _cosine(fq, ff, qq)
+        # a near-zero tensor's figures compare rounding residue with residue: never flagged
+        judged = unranked != "near zero"
         rows.append(
             {
                 "tensor": t,
@@ -210,12 +232,14 @@ def analyse_layers(float_model, quant_model, images: np.ndarray, threads: int = 
                 "shape": "x".join(map(str, shape)),
                 "dtype": "float32",
                 "quantized_dtype": qdq[t][1] if t in qdq else "float",
-                "cosine": float(fq / np.sqrt(ff * qq)) if ff > 0 and qq > 0 else (1.0 if ff == qq else 0.0),
+                "cosine": cosine,
                 "sqnr_db": _db(ff, err),
                 "mse": float(err / max(count, 1)),
                 "local_sqnr_db": _db(qq, local),
                 "float_rms": rms,
-                "unranked": unranked_reason(t in qdq, rms, input_rms),
+                "unranked": unranked,
+                "collapsed": judged and qmin == qmax and fmin < fmax,
+                "below_floor": judged and cosine < COSINE_FLOOR,
             }
         )
     return rows
@@ -282,12 +306,47 @@ def ranked(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("unranked")]
 
 
+def flagged(row: dict) -> bool:
+    """Whether a row's quantised tensor lost its float signal: constant (`collapsed`) or below the
+    cosine floor (`below_floor`). Rows read back from the CSV hold the flags as booleans too."""
+    return bool(row.get("collapsed")) or bool(row.get("below_floor"))
+
+
+def flag_text(row: dict) -> str:
+    """A row's flag as the report's per-layer table shows it ('' when not flagged)."""
+    if row.get("collapsed"):
+        return "collapsed (constant in int8)"
+    return f"cosine < {COSINE_FLOOR}" if row.get("below_floor") else ""
+
+
+def flag_summary(rows: list[dict]) -> dict:
+    """The layer record's flag fields: how many tensors are flagged (collapsed or below the cosine
+    floor), how many collapsed, and the first `FLAGGED_NAMES` flagged ones, worst (lowest cosine) first."""
+    hits = sorted((r for r in rows if flagged(r)), key=lambda r: r["cosine"])
+    return {
+        "flagged_tensors": len(hits),
+        "collapsed_tensors": sum(bool(r.get("collapsed")) for r in hits),
+        "flagged_names": [r["tensor"] for r in hits[:FLAGGED_NAMES]],
+    }
+
+
+def _cosine(fq: float, ff: float, qq: float) -> float:
+    """f·q / (|f| |q|); 1 when both are zero, 0 when one is. Square roots taken apart, so that no
+    product of two tiny energies underflows to a division by zero."""
+    if ff > 0 and qq > 0:
+        return fq / (math.sqrt(ff) * math.sqrt(qq))
+    return 1.0 if ff == qq else 0.0
+
+
 def _db(signal: float, noise: float) -> float:
+    """10·log10(signal / noise) as a difference of logarithms (a ratio of a tiny signal over a
+    large noise underflowed to 0 and log10 divided by zero); +inf without noise (an exact match),
+    -inf for a zero signal (a tensor quantised to all zeros). Never a warning, never NaN."""
     if noise <= 0:
-        return float("inf")
+        return math.inf
     if signal <= 0:
-        return float("-inf")
-    return float(10 * np.log10(signal / noise))
+        return -math.inf
+    return 10 * (math.log10(signal) - math.log10(noise))
 
 
 def write_layers_csv(rows: list[dict], path: str | Path, extra_columns: list[str] = ()) -> None:
@@ -298,7 +357,13 @@ def write_layers_csv(rows: list[dict], path: str | Path, extra_columns: list[str
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in ordered:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow({k: _csv_cell(v) for k, v in r.items()})
+
+
+def _csv_cell(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def read_layers_csv(path: str | Path) -> list[dict]:
@@ -310,4 +375,7 @@ def read_layers_csv(path: str | Path) -> list[dict]:
             if r.get(col) not in (None, ""):
                 with contextlib.suppress(ValueError):
                     r[col] = float(r[col])
+        for col in ("collapsed", "below_floor"):
+            if col in r:
+                r[col] = r[col] in ("True", "true", "1")
     return rows

@@ -119,6 +119,8 @@ COLUMNS = [
     Column("worst_layer", lambda r: (r.worst_layer or {}).get("node") or (r.worst_layer or {}).get("tensor")),
     Column("worst_layer_sqnr_db", lambda r: (r.worst_layer or {}).get("sqnr_db")),
     Column("worst_layer_cosine", lambda r: (r.worst_layer or {}).get("cosine")),
+    Column("flagged_tensors", lambda r: r.analysis.flagged_tensors if r.ok and r.analysis else None),
+    Column("first_flagged_tensor", lambda r: next(iter(r.analysis.flagged_names or []), None) if r.ok and r.analysis else None),
     Column("pareto", lambda r: r.pareto, "Pareto", "flag"),
     Column("run_id", lambda r: r.run.run_id if r.run else None),
     Column("registered_model", lambda r: r.run.registered_model if r.run else None),
@@ -153,7 +155,7 @@ def fmt(value, kind: str) -> str:
     if kind == "cosine":
         return f"{value:.4f}"
     if kind == "db":
-        return "∞" if math.isinf(value) and value > 0 else f"{value:.1f}"
+        return ("∞" if value > 0 else "−∞") if math.isinf(value) else f"{value:.1f}"
     if kind in ("pct", "pct_nonzero"):
         return "" if kind == "pct_nonzero" and value == 0 else f"{100 * value:.1f}"
     if kind in ("M", "MB"):

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from npuflow.core.records import EVAL_METRICS
+from npuflow.evaluation.layers import COSINE_FLOOR
 from npuflow.report.collect import Row, worst_layers
 from npuflow.report.columns import COLUMNS, fmt, interval_text, sig
 from npuflow.report.pareto import QUALITY_LABELS, quality_groups
@@ -25,6 +26,7 @@ LAYER_COLUMNS = (
     ("sqnr_db", "SQNR dB", "db"),
     ("local_sqnr_db", "local SQNR dB", "db"),
     ("mse", "MSE", "sci"),
+    ("flag", "flag", "text"),  # npuflow.evaluation.layers.flag_text
 )
 
 
@@ -93,6 +95,8 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         for c in shown:
             if c.key == "status":
                 cells.append({"text": "ok"} if r.ok else {"text": f"{r.status.upper()} at {r.failed_stage}", "cls": "failed"})
+            elif c.key == "cosine" and flag_cell(r):  # the analysis' flagged tensors beneath the headline
+                cells.append({**flag_cell(r), "text": fmt(c.get(r), c.kind)})
             elif c.key == "latency_ms" and interval_text(r):  # its 80 % range beneath: no column of its own (width)
                 cells.append({"text": fmt(c.get(r), c.kind), "sub": interval_text(r)})
             else:
@@ -115,6 +119,22 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         "detection": any(r.evaluate.task == "detection" for r in ok),
         "published": any(r.published for r in ok),
     }
+
+
+def flag_cell(r: Row) -> dict | None:
+    """The headline cosine cell's warning when the per-layer analysis flagged tensors (constant in
+    int8, or below npuflow.evaluation.layers.COSINE_FLOOR): the count beneath the figure, the first
+    flagged tensor named in the cell's tooltip; None when nothing is flagged."""
+    analysis = r.analysis if r.ok else None
+    if not analysis or not analysis.flagged_tensors:
+        return None
+    n, names = analysis.flagged_tensors, analysis.flagged_names or []
+    more = f" and {n - len(names)} more" if n > len(names) else ""
+    title = (
+        f"{n} tensor{'s' if n != 1 else ''} lost their float signal in the quantised model "
+        f"({analysis.collapsed_tensors or 0} constant, or cosine below {COSINE_FLOOR}): {', '.join(names)}{more}"
+    )
+    return {"sub": f"⚠ {n} layer{'s' if n != 1 else ''} lost", "cls": "failed", "title": title}
 
 
 def quality_text(groups: dict[str, list[Row]]) -> str:
@@ -155,7 +175,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
     )
     # Worst layers of the precision analysis, once per distinct table (targets sharing a
     # quantised model share its errors; the unit column is the first target's).
-    from npuflow.evaluation.layers import read_layers_csv
+    from npuflow.evaluation.layers import flag_text, read_layers_csv
 
     tables: dict[str, list[str]] = {}
     for r in ok:
@@ -166,7 +186,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
         targets = tables.get(r.build.precision_recipe)
         if not targets or targets[0] != r.target:
             continue
-        worst = worst_layers(read_layers_csv(r.files["layers"]), 10)
+        worst = [{**w, "flag": flag_text(w)} for w in worst_layers(read_layers_csv(r.files["layers"]), 10)]
         layer_tables.append(
             {
                 "targets": targets,
@@ -191,7 +211,8 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
 
 # A layer whose quantised output keeps less than this cosine to the float one has lost its signal
 # (all zeros, or noise): however good the output's headline figure, that part of the model is gone.
-COLLAPSED_COSINE = 0.2
+# The per-layer analysis' floor, the one number for both.
+COLLAPSED_COSINE = COSINE_FLOOR
 
 
 def collapse_warnings(rows: list[Row]) -> list[str]:

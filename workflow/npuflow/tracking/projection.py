@@ -188,9 +188,13 @@ def run_metrics(reports: RunReports, files: dict) -> dict[str, float]:
 
 
 def fidelity_metrics(analysis: LayerAnalysis | None) -> dict[str, float]:
-    """The per-layer table's output row and its gap to the headline (npuflow.evaluation.layers.fidelity_check)."""
-    check = analysis.fidelity_check if analysis else None
-    return {"layer_table_output_cosine": check["layer_table_cosine"], "fidelity_check_gap": check["gap"]} if check else {}
+    """The per-layer table's output row and its gap to the headline (npuflow.evaluation.layers.fidelity_check),
+    and how many tensors the analysis flagged (LAYER_FLAG_METRICS: 0 is a figure, logged)."""
+    if analysis is None:
+        return {}
+    check = analysis.fidelity_check
+    gap = {"layer_table_output_cosine": check["layer_table_cosine"], "fidelity_check_gap": check["gap"]} if check else {}
+    return {**gap, **analysis.flag_metrics()}
 
 
 def run_note(spec: dict, target: str, build: BuildReport, manifest: Manifest) -> str:

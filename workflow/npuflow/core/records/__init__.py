@@ -14,7 +14,7 @@ the modules behind it hold one group each: `base` (the Record class), `metrics`,
 from npuflow.core.records.base import Record, RecordError
 from npuflow.core.records.build import BuildReport, Partition, TopOp
 from npuflow.core.records.evaluation import EvalReport, LayerAnalysis, ReferenceReport
-from npuflow.core.records.metrics import BUILD_METRICS, EVAL_METRICS, FLOAT_ACCURACY
+from npuflow.core.records.metrics import BUILD_METRICS, EVAL_METRICS, FLOAT_ACCURACY, LAYER_FLAG_METRICS
 from npuflow.core.records.model import ExportReport, Manifest, SimplifyReport, SurgeryReport
 from npuflow.core.records.quant import CalibrationReport, CurvePoint, Goal, MixedReport, MixedStep, PtqReport, QuantReport, RecipeMap
 from npuflow.core.records.tracking import RunRecord, StoreReport, TrackReport
@@ -23,6 +23,7 @@ __all__ = [
     "BUILD_METRICS",
     "EVAL_METRICS",
     "FLOAT_ACCURACY",
+    "LAYER_FLAG_METRICS",
     "BuildReport",
     "CalibrationReport",
     "CurvePoint",

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from npuflow.core.records.base import Record
-from npuflow.core.records.metrics import EVAL_METRICS, FLOAT_ACCURACY
+from npuflow.core.records.metrics import EVAL_METRICS, FLOAT_ACCURACY, LAYER_FLAG_METRICS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,10 +67,20 @@ class EvalReport(Record):
 @dataclass(frozen=True, kw_only=True)
 class LayerAnalysis(Record):
     """eval/<recipe>.layers.json: the per-layer precision analysis rows (npuflow.evaluation.layers), the five
-    of lowest cosine, and the stage's seconds."""
+    of lowest cosine, the tensors flagged as having lost their signal, and the stage's seconds."""
 
     images: int
     rows: list[dict]
     worst_layers: list[dict] | None = None
     fidelity_check: dict | None = None  # npuflow.evaluation.layers.fidelity_check; None: no output row to check
+    # npuflow.evaluation.layers.flag_summary: tensors whose quantised value is constant while the float
+    # one is not (collapsed) or below the cosine floor, both counted in flagged_tensors; the first
+    # few by name, lowest cosine first. None: an analysis written before the flags.
+    flagged_tensors: int | None = None
+    collapsed_tensors: int | None = None
+    flagged_names: list[str] | None = None
     seconds: float | None = None
+
+    def flag_metrics(self) -> dict[str, float]:
+        """The flag counts under LAYER_FLAG_METRICS' names (none for an analysis without flags)."""
+        return {k: float(getattr(self, k)) for k in LAYER_FLAG_METRICS if getattr(self, k) is not None}

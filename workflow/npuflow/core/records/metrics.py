@@ -41,6 +41,10 @@ EVAL_METRICS = (
     "float_map50_95",
     "host_decode_nms_ms",
 )
+# The per-layer analysis' flagged tensors (npuflow.evaluation.layers.flag_summary): those whose quantised
+# value is constant while the float one is not, or whose cosine is below the floor (flagged_tensors
+# counts both, collapsed_tensors the first kind), as the layer record and the MLflow run name them.
+LAYER_FLAG_METRICS = ("flagged_tensors", "collapsed_tensors")
 # Task accuracy of the float model, as the reference stage measures it.
 FLOAT_ACCURACY = tuple(m for m in EVAL_METRICS if m.startswith("float_"))
 # Figures of the simulated build logged under the report's own key names (all simulated).
