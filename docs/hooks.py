@@ -3,7 +3,7 @@ them is committed and none can drift from what it describes.
 
 - `index.md`: README.md, its links into docs/ made relative to the site;
 - `reference/configuration.md`: every field of the config file and of a target profile, from the
-  JSON Schemas in workflow/schemas/ as npuflow loads them (`npuflow.pipeline.config.load_schema`, which adds
+  JSON Schemas in workflow/schemas/ as npuflow loads them (`npuflow.pipeline.schema.load_schema`, which adds
   each model source's own fields; `npuflow.targets.schema.profile_schema`);
 - `reference/stages.md`: the stage table of `npuflow.core.layout` (each stage's rule, command, outputs,
   log, the spec fields it reads, its memory estimate) and the files of an MLflow run.
@@ -173,7 +173,7 @@ def _table(rows) -> list[str]:
 
 def config_schemas() -> tuple[dict, dict]:
     """The config schema and the target-profile schema, as npuflow validates with them."""
-    from npuflow.pipeline.config import load_schema
+    from npuflow.pipeline.schema import load_schema
     from npuflow.targets.schema import profile_schema
 
     return load_schema(), profile_schema()

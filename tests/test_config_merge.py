@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from conftest import classifier_entry
-from npuflow.pipeline.config import SCHEMA_PATH, model_spec, validate_config
+from npuflow.pipeline.config import model_spec, validate_config
 from npuflow.pipeline.plan import Plan
+from npuflow.pipeline.schema import SCHEMA_PATH
 from npuflow.util.merge import merge_blocks
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())

@@ -11,7 +11,7 @@ import torch
 from conftest import make_config, run_front
 from npuflow.evaluation.detect import Detections, box_iou, candidates, nms, postprocess
 from npuflow.evaluation.detmetrics import agreement, average_precision, match
-from npuflow.pipeline.config import model_spec, stage_spec
+from npuflow.pipeline.spec import model_spec, stage_spec
 
 # Random weights barely score any class (the head's prior biases): a low threshold keeps boxes to compare.
 RANDOM_CONF = 0.01

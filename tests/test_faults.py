@@ -370,8 +370,8 @@ def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, caps
     resolves them: a missing field (nested ones by their path) is named before anything runs."""
     from npuflow.cli import main
     from npuflow.cli.base import COMMAND_STAGES, COMMANDS
-    from npuflow.pipeline.config import model_spec as resolve
-    from npuflow.pipeline.config import stage_spec
+    from npuflow.pipeline.spec import model_spec as resolve
+    from npuflow.pipeline.spec import stage_spec
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -401,7 +401,7 @@ def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, caps
 
 def test_every_resolved_spec_passes_the_spec_check_of_every_stage():
     """No false alarm: what the workflow passes (model_spec, cut to each stage's fields) is accepted."""
-    from npuflow.pipeline.config import STAGE_FIELDS, model_spec, spec_problems, stage_spec
+    from npuflow.pipeline.spec import STAGE_FIELDS, model_spec, spec_problems, stage_spec
 
     for path in (REPO / "config.yaml", REPO / "tests" / "config.tiny.yaml"):
         config = load_config(path)

@@ -10,8 +10,9 @@ import yaml
 from conftest import REPO, snakemake
 from npuflow.cli.app import COMMANDS, build_parser
 from npuflow.core.layout import ARTIFACTS, RUN_FILES, STAGES, reserved_names, run_files
-from npuflow.pipeline.config import RESERVED_MODEL_NAMES, STAGE_FIELDS
+from npuflow.pipeline.checks import RESERVED_MODEL_NAMES
 from npuflow.pipeline.memory import MEASURED_PEAKS_MB
+from npuflow.pipeline.spec import STAGE_FIELDS
 
 
 def dry_run_jobs(workdir, configfile) -> list[dict]:

@@ -11,7 +11,9 @@ import torch
 
 from conftest import IMAGENET_CATS, IMAGENET_ESPRESSO, MOBILENET_V2_FILE, classify_photo, make_config, run_front
 from npuflow.graph.export import export
-from npuflow.pipeline.config import STAGE_FIELDS, ConfigError, load_schema, model_spec, validate_config
+from npuflow.pipeline.config import ConfigError, model_spec, validate_config
+from npuflow.pipeline.schema import load_schema
+from npuflow.pipeline.spec import STAGE_FIELDS
 from npuflow.sources.core import SOURCES, FetchError, source_fields, source_for
 from npuflow.sources.fetch import fetch
 from npuflow.util.onnxutil import load, run_onnx

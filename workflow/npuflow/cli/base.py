@@ -137,7 +137,8 @@ COMMAND_STAGES = {"mixed": "mixed_precision"}
 def model_spec_of(args) -> dict:
     """The model spec from --spec (checked: the fields of the command's stage that a resolved spec
     has), or from --config and --model."""
-    from npuflow.pipeline.config import STAGE_FIELDS, load_config, model_spec, spec_problems
+    from npuflow.pipeline.config import load_config
+    from npuflow.pipeline.spec import STAGE_FIELDS, model_spec, spec_problems
 
     if args.spec is not None:
         stage = COMMAND_STAGES.get(args.command, args.command)

@@ -41,7 +41,7 @@ def megapixels(spec: dict) -> float:
 
 
 def job_mem_mb(stage: str, spec: dict) -> int:
-    """Estimated peak memory of one job of `stage` for the model `spec` (npuflow.pipeline.config.model_spec),
+    """Estimated peak memory of one job of `stage` for the model `spec` (npuflow.pipeline.spec.model_spec),
     from the measured peaks its entry in the stage table names (npuflow.core.layout: `memory`)."""
     from npuflow.core.layout import STAGES
 

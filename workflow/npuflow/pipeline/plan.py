@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 
 from npuflow.core.layout import MIXED_RECIPE, RESULTS, STAGES, run_files
 from npuflow.graph.precision import merge_recipe, recipe_id
-from npuflow.pipeline.config import model_spec, stage_spec
 from npuflow.pipeline.memory import job_mem_mb
+from npuflow.pipeline.spec import model_spec, stage_spec
 from npuflow.targets import load_targets
 
 

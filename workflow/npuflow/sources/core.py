@@ -71,7 +71,7 @@ STATE_DICT_KEY_FIELD = {
 
 class ModelSource:
     """A kind of model source: the registry entry of one prefix. `spec` is the resolved model
-    spec (npuflow.pipeline.config.model_spec); `entry` the model's config entry as validated."""
+    spec (npuflow.pipeline.spec.model_spec); `entry` the model's config entry as validated."""
 
     # `<prefix>:…` as the schema's description shows it
     syntax: ClassVar[str] = ""

@@ -3,7 +3,7 @@
 `merge_blocks(default, global_, model)` is what a model's `calibration:` (or any block the config
 has both at the top level and under a model) resolves to: per key, the last layer that sets it
 wins; two mappings under one key are merged the same way, recursively; anything else (a list, a
-number, text) is replaced whole. npuflow.pipeline.config resolves every such block with it, a
+number, text) is replaced whole. npuflow.pipeline.schema resolves every such block with it, a
 target profile's `base:` chain is merged with it (npuflow.targets), and a model's per-target
 precision recipe over the profile's (npuflow.graph.precision.merge_recipe, whose subgraph lists
 add up instead)."""
