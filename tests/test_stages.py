@@ -379,7 +379,7 @@ def test_targets_with_one_recipe_share_one_quantised_model():
 
 def test_reparameterisation_exports_the_single_branch_deploy_form(tmp_path):
     from npuflow.graph.export import export_module
-    from npuflow.sources.core import TimmSource
+    from npuflow.sources.timm import TimmSource
 
     source = TimmSource()
     train_form = source.build({"name": "m", "source": "timm:mobileone_s0"})

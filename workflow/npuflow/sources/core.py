@@ -6,27 +6,22 @@ pretrained weights from (probed quickly, so offline is noticed in seconds), and 
 checks. Each source builds the architecture offline with random weights and loads pretrained
 weights when they can be had; `fetch` decides which by the weights policy.
 
-Built in: `timm:`, `hf:`, `url:`, `file:` here; `torchvision:` and `ultralytics:` in their own
-modules (imported at the end of this one, so that they register)."""
+This module holds the registry, the ModelSource base and the checks of an entry against it. The
+sources are in modules of their own: `timm:` (timm), `hf:` (hf), `url:` and `file:` (files),
+`torchvision:`, `ultralytics:`; the package imports them all, so that they register."""
 
 from __future__ import annotations
 
 import copy
-import importlib
-import json
 import os
-import urllib.parse
 from pathlib import Path
 from typing import ClassVar
 
-from npuflow.sources.checkpoints import CheckpointError, load_state_dict_file
-from npuflow.util.download import ChecksumMismatch, DownloadError, DownloadUnavailable, download, reachable
+from npuflow.util.download import reachable
 from npuflow.util.errors import NpuflowError
-from npuflow.util.io import sha256_file
-from npuflow.util.registry import Registry, unknown_name_message
+from npuflow.util.registry import Registry
 
 SOURCES: Registry[type[ModelSource]] = Registry("model source")
-HF_CONFIG_DIR = Path(__file__).resolve().parent / "hf_configs"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_OUTPUT = "output"
@@ -54,19 +49,6 @@ def set_hub_offline_unless_reachable() -> bool:
         if "huggingface_hub.constants" in sys.modules:  # already imported: set the flag it read
             sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
     return online
-
-
-# Config fields shared by several sources: one definition each (the schema takes them from here).
-ARCH_FIELD = {"description": "timm architecture a url: or file: checkpoint is loaded into.", "type": "string"}
-SHA256_FIELD = {
-    "description": "Expected sha256 of a url: or file: checkpoint.",
-    "type": "string",
-    "pattern": "^[0-9a-fA-F]{64}$",
-}
-STATE_DICT_KEY_FIELD = {
-    "description": "Key of the state dict inside the checkpoint (e.g. `model` for the EfficientViT release).",
-    "type": "string",
-}
 
 
 class ModelSource:
@@ -188,27 +170,12 @@ def check_entry(entry: dict, where: str) -> list[str]:
     return problems + cls().check(entry, where)
 
 
-def _ref(spec: dict) -> str:
+def reference(spec: dict) -> str:
+    """The part of `source:` after the prefix."""
     return spec["source"].split(":", 1)[1]
 
 
-def _check_timm_name(name: str, where: str) -> None:
-    import timm
-
-    if not timm.is_model(name):
-        known = set(timm.list_models()) | set(timm.list_pretrained())
-        raise FetchError(f"{where}: {unknown_name_message('timm model', name, known)}")
-
-
-def create_timm(name: str, where: str, pretrained: bool = False):
-    """A timm model by name (checked first, so an unknown name lists close matches)."""
-    import timm
-
-    _check_timm_name(name, where)
-    return timm.create_model(name, pretrained=pretrained).eval()
-
-
-class _HFHubSource(ModelSource):
+class HFHubSource(ModelSource):
     """Sources whose pretrained weights come from the Hugging Face hub (timm's and transformers')."""
 
     @property
@@ -219,298 +186,5 @@ class _HFHubSource(ModelSource):
         return set_hub_offline_unless_reachable()
 
 
-@SOURCES.register("timm")
-class TimmSource(_HFHubSource):
-    syntax = "timm:<name>"
-    example: ClassVar[dict] = {"source": "timm:mobilenetv3_small_050", "task": "classification", "input": {"shape": [1, 3, 64, 64]}}
-
-    def _arch(self, spec) -> tuple[str, str]:
-        """(timm model name, config field it comes from)."""
-        return _ref(spec), f"models.{spec['name']}.source"
-
-    def build(self, spec):
-        return create_timm(*self._arch(spec))
-
-    def load_pretrained(self, spec, cache_dir):
-        name, where = self._arch(spec)
-        _check_timm_name(name, where)
-        try:
-            module = create_timm(name, where, pretrained=True)
-        except Exception as e:  # hub errors come in many types; all mean "not available now"
-            raise WeightsUnavailable(f"timm could not load pretrained {name}: {type(e).__name__}: {e}") from e
-        return module, {"from": f"hub:{module.pretrained_cfg.get('hf_hub_id') or name}"}
-
-    def preprocessing(self, spec, module):
-        """timm's data config for the model: normalisation, eval centre-crop share, interpolation."""
-        cfg = getattr(module, "pretrained_cfg", None) or {}
-        return {
-            "mean": list(cfg.get("mean", IMAGENET_MEAN)),
-            "std": list(cfg.get("std", IMAGENET_STD)),
-            "crop_pct": float(cfg.get("crop_pct", 1.0)),
-            "interpolation": cfg.get("interpolation", "bilinear"),
-        }
-
-    def native_input_size(self, module):
-        """timm's pretrained input size (ViTs and Swin take only that one)."""
-        size = (getattr(module, "pretrained_cfg", None) or {}).get("input_size")
-        return tuple(size[-2:]) if size else None
-
-    def deploy_form(self, module):
-        """timm's reparameterisation: multi-branch training blocks fused into single convolutions."""
-        from timm.models import reparameterize_model
-
-        return reparameterize_model(module)
-
-
-def _hf_wrapper(model):
-    """Wrap a transformers model so export sees one tensor in, the logits out."""
-    import torch
-
-    class HFLogitsModule(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values):
-            return self.inner(pixel_values=pixel_values).logits
-
-    return HFLogitsModule(model).eval()
-
-
-def hf_config_file(repo: str) -> Path:
-    return HF_CONFIG_DIR / (repo.replace("/", "__") + ".json")
-
-
-@SOURCES.register("hf")
-class HFSource(_HFHubSource):
-    syntax = "hf:<repo>"
-    fields: ClassVar[dict[str, dict]] = {
-        "hf_config": {
-            "description": "Architecture config for an hf: source (as in its config.json), for random weights offline.",
-            "type": "object",
-        }
-    }
-    tasks = ("classification", "segmentation")
-    example: ClassVar[dict] = {
-        "source": "hf:example/tiny-segformer",
-        "hf_config": {
-            "model_type": "segformer",
-            "architectures": ["SegformerForSemanticSegmentation"],
-            "depths": [1, 1, 1, 1],
-            "hidden_sizes": [8, 16, 24, 32],
-            "num_attention_heads": [1, 1, 1, 1],
-            "decoder_hidden_size": 32,
-            "num_labels": 5,
-        },
-        "task": "segmentation",
-        "input": {"shape": [1, 3, 64, 64]},
-    }
-
-    def check(self, entry, where):
-        problem = hf_config_problem(_ref(entry), entry, where)
-        return [problem] if problem else []
-
-    def num_classes(self, entry, where):
-        """The architecture config's `id2label` (or its `num_labels`), given or shipped."""
-        field = f"{where}.hf_config"
-        cfg = entry.get("hf_config")
-        if cfg is None and hf_config_file(_ref(entry)).exists():
-            field = f"the shipped config of hf:{_ref(entry)}"
-            try:
-                cfg = json.loads(hf_config_file(_ref(entry)).read_text())
-            except (OSError, ValueError):
-                return None
-        if not isinstance(cfg, dict):
-            return None
-        if isinstance(cfg.get("id2label"), dict) and cfg["id2label"]:  # transformers counts these first
-            return len(cfg["id2label"]), f"{field}: id2label"
-        if isinstance(cfg.get("num_labels"), int) and not isinstance(cfg["num_labels"], bool) and cfg["num_labels"] > 0:
-            return cfg["num_labels"], f"{field}: num_labels"
-        return None
-
-    def _config(self, spec):
-        import transformers
-
-        repo = _ref(spec)
-        cfg = spec.get("hf_config")
-        if cfg is None:
-            problem = hf_config_problem(repo, spec, f"models.{spec['name']}")
-            if problem:
-                raise FetchError(problem)
-            cfg = json.loads(hf_config_file(repo).read_text())
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        model_type = cfg.pop("model_type", None)
-        if not model_type:
-            raise FetchError(f"models.{spec['name']}.hf_config: expected a `model_type` field")
-        return transformers.AutoConfig.for_model(model_type, **cfg)
-
-    @staticmethod
-    def _model_class(config, spec):
-        import transformers
-
-        archs = getattr(config, "architectures", None) or []
-        if not archs or not hasattr(transformers, archs[0]):
-            raise FetchError(f"models.{spec['name']}.hf_config: expected `architectures` naming a transformers class")
-        return getattr(transformers, archs[0])
-
-    def build(self, spec):
-        config = self._config(spec)
-        config._attn_implementation = "eager"  # the SDPA path does not export at opset < 14
-        return _hf_wrapper(self._model_class(config, spec)(config))
-
-    def load_pretrained(self, spec, cache_dir):
-        repo = _ref(spec)
-        config = self._config(spec)
-        try:
-            model = self._model_class(config, spec).from_pretrained(repo, attn_implementation="eager")
-        except Exception as e:
-            raise WeightsUnavailable(f"transformers could not load pretrained {repo}: {type(e).__name__}: {e}") from e
-        return _hf_wrapper(model), {"from": f"hub:{repo}"}
-
-    def native_input_size(self, module):
-        """The transformers config's image_size."""
-        size = getattr(getattr(module.inner, "config", None), "image_size", None)
-        if isinstance(size, int):
-            return size, size
-        return tuple(size) if isinstance(size, list | tuple) and len(size) == 2 else None
-
-    def family(self, module):
-        return module.inner.config.model_type
-
-
-def load_into_timm(arch: str, state_dict: dict, where: str):
-    """Load a state dict into a timm architecture, remapping original-repo layouts with the model
-    module's own checkpoint_filter_fn (timm's convention), strictly."""
-    module = create_timm(arch, f"{where}.arch")
-    filter_fn = getattr(importlib.import_module(type(module).__module__), "checkpoint_filter_fn", None)
-    try:
-        if filter_fn is not None:
-            state_dict = filter_fn(state_dict, module)
-        module.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, AssertionError, ValueError, KeyError) as e:  # filters assert on misfits
-        raise FetchError(f"{where}: checkpoint does not fit architecture {arch}: {str(e)[:800]}") from e
-    return module.eval()
-
-
-class _CheckpointSource(TimmSource):
-    """A checkpoint file loaded into the timm architecture named by `arch`."""
-
-    required: ClassVar[dict[str, str]] = {"arch": "the timm architecture to load it into"}
-    hub = None
-
-    def probe_hub(self):
-        return None
-
-    def _arch(self, spec):
-        return spec["arch"], f"models.{spec['name']}.arch"
-
-    def _checkpoint(self, spec, cache_dir) -> tuple[Path, str]:
-        raise NotImplementedError
-
-    def load_pretrained(self, spec, cache_dir):
-        path, digest = self._checkpoint(spec, cache_dir)
-        where = f"models.{spec['name']}"
-        try:
-            state_dict = load_state_dict_file(path, spec.get("state_dict_key"), where)
-        except CheckpointError as e:
-            raise FetchError(str(e)) from e
-        return load_into_timm(spec["arch"], state_dict, where), {"from": spec["source"], "file_sha256": digest}
-
-
-@SOURCES.register("url")
-class URLSource(_CheckpointSource):
-    syntax = "url:<https URL> (with arch)"
-    example: ClassVar[dict] = {
-        "source": "url:https://127.0.0.1:9/mobilenetv3_small_050.pth",
-        "arch": "mobilenetv3_small_050",
-        "task": "classification",
-        "input": {"shape": [1, 3, 64, 64]},
-    }
-    fields: ClassVar[dict[str, dict]] = {
-        "arch": ARCH_FIELD,
-        "sha256": SHA256_FIELD,
-        "state_dict_key": STATE_DICT_KEY_FIELD,
-        "allow_http": {"description": "Permit a plain-http url: source (otherwise only https is fetched).", "type": "boolean"},
-    }
-
-    def check(self, entry, where):
-        url = entry["source"][4:]
-        if url.startswith("http://") and not entry.get("allow_http", False):
-            return [f"{where}.source: plain http is refused; use https, or set allow_http: true"]
-        if not url.startswith(("https://", "http://")):
-            return [f"{where}.source: expected url:https://…, got {entry['source']!r}"]
-        return []
-
-    def _checkpoint(self, spec, cache_dir):
-        url = _ref(spec)
-        name = Path(urllib.parse.urlsplit(url).path).name
-        name = name if name not in ("", ".", "..") else "checkpoint"  # `https://host/a/..` names no file
-        dest = Path(cache_dir) / "downloads" / spec["name"] / name
-        where = f"models.{spec['name']}"
-        try:
-            return dest, download(url, dest, spec.get("sha256"), spec.get("allow_http", False))
-        except DownloadUnavailable as e:  # `weights: auto` falls back to random weights on this
-            raise WeightsUnavailable(str(e)) from e
-        except ChecksumMismatch as e:
-            raise FetchError(f"{where}.sha256: {e}") from e
-        except DownloadError as e:
-            raise FetchError(f"{where}.source: {e}") from e
-
-
-@SOURCES.register("file")
-class FileSource(_CheckpointSource):
-    syntax = "file:<path> (with arch)"
-    example: ClassVar[dict] = {
-        "source": "file:/nonexistent/mobilenetv3_small_050.pth",
-        "arch": "mobilenetv3_small_050",
-        "task": "classification",
-        "input": {"shape": [1, 3, 64, 64]},
-    }
-    fields: ClassVar[dict[str, dict]] = {"arch": ARCH_FIELD, "sha256": SHA256_FIELD, "state_dict_key": STATE_DICT_KEY_FIELD}
-
-    @classmethod
-    def example_entry(cls, folder: Path) -> dict:
-        # The config checks that the file is there; an empty one is no checkpoint, so pretrained
-        # weights fail on it as on any unreadable file.
-        path = Path(folder) / "mobilenetv3_small_050.pth"
-        path.touch()
-        return {**copy.deepcopy(cls.example), "source": f"file:{path}"}
-
-    def check(self, entry, where):
-        # Before any job runs; the fetch job checks again (the file can go in between).
-        problem = missing_file_problem(Path(_ref(entry)).expanduser(), f"{where}.source")
-        return [problem] if problem else []
-
-    def _checkpoint(self, spec, cache_dir):
-        path = Path(_ref(spec)).expanduser()
-        problem = missing_file_problem(path, f"models.{spec['name']}.source")
-        if problem:
-            raise FetchError(problem)
-        digest = sha256_file(path)
-        if spec.get("sha256") and digest != spec["sha256"].lower():
-            raise FetchError(f"models.{spec['name']}.sha256: {path} has sha256 {digest}, expected {spec['sha256'].lower()}")
-        return path, digest
-
-
 def source_for(spec: dict) -> ModelSource:
     return SOURCES.get(spec["source"].split(":", 1)[0])()
-
-
-# ------------------------------------------------------------------ checks when the config is read
-def missing_file_problem(path: Path, where: str) -> str | None:
-    """A local checkpoint that is not a readable file, named by the field it comes from."""
-    shown = str(path) if path.is_absolute() else f"{path} (relative to {Path.cwd()})"
-    if path.is_dir():
-        return f"{where}: {shown} is a folder, not a checkpoint file"
-    if not path.is_file():
-        return f"{where}: no such file {shown}"
-    if not os.access(path, os.R_OK):
-        return f"{where}: {shown} cannot be read (permissions)"
-    return None
-
-
-def hf_config_problem(repo: str, entry: dict, where: str) -> str | None:
-    """An hf: source is built from its architecture config (HFSource._config): shipped, or given."""
-    if "hf_config" in entry or hf_config_file(repo).exists():
-        return None
-    return f"{where}.hf_config: hf:{repo} has no shipped architecture config; add `hf_config:` (the repo's config.json) so it can be built offline"
