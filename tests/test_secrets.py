@@ -134,3 +134,30 @@ def test_a_password_in_a_database_uri_is_in_no_file_snakemake_writes_nor_in_the_
     assert any("metadata" in p.parts for p in files) and any(p.parent.name == "log" for p in files)
     assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
     assert SECRET not in run.stdout + run.stderr
+
+
+def test_a_url_with_credentials_in_a_model_or_dataset_is_refused_before_any_job_without_showing_them(tmp_path):
+    """A dataset's or a model's URL travels to its jobs as a rule parameter (Snakemake's metadata and
+    logs, then MLflow): one holding credentials (a user and password, a token, a pre-signed URL's
+    signature) is refused by the dry run, naming the field, the secret shown nowhere."""
+    config = yaml.safe_load((REPO / "tests" / "config.tiny.yaml").read_text())
+    config["datasets"] = {
+        **config.get("datasets", {}),
+        "web": {"url": f"https://alice:{SECRET}@data.example.org/calib.tar.gz", "sha256": "0" * 64},
+    }
+    model = next(iter(config["models"]))
+    config["models"]["fromurl"] = {
+        **config["models"][model],
+        "source": f"url:https://models.example.org/m.pt?X-Amz-Signature={SECRET}",
+        "sha256": "0" * 64,
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    work.mkdir()
+    dry = snakemake(work, "-n", configfile=tmp_path / "c.yaml")
+    out = dry.stdout + dry.stderr
+    assert dry.returncode != 0
+    assert "datasets.web.url: https://***@data.example.org/calib.tar.gz has credentials in it" in out
+    assert "models.fromurl.source: url:https://models.example.org/m.pt?X-Amz-Signature=*** has credentials in it" in out
+    assert SECRET not in out and not (work / "results").exists()
+    assert [p for p in work.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()] == []
