@@ -35,7 +35,8 @@ def front(entry: dict, name: str, root: Path, weights: str, calibration: int, he
     """(float model, calibration images, held-out images) as the pipeline prepares them."""
     import onnx
 
-    from npuflow.data.datasets import CALIBRATION_PHOTOS, image_batches
+    from npuflow.data.batches import image_batches
+    from npuflow.data.datasets import CALIBRATION_PHOTOS
     from npuflow.graph.export import export
     from npuflow.graph.simplify import simplify
     from npuflow.graph.surgery import surgery

@@ -397,7 +397,8 @@ def classify_photo(onnx_path, photo: str, preprocessing: dict) -> int:
     import numpy as np
     import skimage.data
 
-    from npuflow.data.datasets import _rgb, preprocess
+    from npuflow.data.batches import preprocess
+    from npuflow.data.datasets import _rgb
     from npuflow.util.onnxutil import input_name, run_onnx
 
     chw, _ = preprocess(_rgb(np.asarray(getattr(skimage.data, photo)())), (224, 224), preprocessing, None)

@@ -30,7 +30,7 @@ def labelled_photos(tmp_path_factory):
     import skimage.data
     from PIL import Image
 
-    from npuflow.data.datasets import prepare_dataset
+    from npuflow.data.prepare import prepare_dataset
 
     root = tmp_path_factory.mktemp("det-set")
     (root / "images").mkdir()
@@ -163,7 +163,7 @@ def test_host_decode_matches_ultralytics_own(source):
     torch.manual_seed(3)
     model = src.build(spec)
     head = src.head(model)
-    from npuflow.data.datasets import image_batches
+    from npuflow.data.batches import image_batches
 
     prep = {"mean": [0.0] * 3, "std": [1.0] * 3, "resize": "letterbox", "pad": 114}
     x = torch.from_numpy(image_batches("samples", "evaluation", 6, [1, 3, 128, 128], prep, 0).images[5:6])  # the horse
@@ -239,7 +239,7 @@ def test_agreement_matches_boxes_of_the_same_class_only():
 
 
 def test_letterbox_fits_pads_and_maps_boxes_as_ultralytics():
-    from npuflow.data.datasets import letterbox
+    from npuflow.data.batches import letterbox
 
     img = np.full((100, 200, 3), 255, np.uint8)
     chw, boxes = letterbox(img, (64, 64), {"mean": [0] * 3, "std": [1] * 3, "pad": 114}, None, np.array([[3, 0, 0, 200, 100.0]]))
@@ -252,7 +252,7 @@ def test_letterbox_fits_pads_and_maps_boxes_as_ultralytics():
 def test_coco_json_labels_are_indexed_in_category_order(tmp_path):
     from PIL import Image
 
-    from npuflow.data.datasets import index_images
+    from npuflow.data.prepare import index_images
 
     Image.new("RGB", (40, 20)).save(tmp_path / "a.jpg")
     coco = {
@@ -271,7 +271,8 @@ def test_coco_json_labels_are_indexed_in_category_order(tmp_path):
 def test_broken_box_labels_name_the_file_and_line(tmp_path):
     from PIL import Image
 
-    from npuflow.data.datasets import DatasetError, index_images
+    from npuflow.data.datasets import DatasetError
+    from npuflow.data.prepare import index_images
 
     (tmp_path / "labels").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")

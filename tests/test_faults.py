@@ -126,7 +126,9 @@ def test_an_archive_dataset_holding_fewer_evaluation_images_than_asked_fails_in_
     """An archive's images are counted once it is prepared: the reference stage refuses, naming the numbers."""
     import tarfile
 
-    from npuflow.data.datasets import DatasetError, image_batches, prepare_dataset
+    from npuflow.data.batches import image_batches
+    from npuflow.data.datasets import DatasetError
+    from npuflow.data.prepare import prepare_dataset
 
     write_images(tmp_path / "src", 2)
     with tarfile.open(tmp_path / "set.tar", "w") as tar:
@@ -213,7 +215,8 @@ def test_labels_the_model_cannot_output_fail_the_reference_job_where_only_its_ou
     from onnx import helper, numpy_helper
 
     from npuflow.core.records import Manifest
-    from npuflow.data.datasets import DatasetError, prepare_dataset
+    from npuflow.data.datasets import DatasetError
+    from npuflow.data.prepare import prepare_dataset
     from npuflow.evaluation.evaluate import label_problem, reference
 
     weights = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")

@@ -178,7 +178,8 @@ def test_equalisation_and_bias_correction_rescue_per_tensor_mobilenet_v2(real_mo
     """torchvision's MobileNetV2 with its real ImageNet weights, int8 with per-tensor weights:
     CLE + BC bring the output SQNR and cosine back to the per-channel model's (benchmarks/ptq.py
     prints the full table)."""
-    from npuflow.data.datasets import CALIBRATION_PHOTOS, image_batches
+    from npuflow.data.batches import image_batches
+    from npuflow.data.datasets import CALIBRATION_PHOTOS
     from npuflow.quant.ptq_study import measure
     from npuflow.util.io import read_json
 

@@ -571,7 +571,8 @@ def _write_png(path, rng, size=(40, 56), mode="RGB"):
 
 
 def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segmenter):
-    from npuflow.data.datasets import image_batches, prepare_dataset
+    from npuflow.data.batches import image_batches
+    from npuflow.data.prepare import prepare_dataset
     from npuflow.evaluation.evaluate import task_metrics
 
     rng = np.random.default_rng(0)
@@ -593,7 +594,8 @@ def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segment
 
 
 def test_masks_give_miou(tmp_path):
-    from npuflow.data.datasets import image_batches, prepare_dataset
+    from npuflow.data.batches import image_batches
+    from npuflow.data.prepare import prepare_dataset
     from npuflow.evaluation.evaluate import task_metrics
 
     rng = np.random.default_rng(1)
@@ -629,7 +631,7 @@ def test_one_user_dataset_for_calibration_and_evaluation_is_refused():
 def test_archive_dataset_is_extracted_once_and_indexed_with_labels(tmp_path):
     import tarfile
 
-    from npuflow.data.datasets import prepare_dataset
+    from npuflow.data.prepare import prepare_dataset
 
     rng = np.random.default_rng(2)
     for cls in ("cat", "dog"):

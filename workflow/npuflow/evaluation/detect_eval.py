@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from npuflow.core.records import FLOAT_ACCURACY, EvalReport, Manifest, ReferenceReport
-from npuflow.data.datasets import image_batches, stack_boxes
+from npuflow.data.batches import image_batches, stack_boxes
 from npuflow.evaluation.detect import postprocess
 from npuflow.evaluation.detmetrics import average_precision
 from npuflow.util.io import atomic_path

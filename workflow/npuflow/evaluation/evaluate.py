@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from npuflow.core.records import EVAL_METRICS, FLOAT_ACCURACY, EvalReport, LayerAnalysis, Manifest, ReferenceReport
-from npuflow.data.datasets import IGNORE_LABEL, DatasetError, image_batches
+from npuflow.data.batches import image_batches
+from npuflow.data.datasets import IGNORE_LABEL, DatasetError
 from npuflow.evaluation.timing import host_latency_ms, timed_runs
 from npuflow.util.io import atomic_path
 from npuflow.util.onnxutil import input_name, load, session

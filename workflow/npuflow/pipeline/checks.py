@@ -16,14 +16,14 @@ RESERVED_MODEL_NAMES = reserved_names()
 # Names Windows gives to devices, whatever the extension: results/NUL/ or results/com1.x/ cannot be
 # a folder there (a shared results/ on a Windows file server, a checkout on Windows).
 WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
-# A job holds all its images at once, preprocessed to float32 (npuflow.data.datasets.image_batches): the
+# A job holds all its images at once, preprocessed to float32 (npuflow.data.batches.image_batches): the
 # counts that would need more than this are refused (224×224: 14 266 images; 640×1280: 873).
 MAX_IMAGE_BYTES = 8 * 2**30
 
 
 def check_semantics(config: dict) -> None:
     # Imported here: the registries pull in onnx; validation of the schema alone stays light.
-    from npuflow.data.datasets import local_path_problems
+    from npuflow.data.prepare import local_path_problems
     from npuflow.graph.precision import check_recipe
     from npuflow.graph.surgery import SURGERY_PASSES
     from npuflow.quant.calibrate import CALIBRATION_METHODS
@@ -34,7 +34,6 @@ def check_semantics(config: dict) -> None:
     # The profiles as written first: resolving `base:` chains and applying fits reads them.
     profiles = config.get("target_profiles", {})
     problems = [line for name, prof in profiles.items() for line in user_profile_problems(prof, f"target_profiles.{name}")]
-    problems += credential_problems(config)
     problems += [
         line
         for name, prof in profiles.items()
@@ -135,37 +134,14 @@ def check_semantics(config: dict) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
-def credential_problems(config: dict) -> list[str]:
-    """Every config value but the tracking URI (which has its own rule, npuflow.tracking.server)
-    with credentials in it (`https://user:pass@host/…`, `?token=…`, a pre-signed URL's signature):
-    a model's or dataset's fields travel to its jobs as a rule parameter, which Snakemake writes to
-    its metadata and logs, and on to MLflow, where no secret may go."""
-    from npuflow.core.names import field_path
-    from npuflow.tracking.server import redacted
-
-    def walk(value, path):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                yield from walk(item, (*path, key))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from walk(item, (*path, i))
-        elif isinstance(value, str) and path != ("mlflow", "tracking_uri") and redacted(value) != value:
-            yield (
-                f"{field_path(path)}: {redacted(value)} has credentials in it, which would be stored in Snakemake's metadata "
-                "and logs and in MLflow; download the file yourself and name the local copy (file:, folder:) instead"
-            )
-
-    return list(walk(config, ()))
-
-
 def _evaluation_dataset_problems(config: dict) -> list[str]:
     """Evaluation images are held out and count once each: a folder dataset must hold as many as
     asked (an archive's images are counted once it is prepared). And the labels its class folders
     give must be classes the models evaluated on it can output, where the config tells how many
     they output (npuflow.sources.core: `num_classes`; else the evaluation job checks): a label past
     them would give a top-1 of 0, not an error."""
-    from npuflow.data.datasets import DatasetError, _images_under, folder_labels
+    from npuflow.data.datasets import DatasetError
+    from npuflow.data.prepare import folder_labels, images_under
 
     ev = config["evaluation"]
     name = ev["dataset"]
@@ -173,7 +149,7 @@ def _evaluation_dataset_problems(config: dict) -> list[str]:
     if not entry or "folder" not in entry or not Path(entry["folder"]).is_dir():
         return []
     root = Path(entry["folder"])
-    paths = _images_under(root, root / entry["masks"] if entry.get("masks") else None)
+    paths = images_under(root, root / entry["masks"] if entry.get("masks") else None)
     problems = []
     held = len(paths)
     if ev["images"] > held:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npuflow.data.datasets import image_batches
+from npuflow.data.batches import image_batches
 from npuflow.util.io import atomic_path, read_json, write_json
 from npuflow.util.onnxutil import ReusedOutputs, input_name, load, session
 from npuflow.util.progress import progress

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from npuflow.core.records import CalibrationReport, CurvePoint, Goal, LayerAnalysis, Manifest, MixedReport, MixedStep
-from npuflow.data.datasets import image_batches
+from npuflow.data.batches import image_batches
 from npuflow.graph.precision import embedded_precision, recipe_id
 from npuflow.util.io import atomic_path
 from npuflow.util.onnxutil import load

@@ -95,7 +95,7 @@ def _batch_norm_statistics(model, hw, images: int = 8):
     trained network's do."""
     import torch
 
-    from npuflow.data.datasets import image_batches
+    from npuflow.data.batches import image_batches
 
     prep = {"mean": [0.0] * 3, "std": [1.0] * 3, "resize": "letterbox", "pad": 114}
     photos = torch.from_numpy(image_batches("samples", "calibration", images, [1, 3, *hw], prep, seed=0).images)

@@ -41,7 +41,7 @@ class Dataset(Command):
         add_outputs(p, out_dir="folder to prepare the dataset in (index.json and the extracted files)")
 
     def run(self, args):
-        from npuflow.data.datasets import prepare_dataset
+        from npuflow.data.prepare import prepare_dataset
         from npuflow.pipeline.config import load_config
 
         entry = args.entry if args.entry else load_config(args.config)["datasets"].get(args.name)

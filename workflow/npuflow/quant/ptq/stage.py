@@ -36,7 +36,7 @@ def ptq(
 ) -> dict:
     import onnx
 
-    from npuflow.data.datasets import image_batches
+    from npuflow.data.batches import image_batches
     from npuflow.util.io import read_json
 
     start = time.perf_counter()
