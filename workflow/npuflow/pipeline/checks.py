@@ -34,6 +34,7 @@ def check_semantics(config: dict) -> None:
     # The profiles as written first: resolving `base:` chains and applying fits reads them.
     profiles = config.get("target_profiles", {})
     problems = [line for name, prof in profiles.items() for line in user_profile_problems(prof, f"target_profiles.{name}")]
+    problems += credential_problems(config)
     problems += [
         line
         for name, prof in profiles.items()
@@ -132,6 +133,30 @@ def check_semantics(config: dict) -> None:
             )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def credential_problems(config: dict) -> list[str]:
+    """Every config value but the tracking URI (which has its own rule, npuflow.tracking.server)
+    with credentials in it (`https://user:pass@host/…`, `?token=…`, a pre-signed URL's signature):
+    a model's or dataset's fields travel to its jobs as a rule parameter, which Snakemake writes to
+    its metadata and logs, and on to MLflow, where no secret may go."""
+    from npuflow.core.names import field_path
+    from npuflow.tracking.server import redacted
+
+    def walk(value, path):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(item, (*path, i))
+        elif isinstance(value, str) and path != ("mlflow", "tracking_uri") and redacted(value) != value:
+            yield (
+                f"{field_path(path)}: {redacted(value)} has credentials in it, which would be stored in Snakemake's metadata "
+                "and logs and in MLflow; download the file yourself and name the local copy (file:, folder:) instead"
+            )
+
+    return list(walk(config, ()))
 
 
 def _evaluation_dataset_problems(config: dict) -> list[str]:
