@@ -362,3 +362,22 @@ def test_snakemake_dry_run_on_accepted_fuzz_shapes(tmp_path, shape):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "work"]
     assert sorted(p.name for p in REPO.iterdir()) == repo_before
     assert not (work / "results").exists()  # a dry run writes no result
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+@pytest.mark.parametrize(
+    "block",
+    [("quantization",), ("calibration",), ("models", "efficientvit_m0", "quantization"), ("models", "efficientvit_m0", "calibration")],
+)
+def test_a_key_that_is_no_text_in_a_block_is_refused_in_one_line(scratch, block, key):
+    """A key YAML reads as a number, a boolean or null (`1: true`) where a method's name goes: one
+    line naming the field (a draw of the fuzz test found `1:` under a model's quantization ending in
+    a TypeError from the close-match search)."""
+    config = copy.deepcopy(BASES["tiny"])
+    node = config
+    for part in block:
+        node = node.setdefault(part, {})
+    node[key] = True
+    with no_commands():
+        message = check_outcome(config)
+    assert message is not None and ".".join(block) in message

@@ -56,7 +56,8 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-def unknown_name_message(kind: str, name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.5)
+def unknown_name_message(kind: str, name: object, known) -> str:
+    # a name from a config may be any YAML scalar (`1:`, `null:`): matched as the text it reads as
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else f"; known: {', '.join(sorted(known)[:20])}"
     return f"unknown {kind} {name!r}{hint}"
