@@ -155,3 +155,12 @@ def stack_boxes(boxes: list[np.ndarray]) -> np.ndarray:
     """Per-image [n, 5] boxes as one [N, 6] array (image index first), for an .npz."""
     rows = [np.column_stack([np.full(len(b), i), b]) for i, b in enumerate(boxes) if len(b)]
     return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 6))
+
+
+def held_out_batch(spec: dict, preprocessing: dict, datasets_dir: str | Path, cache_dir: str | Path | None) -> Batch:
+    """The evaluation images of a model spec: its `evaluation` dataset and count, seeded apart from
+    calibration (seed + 1), so that they are images calibration never sees."""
+    ev = spec["evaluation"]
+    return image_batches(
+        ev["dataset"], "evaluation", ev["images"], spec["input"]["shape"], preprocessing, spec["seed"] + 1, datasets_dir, cache_dir
+    )

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from npuflow.core.records import FLOAT_ACCURACY, EvalReport, Manifest, ReferenceReport
-from npuflow.data.batches import image_batches, stack_boxes
+from npuflow.data.batches import held_out_batch, stack_boxes
 from npuflow.evaluation.detect import postprocess
 from npuflow.evaluation.detmetrics import average_precision
 from npuflow.util.io import atomic_path
@@ -63,16 +63,7 @@ def reference(
     manifest = Manifest.read(manifest_json)
     ev = spec["evaluation"]
     hw = spec["input"]["shape"][2:]
-    batch = image_batches(
-        ev["dataset"],
-        "evaluation",
-        ev["images"],
-        spec["input"]["shape"],
-        manifest.preprocessing,
-        spec["seed"] + 1,
-        datasets_dir,
-        cache_dir,
-    )
+    batch = held_out_batch(spec, manifest.preprocessing, datasets_dir, cache_dir)
     sess, name, names, runs, seconds = _run(load(float_onnx), batch.images, threads)
     fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
     floats = _decode(runs, manifest.head, hw, _settings(spec))

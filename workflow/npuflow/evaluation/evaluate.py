@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from npuflow.core.records import EVAL_METRICS, FLOAT_ACCURACY, EvalReport, LayerAnalysis, Manifest, ReferenceReport
-from npuflow.data.batches import image_batches
+from npuflow.data.batches import held_out_batch
 from npuflow.data.datasets import IGNORE_LABEL, DatasetError
 from npuflow.evaluation.timing import host_latency_ms, timed_runs
 from npuflow.util.io import atomic_path
@@ -137,17 +137,7 @@ def reference(
     start = time.perf_counter()
     manifest = Manifest.read(manifest_json)
     ev = spec["evaluation"]
-    # Seeded apart from calibration, from images calibration never sees.
-    batch = image_batches(
-        ev["dataset"],
-        "evaluation",
-        ev["images"],
-        spec["input"]["shape"],
-        manifest.preprocessing,
-        spec["seed"] + 1,
-        datasets_dir,
-        cache_dir,
-    )
+    batch = held_out_batch(spec, manifest.preprocessing, datasets_dir, cache_dir)
     model = expose_logits(load(float_onnx))
     sess, name, outs, seconds = run_model(model, batch.images, threads)
     scores, classes = scores_and_classes(outs)
