@@ -78,20 +78,26 @@ def test_every_source_is_one_registry_entry(prefix, tmp_path):
 
 @pytest.mark.parametrize("prefix", SOURCE_NAMES)
 def test_every_source_builds_random_weights_offline_and_exports(prefix, offline, tmp_path):
-    """Random weights without the network, labelled so; the export has the outputs the source names."""
+    """Random weights without the network, labelled so (a source that carries its graph keeps its
+    file's weights, and says so); the export has the outputs the source names."""
     spec = example_spec(prefix, tmp_path)
     manifest = fetch(spec, tmp_path / "fetch", tmp_path)
-    assert manifest["weights"] == "random" and manifest["seed"] == 0 and manifest["family"]
+    assert manifest["family"]
+    if SOURCES.get(prefix).carries_graph:
+        assert manifest["weights"] == "pretrained" and "weights: random does not apply" in manifest["weights_detail"]["note"]
+    else:
+        assert manifest["weights"] == "random" and manifest["seed"] == 0
     report = export(spec, fetch_dir=tmp_path / "fetch", out_onnx=tmp_path / "m.onnx", out_json=tmp_path / "export.json", threads=2)
     names = [o.name for o in load(tmp_path / "m.onnx").graph.output]
     assert names == (list(report["outputs"]) if "outputs" in report else ["output"])
-    assert report["max_abs_diff_vs_torch"] >= 0
+    assert report["max_abs_diff_vs_source"] >= 0
     again = fetch(spec, tmp_path / "again", tmp_path)
     assert again["weights_sha256"] == manifest["weights_sha256"]  # seeded: the same weights
 
 
-@pytest.mark.parametrize("prefix", SOURCE_NAMES)
+@pytest.mark.parametrize("prefix", [p for p in SOURCE_NAMES if not SOURCES.get(p).carries_graph])
 def test_every_source_offline_pretrained_fails_fast_and_auto_falls_back(prefix, offline, tmp_path):
+    """(A source that carries its graph has no architecture to fall back to: tests/test_onnx_source.py.)"""
     spec = example_spec(prefix, tmp_path, "pretrained")
     source_for(spec).build(spec)  # imports paid before the clock starts
     start = time.perf_counter()

@@ -179,8 +179,9 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
         top5 = np.argsort(-scores, axis=1)[:, :5]
         metrics["top1_agreement"] = float(np.mean(ref_classes == classes))
         metrics["top5_agreement"] = float(np.mean([rc in t for rc, t in zip(ref_classes, top5)]))
-    else:
+    elif task == "segmentation":
         metrics["pixel_agreement"] = float(np.mean(ref_classes == classes))
+    # features: outputs without classes, so no agreement of classes; the fidelity figures are all
     return metrics
 
 

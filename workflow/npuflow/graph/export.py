@@ -123,12 +123,14 @@ def package_versions(*names: str) -> dict[str, str]:
 
 
 def export(spec: dict, *, fetch_dir: str | Path, out_onnx: str | Path, out_json: str | Path, threads: int = 1) -> dict:
+    start = time.perf_counter()
+    source = source_for(spec)
+    if source.carries_graph:
+        return _import(spec, fetch_dir, out_onnx, out_json, threads, start)
     import torch
 
     torch.set_num_threads(threads)
-    start = time.perf_counter()
     module = load_model(spec, fetch_dir)
-    source = source_for(spec)
     native = source.native_input_size(module)
     module, output_names = source.export_form(module, spec)
     shape = spec["input"]["shape"]
@@ -144,12 +146,44 @@ def export(spec: dict, *, fetch_dir: str | Path, out_onnx: str | Path, out_json:
         **({"outputs": dict(zip(output_names, out_shapes))} if len(out_shapes) > 1 else {}),
         **({"head": spec.get("head", "split")} if spec["task"] == "detection" else {}),
         "reparameterized": bool(spec.get("reparameterize", True)),
-        "max_abs_diff_vs_torch": max_abs,
+        "max_abs_diff_vs_source": max_abs,
         "ops": op_counts(out_onnx),
         "onnx_bytes": Path(out_onnx).stat().st_size,
         "torch_version": torch.__version__,
         **package_versions("timm", "transformers", "torchvision"),
         **{k.replace("-opencv-headless", ""): v for k, v in package_versions("ultralytics-opencv-headless").items()},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_json, report)
+    return report
+
+
+def _import(spec: dict, fetch_dir, out_onnx, out_json, threads: int, start: float) -> dict:
+    """The export stage of a source that carries its graph (`onnx:`): imported, not traced."""
+    from npuflow.graph.onnx_import import import_graph
+    from npuflow.sources.fetch import MANIFEST_FILE
+
+    found = import_graph(
+        spec,
+        manifest_json=Path(fetch_dir) / MANIFEST_FILE,
+        fetch_dir=fetch_dir,
+        out_onnx=out_onnx,
+        io_names=(INPUT_NAME, OUTPUT_NAME),
+        threads=threads,
+    )
+    shapes = found["output_shapes"]
+    report = {
+        "model": spec["name"],
+        "opset": spec["opset"],
+        "input_shape": spec["input"]["shape"],
+        "output_shape": shapes[0],
+        **({"outputs": dict(zip(found["output_names"], shapes))} if len(shapes) > 1 else {}),
+        "reparameterized": False,
+        "max_abs_diff_vs_source": found["max_abs_diff_vs_source"],
+        "imported": found["imported"],
+        "ops": op_counts(out_onnx),
+        "onnx_bytes": Path(out_onnx).stat().st_size,
+        **package_versions("onnx"),
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_json, report)

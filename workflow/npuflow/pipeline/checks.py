@@ -122,6 +122,11 @@ def check_semantics(config: dict) -> None:
             problems.append(
                 f"{where}.mixed_precision: not available for task: detection yet (its goal metrics are for classifier and segmenter outputs)"
             )
+        goal = entry.get("mixed_precision", {}).get("goal", {}).get("metric")
+        if goal == "top1_agreement" and entry["task"] != "classification":
+            problems.append(
+                f"{where}.mixed_precision.goal.metric: top1_agreement is for task: classification; use cosine for task: {entry['task']}"
+            )
         for t in entry.get("mixed_precision", {}).get("targets", []):
             if t not in model_targets:
                 problems.append(f"{where}.mixed_precision.targets: {t!r} is not one of this model's targets ({', '.join(model_targets)})")

@@ -8,7 +8,8 @@ weights when they can be had; `fetch` decides which by the weights policy.
 
 This module holds the registry, the ModelSource base and the checks of an entry against it. The
 sources are in modules of their own: `timm:` (timm), `hf:` (hf), `url:` and `file:` (files),
-`torchvision:`, `ultralytics:`; the package imports them all, so that they register."""
+`torchvision:`, `ultralytics:`, `onnx:` (onnx_files); the package imports them all, so that they
+register."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ class ModelSource:
     hub: ClassVar[str | None] = None
     # a small entry of this source that builds offline in seconds (the tests run every source's)
     example: ClassVar[dict] = {}
+    # True: the model arrives as an ONNX graph with its weights (`graph_file`), not as a torch
+    # module; the weights policy does not apply, and export imports the graph instead of tracing one
+    carries_graph: ClassVar[bool] = False
 
     @classmethod
     def example_entry(cls, folder: Path) -> dict:
@@ -94,6 +98,10 @@ class ModelSource:
     def load_pretrained(self, spec: dict, cache_dir: Path):
         """The architecture with pretrained weights; raise WeightsUnavailable if they can't be had.
         Returns (module, details) where details is a dict recorded in the manifest."""
+        raise NotImplementedError
+
+    def graph_file(self, spec: dict, cache_dir: Path) -> tuple[Path, str]:
+        """(the model's ONNX file, its sha256), for a source that `carries_graph`."""
         raise NotImplementedError
 
     def preprocessing(self, spec: dict, module) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from npuflow.sources.core import FetchError, WeightsUnavailable, source_for
+from npuflow.sources.core import FetchError, WeightsUnavailable, reference, source_for
 from npuflow.util.io import atomic_path, sha256_file, write_json
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -27,6 +27,8 @@ def fetch(spec: dict, out_dir: str | Path, cache_dir: str | Path = "results") ->
     out_dir = Path(out_dir)
     policy = spec["weights"]
     source = source_for(spec)
+    if source.carries_graph:
+        return _fetch_graph(spec, source, out_dir, Path(cache_dir), start)
     hub_online = source.probe_hub() if policy != "random" else None
     details, reason = {}, None
     module = None
@@ -65,6 +67,61 @@ def fetch(spec: dict, out_dir: str | Path, cache_dir: str | Path = "results") ->
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _fetch_graph(spec: dict, source, out_dir: Path, cache_dir: Path, start: float) -> dict:
+    """An ONNX file's weights (Constant-node weights lifted to initializers) as safetensors; the
+    export stage imports the graph from the file the manifest names."""
+    from safetensors.numpy import save_file
+
+    from npuflow.sources.onnx_files import URL_PREFIXES, load_onnx_file
+    from npuflow.util.onnxutil import lift_constants
+
+    path, digest = source.graph_file(spec, cache_dir)
+    model = load_onnx_file(path, f"models.{spec['name']}", downloaded=reference(spec).startswith(URL_PREFIXES))
+    lifted = lift_constants(model)
+    arrays = onnx_weights(model)
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_file(arrays, str(tmp))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    manifest = {
+        "model": spec["name"],
+        "source": spec["source"],
+        "arch": None,
+        "task": spec["task"],
+        "family": Path(path).stem,
+        "weights": "pretrained",
+        "weights_detail": {
+            "from": spec["source"],
+            "file": str(Path(path).resolve()),
+            "file_sha256": digest,
+            "opset": opset,
+            "producer": " ".join(filter(None, (model.producer_name, model.producer_version))) or None,
+            "constants_lifted": lifted,
+            # the file is the model: there is no architecture to initialise at random
+            **(
+                {"note": "weights: random does not apply to an onnx: source; the file's own weights are used"}
+                if spec["weights"] == "random"
+                else {}
+            ),
+        },
+        "seed": None,
+        "hub_reachable": None,
+        "params": int(sum(a.size for a in arrays.values() if a.dtype.kind == "f")),
+        "weights_sha256": sha256_file(out_dir / WEIGHTS_FILE),
+        "preprocessing": _preprocessing(spec, source, None),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def onnx_weights(model) -> dict:
+    """The numeric initializers of an ONNX model by name (strings have no safetensors form)."""
+    from onnx import numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t).copy(order="C") for t in model.graph.initializer}  # ascontiguousarray makes 0-d 1-d
+    return {name: a for name, a in arrays.items() if a.dtype.kind in "fiub"}
 
 
 def _preprocessing(spec, source, module) -> dict:

@@ -21,6 +21,7 @@ SHA256_FIELD = {
     "type": "string",
     "pattern": "^[0-9a-fA-F]{64}$",
 }
+ALLOW_HTTP_FIELD = {"description": "Permit a plain-http URL source (otherwise only https is fetched).", "type": "boolean"}
 STATE_DICT_KEY_FIELD = {
     "description": "Key of the state dict inside the checkpoint (e.g. `model` for the EfficientViT release).",
     "type": "string",
@@ -65,7 +66,7 @@ class URLSource(_CheckpointSource):
         "arch": ARCH_FIELD,
         "sha256": SHA256_FIELD,
         "state_dict_key": STATE_DICT_KEY_FIELD,
-        "allow_http": {"description": "Permit a plain-http url: source (otherwise only https is fetched).", "type": "boolean"},
+        "allow_http": ALLOW_HTTP_FIELD,
     }
 
     def check(self, entry, where):

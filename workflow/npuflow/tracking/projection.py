@@ -176,7 +176,7 @@ def run_metrics(reports: RunReports, files: dict) -> dict[str, float]:
         "onnx_bytes": export.onnx_bytes,
         "int8_bytes": quant.int8_bytes,
         "quantize_nodes": quant.quantize_nodes,
-        "export_max_abs_diff": export.max_abs_diff_vs_torch,
+        "export_max_abs_diff": export.max_abs_diff_vs_source,
         "nodes_exported": simplify.nodes_before,
         "nodes_simplified": simplify.nodes_after,
         **{k: v for k, v in reports.evaluate.metrics.items() if k in EVAL_METRICS and isinstance(v, (int, float))},

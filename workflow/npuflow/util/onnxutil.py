@@ -139,3 +139,39 @@ def magnitude(outputs: list[np.ndarray]) -> float:
     """Largest abs value of the outputs: tolerances are relative to it (random-weight models can
     have outputs near 1e-8, where an absolute tolerance would check nothing)."""
     return max(max(float(np.max(np.abs(o))) for o in outputs), 1e-30)
+
+
+def lift_constants(model) -> int:
+    """Turn the main graph's numeric Constant nodes into initializers, in place (exporters such as
+    paddle2onnx store every weight as a Constant node; calibration, PTQ and the simulator look for
+    weights among the initializers). Returns how many were lifted."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    kept, lifted = [], []
+    for node in graph.node:
+        value = _constant_value(node) if node.op_type == "Constant" else None
+        if value is None:
+            kept.append(node)
+        else:
+            lifted.append(numpy_helper.from_array(value, node.output[0]))
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(lifted)
+    return len(lifted)
+
+
+def _constant_value(node) -> np.ndarray | None:
+    """A Constant node's value as an array, or None for the forms that are not plain numbers
+    (strings, sparse tensors)."""
+    from onnx import helper, numpy_helper
+
+    (attr,) = node.attribute
+    if attr.name == "value":
+        array = numpy_helper.to_array(attr.t)
+        return None if array.dtype.kind in "OSU" else array
+    plain = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    if attr.name in plain:
+        return np.asarray(helper.get_attribute_value(attr), dtype=plain[attr.name])
+    return None

@@ -41,10 +41,14 @@ class ExportReport(Record):
     outputs: dict[str, list[int]] | None = None  # several outputs (a YOLO's per-scale head): name -> shape
     head: str | None = None  # detection: "split" (the NPU graph ends at the head's outputs) or "full"
     reparameterized: bool
-    max_abs_diff_vs_torch: float
+    # against the model it came from: the torch module, or for an `onnx:` source the file itself
+    max_abs_diff_vs_source: float
+    # an `onnx:` source: the file, its own opset, the dynamic dimensions fixed, the names changed
+    imported: dict | None = None
     ops: dict[str, int]
     onnx_bytes: int
-    torch_version: str
+    torch_version: str | None = None
+    onnx_version: str | None = None
     timm_version: str | None = None
     transformers_version: str | None = None
     torchvision_version: str | None = None
@@ -59,6 +63,7 @@ class ExportReport(Record):
             "transformers": self.transformers_version,
             "torchvision": self.torchvision_version,
             "ultralytics": self.ultralytics_version,
+            "onnx": self.onnx_version,
         }
         return {k: v for k, v in found.items() if v}
 
