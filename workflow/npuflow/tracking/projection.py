@@ -218,9 +218,7 @@ def dataset_input(context: str, dataset: str, images: int, sources: list[str]):
     index = Path(STAGES.dataset.output("index", dataset=dataset))
     identity = {"dataset": dataset, "images": sources}
     if dataset in DATASETS:
-        source = CodeDatasetSource(
-            {"npuflow.dataset": dataset, "photos": "scikit-image sample photos (skimage.data): " + ", ".join(sources)}
-        )
+        source = CodeDatasetSource({"npuflow.dataset": dataset, "photos": f"{DATASETS.get(dataset).description}: " + ", ".join(sources)})
     else:
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local
             warnings.simplefilter("ignore")
