@@ -116,6 +116,30 @@ def test_efficientnet_lite0_real_weights_recognise_the_labelled_photos(lite0):
 
 
 @pytest.mark.slow
+def test_ppocr_detector_imports_at_640():
+    """PP-OCRv4's text detector (dynamic N, H, W; weights in Constant nodes) at 640×640: a
+    probability map of the input's size, equal to the file run by onnxruntime."""
+    require_wheels()
+    import tempfile
+
+    from npuflow.graph.export import export
+    from npuflow.sources.fetch import fetch
+
+    entry = {
+        "source": "onnx:pkg:rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "task": "features",
+        "input": {"shape": [1, 3, 640, 640]},
+    }
+    spec = model_spec(make_config(det=entry), "det")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        fetch(spec, tmp / "fetch", tmp)
+        report = export(spec, fetch_dir=tmp / "fetch", out_onnx=tmp / "m.onnx", out_json=tmp / "e.json")
+    assert report["output_shape"] == [1, 1, 640, 640] and report["imported"]["dynamic_dims_fixed"] == {"N": 1, "H": 640, "W": 640}
+    assert report["max_abs_diff_vs_source"] < 1e-4
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["dinov2_s_saliency", "ppocr_v4_rec"])
 def test_real_onnx_files_import_at_their_configured_shape(model, tmp_path):
     """The DINOv2 ViT-S file (dynamic batch, opset 14) and PP-OCRv4's recogniser (dynamic batch,
