@@ -289,3 +289,19 @@ def test_flagged_tensors_show_on_the_headline_row_and_in_the_summary():
     assert flag_cell(row) is None
     row.analysis = None  # no analysis (or one written before the flags)
     assert flag_cell(row) is None and {c.key: c.get(row) for c in COLUMNS if c.key == "flagged_tensors"} == {"flagged_tensors": None}
+
+
+def test_a_derived_profile_is_headed_as_one_with_what_it_changes():
+    """`rdk-x5-fast: {base: rdk-x5, …}` is not the RDK X5: its section heading says it derives
+    from it and what differs; a built-in chip keeps its name."""
+    from types import SimpleNamespace
+
+    from npuflow.report.html import chip_heading
+
+    changes = {"units.tensor.peak_ops_per_s.int8": {"base": 10e12, "own": 15e12}}
+    derived = SimpleNamespace(chip="D-Robotics RDK X5 (Sunrise X5)", derived_from_base={"base": "rdk-x5", "changes": changes})
+    assert (
+        chip_heading(derived)
+        == "a profile derived from rdk-x5: units.tensor.peak_ops_per_s.int8 1e+13 → 1.5e+13 (D-Robotics RDK X5 (Sunrise X5))"
+    )
+    assert chip_heading(SimpleNamespace(chip="AXERA AX650N", derived_from_base=None)) == "AXERA AX650N"

@@ -13,7 +13,7 @@ from npuflow.calibration.fit import MAX_PARAMETERS, RATE_PATHS, fit_group, predi
 from npuflow.calibration.published import Row, SimFitError, model_onnx, parse_precision, read_published
 from npuflow.calibration.validate import summarise, validate
 from npuflow.sim import analyse
-from npuflow.targets import get_path, load_targets, set_path
+from npuflow.targets import changes_text, get_path, load_targets, set_path
 from test_simulator import conv_model
 
 PUBLISHED = "target,model,timm_name,input_hw,batch,metric,value,precision,source\n"
@@ -167,6 +167,22 @@ def test_fitted_parameters_are_applied_and_carried_to_a_derived_profile():
     assert profile_basis(derived) == "not fitted itself: the fitted fit's parameters on its own figures"
     same = load_targets({"rdk-x5-same": {"base": "rdk-x5"}})  # nothing changed: the same predictions
     assert {p: get_path(same.get("rdk-x5-same"), p) for p in RATE_PATHS} == {p: get_path(same.get("rdk-x5"), p) for p in RATE_PATHS}
+
+
+def test_a_derived_profile_is_comparable_with_its_base():
+    """Unchanged, it predicts exactly the base's figures; with 1.5× compute and faster DDR it is
+    never slower; it says what it changes (a fitted built-in such as ax650n-npu1 stands on its own)."""
+    faster = {"base": "rdk-x5", "units": {"tensor": {"peak_ops_per_s": {"int8": 15e12}}}, "memory": {"ddr_bytes_per_s": 19.2e9}}
+    targets = load_targets({"same": {"base": "rdk-x5"}, "faster": faster})
+    for cin, hw in [(16, 112), (64, 56), (256, 14)]:
+        model = conv_model(cin=cin, cout=cin, hw=hw)
+        base, same, fast = (predict(analyse(model, targets.get(t)), targets.get(t), 8, "fps") for t in ("rdk-x5", "same", "faster"))
+        assert same == base and fast >= base
+    assert targets.get("same")["differs_from_base"] == {"base": "rdk-x5", "changes": {}}
+    assert changes_text(targets.get("faster")["differs_from_base"]) == (
+        "derived from rdk-x5: memory.ddr_bytes_per_s 1.28e+10 → 1.92e+10, units.tensor.peak_ops_per_s.int8 1e+13 → 1.5e+13"
+    )
+    assert "differs_from_base" not in targets.get("ax650n-npu1") and "differs_from_base" not in targets.get("rdk-x5")
 
 
 def test_prior_keeps_a_parameter_the_data_cannot_see():

@@ -14,6 +14,7 @@ from npuflow.report.collect import Row, worst_layers
 from npuflow.report.columns import COLUMNS, fmt, interval_text, sig
 from npuflow.report.pareto import QUALITY_LABELS, quality_groups
 from npuflow.report.plots import UNITS, latency_by_op_type, top_op_types
+from npuflow.targets import changes_text
 from npuflow.util.io import atomic_path, read_json
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -109,7 +110,7 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
     slower_int8 = [r.model for r in ok if (r.figure("host_int8_ms") or 0) > (r.figure("host_fp32_ms") or float("inf"))]
     return {
         "target": target,
-        "chip": first.build.chip if first else "",
+        "chip": chip_heading(first.build) if first else "",
         "batch": first.build.batch if first else "",
         "table": table,
         "quality": quality_text(groups),
@@ -119,6 +120,13 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         "detection": any(r.evaluate.task == "detection" for r in ok),
         "published": any(r.published for r in ok),
     }
+
+
+def chip_heading(build) -> str:
+    """What a target section's heading says of the chip: its name; for a profile derived from
+    another target (`base:`), that it is one and what it changes — it is not the base chip."""
+    derived = changes_text(build.derived_from_base)
+    return f"a profile {derived} ({build.chip})" if derived else build.chip
 
 
 def flag_cell(r: Row) -> dict | None:

@@ -120,6 +120,7 @@ def build_report(analysis: Analysis, profile: dict, model_name: str = "", weight
         "simulated": True,
         "profile_fitted": bool(profile.get("fit")),
         "profile_basis": profile_basis(profile),
+        **({"derived_from_base": profile["differs_from_base"]} if profile.get("differs_from_base") else {}),
         "weights": weights,
         "precision_recipe": recipe_id(analysis.recipe),
         "bits": bits_name(analysis.recipe),

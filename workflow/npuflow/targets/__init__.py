@@ -154,4 +154,50 @@ def load_targets(user_profiles: dict | None = None, apply_fit: bool = True) -> R
         prof["name"] = name
         prof["derived_from"] = _ancestors(name, raw)
         targets.add(name, prof)
+    for name in targets.names():
+        prof = targets.get(name)
+        if prof["derived_from"] and not prof.get("fit"):  # a fitted profile stands on its own measurements
+            base = prof["derived_from"][0]
+            prof["differs_from_base"] = {"base": base, "changes": profile_changes(targets.get(base), prof)}
     return targets
+
+
+# What a profile carries about itself rather than the chip it models (its `chip` name the heading
+# shows beside the changes): not a difference from its base.
+_BOOKKEEPING = ("name", "chip", "derived_from", "differs_from_base", "transferred", "transfer_from", "fit", "sources", "notes", "base")
+
+
+def profile_changes(base: dict, own: dict) -> dict[str, dict]:
+    """Every leaf value (dotted path) a derived profile has otherwise than its base, as used:
+    {path: {"base": value or None, "own": value or None}}."""
+
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not prefix and k in _BOOKKEEPING:
+                    continue
+                yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix[:-1], node
+
+    theirs, ours = dict(leaves(base)), dict(leaves(own))
+    return {p: {"base": theirs.get(p), "own": ours.get(p)} for p in sorted(set(theirs) | set(ours)) if theirs.get(p) != ours.get(p)}
+
+
+def changes_text(differs: dict | None, limit: int = 4) -> str:
+    """`derived from rdk-x5: units.tensor.peak_ops_per_s.int8 1e+13 → 1.5e+13, …` (or '' for a
+    profile that derives from none), as the report and MLflow show it."""
+    if not differs:
+        return ""
+    changes = differs["changes"]
+    if not changes:
+        return f"derived from {differs['base']}: nothing changed"
+    shown = [f"{path} {_short(c['base'])} → {_short(c['own'])}" for path, c in list(changes.items())[:limit]]
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return f"derived from {differs['base']}: " + ", ".join(shown) + more
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "unset" if value is None else str(value)

@@ -27,6 +27,7 @@ from npuflow.core.records import (
     SimplifyReport,
 )
 from npuflow.evaluation.layers import fidelity_check_text
+from npuflow.targets import changes_text
 
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow")
@@ -114,6 +115,7 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "sim_batch": build.batch,
         "sim_profile_fitted": build.profile_fitted,
         "sim_profile_basis": build.profile_basis,
+        "sim_profile_derived": changes_text(build.derived_from_base) or "none",
         "sim_bits": build.bits or "",
         # what the latency_ms_low/high metrics rest on (absent before a cross-validated fit)
         "sim_interval": (

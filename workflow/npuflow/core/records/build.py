@@ -43,6 +43,8 @@ class BuildReport(Record):
     simulated: bool
     profile_fitted: bool
     profile_basis: str  # what the profile's rates rest on: fitted to N measurements, or datasheet only
+    # a profile with `base:` another target: {"base": name, "changes": {path: {"base": v, "own": v}}}
+    derived_from_base: dict | None = None
     cores: int  # NPU cores the FPS figure uses (latency is one core's)
     weights: str
     precision_recipe: str
