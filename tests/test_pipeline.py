@@ -108,6 +108,8 @@ def test_summary_and_report_cover_every_pair(pipeline):
     assert page.count("data:image/png;base64,") == 3  # two Pareto plots, one latency breakdown
     assert "<script" not in page and 'src="http' not in page  # self-contained: nothing is loaded from elsewhere
     assert "Simulated latency by op type" in page and "Worst layers, quantised vs float (rdk-x5)" in page
+    # the per-layer caption counts the analysis' images (evaluation.analysis_images: 2), not the evaluation's (4)
+    assert "against the float model's on 2 held-out images" in page and "on 4 held-out images" not in page
     assert page.count("How to read this.") >= 5
     # Each row links its build summary, its trace (relative to the page) and its MLflow run.
     for target, run in track.runs.items():

@@ -593,6 +593,25 @@ def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segment
     assert m == {"top1": 0.75, "top5": 1.0, "labelled_images": 4}
 
 
+def test_transparent_pngs_are_composited_over_white(tmp_path):
+    """A cut-out PNG (RGBA: the subject opaque, the rest transparent black) is seen as a viewer
+    shows it: the transparent part white, not the black its RGB channels hold."""
+    from PIL import Image
+
+    from npuflow.data.datasets import IndexedImages
+    from npuflow.data.prepare import prepare_dataset
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = (200, 40, 40, 255)  # an opaque red square; the rest (0, 0, 0, 0)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "imgs" / "cutout.png")
+    Image.fromarray(rgba, "RGBA").convert("P").save(tmp_path / "imgs" / "palette.png", transparency=0)
+    prepare_dataset("cut", {"folder": str(tmp_path / "imgs")}, tmp_path / "ds" / "cut")
+    for sample in IndexedImages(tmp_path / "ds" / "cut" / "index.json").samples("evaluation"):
+        assert sample.image[0, 0].tolist() == [255, 255, 255], sample.name
+        assert sample.image[3, 3].tolist() == [200, 40, 40], sample.name
+
+
 def test_masks_give_miou(tmp_path):
     from npuflow.data.batches import image_batches
     from npuflow.data.prepare import prepare_dataset

@@ -60,6 +60,18 @@ class ImageSet:
         raise NotImplementedError
 
 
+def opened_rgb(im) -> np.ndarray:
+    """A PIL image as uint8 RGB; a transparent one (RGBA, LA, a palette with transparency) composited
+    over white, as a viewer shows it — `convert("RGB")` alone keeps whatever colour the transparent
+    pixels happen to hold (often black), which the model would then see."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(im.convert("RGB"))
+
+
 def _rgb(img: np.ndarray) -> np.ndarray:
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
@@ -126,7 +138,7 @@ class LabelledPhotos(ImageSet):
                 raise DatasetError(f"dataset labelled-photos: needs the Python package {package!r}, which is not installed")
             path = Path(spec.submodule_search_locations[0]) / inner
             with Image.open(path) as im:
-                out.append(Sample(path.stem, _rgb(np.asarray(im.convert("RGB"))), label))
+                out.append(Sample(path.stem, _rgb(opened_rgb(im)), label))
         return out
 
 
@@ -147,7 +159,7 @@ class IndexedImages(ImageSet):
             path = root / item["path"]
             try:
                 with Image.open(path) as im:
-                    image = np.asarray(im.convert("RGB"))
+                    image = opened_rgb(im)
                 mask = None
                 if item.get("mask"):
                     with Image.open(root / item["mask"]) as im:

@@ -199,6 +199,8 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
             {
                 "targets": targets,
                 "path": r.files["layers"],
+                # the analysis' own count (evaluation.analysis_images), not the evaluation's
+                "images": r.analysis.images if r.analysis else None,
                 "table": _table([h for _, h, _ in LAYER_COLUMNS], [[fmt(w.get(k), kind) for k, _, kind in LAYER_COLUMNS] for w in worst]),
             }
         )
@@ -212,7 +214,6 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
         if r.analysis and r.analysis.fidelity_check and not r.analysis.fidelity_check["agrees"]
     ]
     out["collapse_warnings"] = collapse_warnings(ok)
-    out["images"] = first.evaluate.images
     out["mixed"] = [_mixed(r) for r in ok if r.mixed]
     return out
 
