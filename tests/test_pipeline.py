@@ -45,6 +45,8 @@ def test_mlflow_holds_one_finished_run_per_model_and_target(pipeline):
             "4",
         )
         assert params["precision_recipe"] == {"ax650n-npu3": "int8", "rdk-x5": "int8_Softmax-int16"}[tags["target"]]
+        # 4 of the samples' 9 calibration photos: none augmented, no percentile (minmax)
+        assert (params["calibration_augmented_images"], params["calibration_percentile"]) == ("0", "none")
         assert "precision/layers.csv" in {a.path for a in client.list_artifacts(r.info.run_id, "precision")}
         assert all(params[f"{t}_version"] for t in ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "mlflow", "npuflow"))
         artifacts = {a.path for d in ("reports", "onnx", "plots") for a in client.list_artifacts(r.info.run_id, d)}
@@ -108,6 +110,7 @@ def test_summary_and_report_cover_every_pair(pipeline):
     assert page.count("data:image/png;base64,") == 3  # two Pareto plots, one latency breakdown
     assert "<script" not in page and 'src="http' not in page  # self-contained: nothing is loaded from elsewhere
     assert "Simulated latency by op type" in page and "Worst layers, quantised vs float (rdk-x5)" in page
+    assert "Calibration: minmax, 4 images of dataset samples." in page
     # the per-layer caption counts the analysis' images (evaluation.analysis_images: 2), not the evaluation's (4)
     assert "against the float model's on 2 held-out images" in page and "on 4 held-out images" not in page
     assert page.count("How to read this.") >= 5

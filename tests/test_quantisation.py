@@ -570,7 +570,7 @@ def _write_png(path, rng, size=(40, 56), mode="RGB"):
     Image.fromarray(rng.integers(0, 255 if mode == "RGB" else 5, shape, dtype=np.uint8), mode).save(path)
 
 
-def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segmenter):
+def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segmenter, capsys):
     from npuflow.data.batches import image_batches
     from npuflow.data.prepare import prepare_dataset
     from npuflow.evaluation.evaluate import task_metrics
@@ -586,6 +586,28 @@ def test_image_folder_with_class_folders_gives_labels_and_top1(tmp_path, segment
     assert batch.images.shape == (4, 3, 32, 32) and list(batch.labels) == [3, 3, 7, 7]
     again = image_batches("mine", "evaluation", 4, [1, 3, 32, 32], prep, 0, tmp_path / "ds", tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1 and np.array_equal(again.images, batch.images)
+    # Calibrating on its 4 images with 6 asked tops up with 2 augmented copies, and says so.
+    import copy
+
+    from npuflow.quant.calibrate import calibrate
+
+    spec, paths = segmenter
+    spec = copy.deepcopy(spec)
+    spec["calibration"].update(dataset="mine", images=6)
+    report = calibrate(
+        paths["surgery_onnx"],
+        manifest_json=paths["manifest"],
+        spec=spec,
+        out_ranges=tmp_path / "r.json",
+        out_json=tmp_path / "c.json",
+        datasets_dir=tmp_path / "ds",
+    )
+    assert report["augmented_images"] == 2 and sum("#aug" in n for n in report["image_sources"]) == 2
+    from npuflow.core.records import CalibrationReport
+    from npuflow.core.records.quant import calibration_text
+
+    assert calibration_text(CalibrationReport.from_json(report)) == "minmax, 6 images of dataset mine, 2 of them augmented copies"
+    assert "dataset mine holds 4 for calibration; 2 are seeded augmented copies" in capsys.readouterr().out
     scores = np.zeros((4, 10))
     scores[[0, 1, 2, 3], [3, 3, 2, 7]] = 1.0
     scores[2, 7] = 0.5  # third image: true class second

@@ -11,6 +11,7 @@ alone needs no histogram."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -236,6 +237,13 @@ def calibrate(
         cache_dir,
     )
     images, selection = batch.images[: calib["images"]], batch.images[calib["images"] :]
+    augmented = sum(bool(re.search(r"#aug\d+$", name)) for name in batch.names[: calib["images"]])  # image_batches' copies
+    if augmented:  # the split holds fewer images than asked: say so, not only in the report
+        print(
+            f"calibration: {calib['images']} images asked, dataset {calib['dataset']} holds {calib['images'] - augmented}"
+            f" for calibration; {augmented} are seeded augmented copies of them",
+            flush=True,
+        )
     prepared = time.perf_counter()
     stats = collect(model_onnx, images, CALIBRATION_METHODS.get(method).needs_histogram)
     collected = time.perf_counter()
@@ -255,6 +263,7 @@ def calibrate(
         "dataset": calib["dataset"],
         "images": calib["images"],
         "image_sources": batch.names[: calib["images"]],
+        "augmented_images": augmented,
         "selection_images": len(selection),
         "candidates": candidates,
         "weights": manifest["weights"],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from npuflow.core.records import (
     BuildReport,
+    CalibrationReport,
     EvalReport,
     ExportReport,
     LayerAnalysis,
@@ -75,6 +76,7 @@ class Row:
     experiment_id: str = ""
     tracking_uri: str = ""
     manifest: Manifest | None = None
+    calibration: CalibrationReport | None = None
     export: ExportReport | None = None
     quant: QuantReport | None = None
     build: BuildReport | None = None
@@ -186,6 +188,7 @@ def good_row(pair: Pair, track: TrackReport, published: list, profiles) -> Row:
         experiment_id=track.experiment_id,
         tracking_uri=track.tracking_uri,
         manifest=manifest,
+        calibration=CalibrationReport.read(files["calibration"]) if files.get("calibration") else None,
         export=ExportReport.read(files["export"]),
         quant=QuantReport.read(files["quantize"]),
         build=build,

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from npuflow.core.records import EVAL_METRICS
+from npuflow.core.records.quant import calibration_text
 from npuflow.evaluation.layers import COSINE_FLOOR
 from npuflow.report.collect import Row, worst_layers
 from npuflow.report.columns import COLUMNS, fmt, interval_text, sig
@@ -162,6 +163,7 @@ def model_section(model: str, rows: list[Row], latency_png: bytes | None) -> dic
         return out
     first = ok[0]
     out.update(task=first.evaluate.task, source=first.manifest.source, weights=first.manifest.weights, latency_png=_png(latency_png))
+    out["calibration"] = calibration_text(first.calibration) if first.calibration else None
     builds = {r.target: (r.build, read_json(r.files["trace"])) for r in ok}
     out["units"] = _table(
         ["target", *UNITS, "total"],

@@ -103,6 +103,8 @@ def run_params(spec: dict, target: str, reports: RunReports) -> dict[str, str]:
         "calibration_images": calib.images,
         "calibration_dataset": calib.dataset,
         "calibration_chosen": json.dumps({**calib.chosen, **calib.quantization}, sort_keys=True),
+        "calibration_percentile": calib.percentile if calib.percentile is not None else "none",
+        "calibration_augmented_images": calib.augmented_images if calib.augmented_images is not None else "unrecorded",
         "precision_recipe": build.precision_recipe,
         "precision_recipe_spec": json.dumps(quant.recipe, sort_keys=True),
         "quant_format": quant.format,

@@ -18,6 +18,8 @@ class CalibrationReport(Record):
     dataset: str
     images: int
     image_sources: list[str]
+    # of `images`, seeded augmented copies (the dataset's calibration split holds fewer images)
+    augmented_images: int | None = None
     selection_images: int
     candidates: list[dict]
     weights: str
@@ -132,3 +134,16 @@ class MixedReport(Record):
     @property
     def chosen_point(self) -> CurvePoint:
         return self.curve[self.chosen.step]
+
+
+def calibration_text(calib: CalibrationReport) -> str:
+    """The calibration settings in one line, as the report and MLflow show them: method (and what
+    auto chose), percentile, images, dataset, augmented copies."""
+    method, chosen = calib.method, calib.chosen
+    if chosen.get("method") and chosen["method"] != method:
+        at = f" {chosen['percentile']:g}" if chosen.get("percentile") is not None else ""
+        method = f"{method} (chose {chosen['method']}{at})"
+    elif calib.percentile is not None:
+        method += f" at percentile {calib.percentile:g}"
+    copies = f", {calib.augmented_images} of them augmented copies" if calib.augmented_images else ""
+    return f"{method}, {calib.images} images of dataset {calib.dataset}{copies}"
