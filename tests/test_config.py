@@ -365,6 +365,33 @@ def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, ca
     ]
 
 
+def test_a_build_by_hand_of_a_pipeline_model_names_it_and_its_weights(tmp_path):
+    """`npuflow build results/<model>/quant/int8.onnx --target …` (as docs/targets.md shows) records
+    the model's name and weights kind from the layout; an ONNX file elsewhere its stem and
+    `unknown`, never an empty name."""
+    import json
+
+    import onnx
+
+    from npuflow.cli import main
+    from test_simulator import conv_model
+
+    quant = tmp_path / "results" / "mine" / "quant" / "int8.onnx"
+    quant.parent.mkdir(parents=True)
+    onnx.save(conv_model(hw=8), str(quant))
+    (tmp_path / "results" / "mine" / "fetch").mkdir()
+    manifest = {"model": "mine", "source": "timm:x", "arch": None, "task": "classification", "family": "x", "weights": "random"}
+    manifest.update(weights_detail="test", seed=0, hub_reachable=None, params=1, weights_sha256="0", preprocessing={}, seconds=0.0)
+    (tmp_path / "results" / "mine" / "fetch" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["build", str(quant), "--target", "rdk-x5", "--out-dir", str(tmp_path / "a")]) == 0
+    built = json.loads((tmp_path / "a" / "build.json").read_text())
+    assert (built["model"], built["weights"]) == ("mine", "random")
+    onnx.save(conv_model(hw=8), str(tmp_path / "lone.onnx"))
+    assert main(["build", str(tmp_path / "lone.onnx"), "--target", "rdk-x5", "--out-dir", str(tmp_path / "b")]) == 0
+    built = json.loads((tmp_path / "b" / "build.json").read_text())
+    assert (built["model"], built["weights"]) == ("lone", "unknown (no --manifest given)")
+
+
 TABBED_JSON = '{\n\t"weights": "random",\n\t"targets": ["ax650n-npu3"],\n\t"models": {\n\t\t"m": {\n\t\t\t"source": "timm:efficientvit_m0",\n\t\t\t"task": "classification",\n\t\t\t"input": {"shape": [1, 3, 224, 224]}%s\n\t\t}\n\t}\n}\n'
 
 

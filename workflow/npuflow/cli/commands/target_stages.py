@@ -77,8 +77,12 @@ class Build(Command):
         p.add_argument("input", type=onnx_file, help="the quantised ONNX model")
         add_profile_arguments(p)
         add_outputs(p, out_dir="folder for build.json, trace.json and summary.txt")
-        p.add_argument("--model-name", default="", help="the model's name, for the record")
-        p.add_argument("--manifest", type=input_file, help="the fetch manifest, to record the weights kind")
+        p.add_argument(
+            "--model-name", default="", help="the model's name, for the record (default: from the path, results/<model>/quant/…)"
+        )
+        p.add_argument(
+            "--manifest", type=input_file, help="the fetch manifest, to record the weights kind (default: the model's, beside the path)"
+        )
         p.add_argument(
             "--layers", type=input_file, help="precision analysis rows (eval/<recipe>.layers.json) to join with this target's build"
         )
@@ -88,13 +92,32 @@ class Build(Command):
         from npuflow.core.records import LayerAnalysis, Manifest
         from npuflow.sim.build import build
 
+        model, manifest = pipeline_model_of(args.input)
+        manifest = args.manifest or manifest
         report = build(
             args.input,
             target_profile(args),
             args.out_dir,
-            model_name=args.model_name,
-            weights=Manifest.read(args.manifest).weights if args.manifest else "",
+            model_name=args.model_name or model,
+            weights=Manifest.read(manifest).weights if manifest else "unknown (no --manifest given)",
             layer_rows=LayerAnalysis.read(args.layers).rows if args.layers else None,
             layers_csv=args.layers_csv,
         )
         return {k: report[k] for k in ("model", "target", "latency_ms", "fps", "subgraphs", "unit_time_ms")}
+
+
+def pipeline_model_of(onnx_path: str) -> tuple[str, str | None]:
+    """(model name, its fetch manifest or None) of a quantised model the pipeline wrote
+    (`results/<model>/quant/<recipe>.onnx`, the stage table's layout), for a build run by hand;
+    else (the file's stem, None)."""
+    from pathlib import Path, PurePosixPath
+
+    from npuflow.core.layout import STAGES
+
+    path = Path(onnx_path).resolve()
+    quant_dir = PurePosixPath(STAGES.quantize.outputs["onnx"]).parent.name  # "quant"
+    if path.parent.name != quant_dir:
+        return path.stem, None
+    model = path.parent.parent.name
+    manifest = path.parent.parent.parent.parent / STAGES.fetch.output("manifest", model=model)
+    return model, str(manifest) if manifest.is_file() else None
