@@ -299,10 +299,12 @@ def test_host_latency_takes_the_held_out_runs_as_samples(monkeypatch, runs, repe
         def run(self, outputs, feeds):
             Session.calls += 1
 
-    ms, n = timing.host_latency_ms(Session(), {"x": None}, repeats, runs)
+    ms, n, spread = timing.host_latency_ms(Session(), {"x": None}, repeats, runs)
     assert (Session.calls, n) == (extra_runs, samples)
     if median_ms is not None:
         assert ms == pytest.approx(median_ms)
+        taken = runs[1 : samples + 1]  # the samples (the warm-up's 9 s left out): slowest over fastest
+        assert spread == pytest.approx(max(taken) / min(taken))
 
 
 def test_unknown_timm_name_lists_close_matches():

@@ -65,7 +65,7 @@ def reference(
     hw = spec["input"]["shape"][2:]
     batch = held_out_batch(spec, manifest.preprocessing, datasets_dir, cache_dir)
     sess, name, names, runs, seconds = _run(load(float_onnx), batch.images, threads)
-    fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
+    fp32_ms, repeats, fp32_spread = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
     floats = _decode(runs, manifest.head, hw, _settings(spec))
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as f:
         extra = {"boxes": stack_boxes(batch.boxes)} if batch.boxes is not None else {}
@@ -80,6 +80,7 @@ def reference(
         labelled_images=accuracy.get("labelled_images"),
         host_fp32_ms=fp32_ms,
         host_fp32_repeats=repeats,
+        host_fp32_spread=fp32_spread,
         host_threads=threads,
         seconds=round(time.perf_counter() - start, 3),
         extra={"detection": _settings(spec)},
@@ -132,7 +133,7 @@ def evaluate(quant_onnx, *, reference_npz, reference_json, manifest_json, spec: 
     ref_report, manifest = ReferenceReport.read(reference_json), Manifest.read(manifest_json)
     head, settings, hw = manifest.head, _settings(spec), ref["images"].shape[2:]  # the stage reads no `input`
     sess, name, names, runs, seconds = _run(load(quant_onnx), ref["images"], threads)
-    int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"], seconds)
+    int8_ms, repeats, int8_spread = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"], seconds)
     float_runs = [{k: ref[f"out_{k}"][i : i + 1] for k in names} for i in range(len(runs))]
     floats, quants = _decode(float_runs, head, hw, settings), _decode(runs, head, hw, settings)
     boxes = None
@@ -153,6 +154,8 @@ def evaluate(quant_onnx, *, reference_npz, reference_json, manifest_json, spec: 
         **ref_report.accuracy,
         "host_fp32_ms": ref_report.host_fp32_ms,
         "host_int8_ms": int8_ms,
+        **({"host_fp32_spread": ref_report.host_fp32_spread} if ref_report.host_fp32_spread is not None else {}),
+        "host_int8_spread": int8_spread,
         "host_int8_repeats": repeats,
         "host_decode_nms_ms": decode_nms_ms(runs, head, hw, settings),
         "host_threads": threads,

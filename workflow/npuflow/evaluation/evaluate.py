@@ -144,7 +144,7 @@ def reference(
     problem = label_problem(scores, batch.labels, batch.masks, spec["task"], ev["dataset"])
     if problem:
         raise DatasetError(problem)
-    fp32_ms, repeats = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
+    fp32_ms, repeats, fp32_spread = host_latency_ms(sess, {name: batch.images[:1]}, ev["latency_repeats"], seconds)
     extra = {k: v for k, v in (("labels", batch.labels), ("masks", batch.masks)) if v is not None}
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=batch.images, scores=scores, classes=classes, **extra)
@@ -157,6 +157,7 @@ def reference(
         labelled_images=accuracy.get("labelled_images"),
         host_fp32_ms=fp32_ms,
         host_fp32_repeats=repeats,
+        host_fp32_spread=fp32_spread,
         host_threads=threads,
         seconds=round(time.perf_counter() - start, 3),
     )
@@ -219,7 +220,7 @@ def evaluate(
     model = expose_logits(quant_model)
     sess, name, outs, seconds = run_model(model, ref["images"], threads)
     scores, classes = scores_and_classes(outs)
-    int8_ms, repeats = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"], seconds)
+    int8_ms, repeats, int8_spread = host_latency_ms(sess, {name: ref["images"][:1]}, spec["evaluation"]["latency_repeats"], seconds)
     labels = ref["labels"] if "labels" in ref else None
     masks = ref["masks"] if "masks" in ref else None
     problem = label_problem(scores, labels, masks, spec["task"], ref_report.dataset)
@@ -232,6 +233,8 @@ def evaluate(
         **ref_report.accuracy,
         "host_fp32_ms": ref_report.host_fp32_ms,
         "host_int8_ms": int8_ms,
+        **({"host_fp32_spread": ref_report.host_fp32_spread} if ref_report.host_fp32_spread is not None else {}),
+        "host_int8_spread": int8_spread,
     }
     unnamed = set(figures) - set(EVAL_METRICS) - {"labelled_images"}
     if unnamed:  # a figure every run, row and column shares needs its name in records.EVAL_METRICS

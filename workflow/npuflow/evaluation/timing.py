@@ -25,11 +25,16 @@ def timed_runs(sess, feed: str, images: np.ndarray) -> tuple[list[list[np.ndarra
     return runs, seconds
 
 
-def host_latency_ms(sess, feeds: dict, repeats: int, run_seconds: list[float] = ()) -> tuple[float, int]:
-    """(median wall time in ms, how many runs) of `sess.run` over up to `repeats` timed runs: the
-    runs the session just made (`run_seconds`, from timed_runs: every image has the same shape)
-    after the first, which warms it up, then runs of `feeds` within LATENCY_BUDGET_S, never fewer
-    than MIN_REPEATS."""
+# Timed runs whose slowest took this many times the fastest were measured on a busy machine (other
+# jobs on the same cores): the median is then flagged, not trusted silently.
+NOISY_SPREAD = 1.5
+
+
+def host_latency_ms(sess, feeds: dict, repeats: int, run_seconds: list[float] = ()) -> tuple[float, int, float]:
+    """(median wall time in ms, how many runs, slowest run / fastest run) of `sess.run` over up to
+    `repeats` timed runs: the runs the session just made (`run_seconds`, from timed_runs: every
+    image has the same shape) after the first, which warms it up, then runs of `feeds` within
+    LATENCY_BUDGET_S, never fewer than MIN_REPEATS."""
     times = list(run_seconds[1 : repeats + 1])
     if not run_seconds:
         sess.run(None, feeds)  # warm-up
@@ -39,4 +44,4 @@ def host_latency_ms(sess, feeds: dict, repeats: int, run_seconds: list[float] = 
         sess.run(None, feeds)
         times.append(time.perf_counter() - start)
         spent += times[-1]
-    return float(np.median(times) * 1e3), len(times)
+    return float(np.median(times) * 1e3), len(times), float(max(times) / max(min(times), 1e-9))

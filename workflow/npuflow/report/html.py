@@ -101,6 +101,8 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
                 cells.append({**flag_cell(r), "text": fmt(c.get(r), c.kind)})
             elif c.key == "latency_ms" and interval_text(r):  # its 80 % range beneath: no column of its own (width)
                 cells.append({"text": fmt(c.get(r), c.kind), "sub": interval_text(r)})
+            elif c.key in ("host_fp32_ms", "host_int8_ms") and noisy_text(r, c.key):
+                cells.append({"text": fmt(c.get(r), c.kind), "sub": noisy_text(r, c.key), "title": NOISY_TITLE})
             else:
                 cells.append(fmt(c.get(r), c.kind))
         cells.append(_links(r, page_dir, ui))
@@ -121,6 +123,20 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         "detection": any(r.evaluate.task == "detection" for r in ok),
         "published": any(r.published for r in ok),
     }
+
+
+NOISY_TITLE = (
+    "The timed runs of this host latency varied this much (slowest over fastest): the machine was busy (other jobs on"
+    " the same cores), so the median is uncertain; re-measure on an idle machine (npuflow evaluate) before comparing."
+)
+
+
+def noisy_text(r: Row, key: str) -> str | None:
+    """`varied ×3.2` beneath a host latency whose timed runs spread past NOISY_SPREAD; else None."""
+    from npuflow.evaluation.timing import NOISY_SPREAD
+
+    spread = r.figure(key.replace("_ms", "_spread"))
+    return f"varied ×{spread:.1f}" if isinstance(spread, (int, float)) and spread > NOISY_SPREAD else None
 
 
 def chip_heading(build) -> str:

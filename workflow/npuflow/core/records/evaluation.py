@@ -20,6 +20,7 @@ class ReferenceReport(Record):
     labelled_images: int | None = None
     host_fp32_ms: float
     host_fp32_repeats: int
+    host_fp32_spread: float | None = None  # slowest timed run / fastest (npuflow.evaluation.timing.NOISY_SPREAD)
     host_threads: int
     seconds: float
 

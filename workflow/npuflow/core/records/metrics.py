@@ -23,6 +23,9 @@ EVAL_METRICS = (
     "float_pixel_accuracy",
     "host_fp32_ms",
     "host_int8_ms",
+    # slowest timed run / fastest: over npuflow.evaluation.timing.NOISY_SPREAD the machine was busy
+    "host_fp32_spread",
+    "host_int8_spread",
     # the per-layer table's output row, and its gap to the headline cosine (npuflow.evaluation.layers.fidelity_check)
     "layer_table_output_cosine",
     "fidelity_check_gap",
