@@ -56,3 +56,25 @@ def test_a_run_is_interrupted_only_when_every_failed_job_was(tmp_path, rows, exp
     assert interrupted(path) is expected
     if not expected and any(status == "failed" for status, _ in rows):
         assert any(" failed at evaluate: " in line for line in failure_lines(path))
+
+
+def test_a_ctrl_c_while_the_commands_load_is_one_line_too(monkeypatch, capsys):
+    """The console script imports only npuflow.cli; a Ctrl-C while the commands' modules import
+    (torch, onnx: seconds) is caught like one while a command runs, not a traceback."""
+    import sys
+
+    from npuflow.cli import main
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "npuflow.cli.app":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "npuflow.cli.app", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    try:
+        status = main(["--help"])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped npuflow's main while its commands imported")
+    assert status == 130 and capsys.readouterr().err == f"npuflow: {INTERRUPTED}\n"
