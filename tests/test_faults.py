@@ -771,7 +771,7 @@ def test_connection_lost_is_told_apart_from_other_mlflow_failures():
     import requests
     from mlflow.exceptions import MlflowException
 
-    from npuflow.tracking.server import connection_lost
+    from npuflow.tracking.answers import connection_lost
     from npuflow.tracking.store import TrackingFailed
 
     def raised(cause):

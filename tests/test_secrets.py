@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import REPO, snakemake, snakemake_env
-from npuflow.tracking.server import redacted, tracking_uri
 from npuflow.tracking.store import TrackingFailed
+from npuflow.tracking.uri import redacted, tracking_uri
 from npuflow.util.errors import ConfigError
 
 SECRET = "Pw-7f3a9c1e"

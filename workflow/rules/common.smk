@@ -12,7 +12,8 @@ from npuflow.pipeline.memory import local_mem_mb
 from npuflow.core.names import wildcard_constraint
 from npuflow.pipeline.plan import Plan
 from npuflow.pipeline.runlock import hold_run_lock, release_run_lock
-from npuflow.tracking.server import preflight, redacted, tracking_uri
+from npuflow.tracking.server import preflight
+from npuflow.tracking.uri import redacted, tracking_uri
 
 # Schema (workflow/schemas/config.schema.yaml, JSON Schema 2020-12, defaults filled in) and the
 # checks a schema can't express, before the DAG is built. Errors name the entry and field.
@@ -22,7 +23,7 @@ try:
     for path in workflow.configfiles:
         load_yaml(path)
     validate_config(config)
-    # MLFLOW_TRACKING_URI wins over the config. No http(s) URI holds credentials (npuflow.tracking.server:
+    # MLFLOW_TRACKING_URI wins over the config. No http(s) URI holds credentials (npuflow.tracking.uri:
     # the jobs inherit MLflow's variables); a database URI may hold a password.
     MLFLOW_URI = tracking_uri(config["mlflow"]["tracking_uri"])
 except ConfigError as e:

@@ -29,7 +29,7 @@ def check_semantics(config: dict) -> None:
     from npuflow.quant.calibrate import CALIBRATION_METHODS
     from npuflow.sources.core import check_entry
     from npuflow.targets.schema import user_profile_problems
-    from npuflow.tracking.server import check_uri
+    from npuflow.tracking.uri import check_uri
 
     # The profiles as written first: resolving `base:` chains and applying fits reads them.
     profiles = config.get("target_profiles", {})
@@ -141,12 +141,12 @@ def check_semantics(config: dict) -> None:
 
 
 def credential_problems(config: dict) -> list[str]:
-    """Every config value but the tracking URI (which has its own rule, npuflow.tracking.server)
+    """Every config value but the tracking URI (which has its own rule, npuflow.tracking.uri)
     with credentials in it (`https://user:pass@host/…`, `?token=…`, a pre-signed URL's signature):
     a model's or dataset's fields travel to its jobs as a rule parameter, which Snakemake writes to
     its metadata and logs, and on to MLflow, where no secret may go."""
     from npuflow.core.names import field_path
-    from npuflow.tracking.server import redacted
+    from npuflow.tracking.uri import redacted
 
     def walk(value, path):
         if isinstance(value, dict):

@@ -1,9 +1,9 @@
-"""The MLflow tracking server as npuflow reaches it, without importing MLflow.
+"""The MLflow tracking server as npuflow reaches it, without importing MLflow (the URI and its
+credentials: npuflow.tracking.uri; reading a failed request's answer: npuflow.tracking.answers).
 
-- The URI never carries credentials: it is a rule parameter, so it is written into the jobs'
-  command lines, their logs and Snakemake's metadata. Credentials come from MLflow's own
-  environment variables (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or
-  MLFLOW_TRACKING_TOKEN), which the jobs inherit from `snakemake`'s environment.
+- Credentials come from MLflow's own environment variables (MLFLOW_TRACKING_USERNAME and
+  MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN), which the jobs inherit from `snakemake`'s
+  environment.
 - `preflight` asks a server one question before any job runs and turns each way it can fail into
   one line: nothing there (at once), no answer within a bounded wait (NPUFLOW_TRACKING_WAIT_S,
   60 s by default, a line every 10 s while it waits: a loaded server is slow, not gone), a login
@@ -11,19 +11,16 @@
   the server itself (5xx, with its message), something that is not MLflow. A store on this
   machine (an SQLite file, a folder) is checked for being writable instead, in milliseconds; a
   database server for listening (a refused connection fails at once).
-- `http_answer` tells an HTTP answer (4xx/5xx, with the server's message) apart from a lost
-  connection in a failure of a logging job (`connection_lost`).
+- `answered_text` says what a server answered a logging job's failed request (asking it again
+  where MLflow's retries dropped the message).
 - `bound_http_retries` caps MLflow's HTTP retries (7, over about 4 minutes, by default), so a
   logging job whose server went away fails in seconds and the next run logs what is missing."""
 
 from __future__ import annotations
 
 import base64
-import html
-import http
 import json
 import os
-import re
 import socket
 import ssl
 import sys
@@ -35,9 +32,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from npuflow.tracking.answers import server_message, status_text
+from npuflow.tracking.uri import PASSWORD, SCALING_OUT, TOKEN, USERNAME, is_server, redacted
 from npuflow.util.errors import ConfigError, NpuflowError
 
-USERNAME, PASSWORD, TOKEN = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
 # How long the pre-flight waits for a server that accepted the connection but has not answered
 # (a loaded machine: MLflow's basic-auth app hashes the password on each request), and how often it
 # says that it waits. A refused connection fails at once whatever this is.
@@ -51,58 +49,10 @@ DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb"
 # 0, ~4 and ~8 s (backoff factor 2, plus up to 1 s of jitter each), 30 s for one request to answer.
 # A server that has gone (connection refused) fails a request in about 14 s.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-SCALING_OUT = 'README, "Scaling out"'
 
 
 class TrackingServerError(NpuflowError):
     """The tracking server cannot be used as configured; the message says why and what to do."""
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-HIDDEN = "***"
-# The user-info of any `scheme://user:password@host` or `scheme://token@host` (SQLAlchemy's
-# reading, but a password may hold '@' or '/': it runs to the URI's last '@'), anywhere in a text;
-# and query parameters that carry secrets (`?password=…`, S3's `X-Amz-Signature=…`).
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/?#@:]*:\S*|[^\s/?#@]+)@")
-_SECRET_QUERY = re.compile(
-    r"(?i)(?P<key>[?&;](?:[a-z0-9_.-]*(?:password|passwd|pwd|secret|token|signature|credential|api[_-]?key|access[_-]?key)[a-z0-9_.-]*)=)[^&#\s]*"
-)
-
-
-def redacted(text: str) -> str:
-    """`text` (a URI, or a message that holds some) with the credentials of every URI in it
-    hidden, whatever the scheme: a user, password or token before '@', and secret query values."""
-    return _SECRET_QUERY.sub(rf"\g<key>{HIDDEN}", _USERINFO.sub(rf"\g<scheme>{HIDDEN}@", text))
-
-
-def check_uri(uri: str, where: str) -> str:
-    """Refuse an http(s) URI with credentials in it (`https://user:pass@host`), naming where it came
-    from: MLflow reads them from its variables. A database URI may hold a password (not every
-    driver reads one from elsewhere): it stays in the environment and is shown redacted."""
-    if is_server(uri) and redacted(uri) != uri:
-        raise ConfigError(
-            f"{where}: the tracking URI {redacted(uri)} has credentials in it, which would be written to the jobs' command "
-            f"lines, their logs and Snakemake's metadata; give it without them and set {USERNAME} and {PASSWORD} "
-            f"(or {TOKEN}) in the environment instead ({SCALING_OUT})"
-        )
-    return uri
-
-
-def tracking_uri(configured: str, where: str = "mlflow.tracking_uri") -> str:
-    """MLFLOW_TRACKING_URI wins over the configured one (`where` names it), so the same pipeline
-    can log to a server. The workflow's jobs get the URI redacted as an argument (so that no file
-    Snakemake writes holds a credential) and the real one in MLFLOW_TRACKING_URI."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return check_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
-    if f"{HIDDEN}@" in configured or f"={HIDDEN}" in configured:
-        raise ConfigError(
-            f"{where}: the tracking URI {configured} has its credentials hidden, and MLFLOW_TRACKING_URI, which holds the "
-            "real one for the workflow's jobs, is not set"
-        )
-    return check_uri(configured, where)
 
 
 def bound_http_retries() -> None:
@@ -168,37 +118,6 @@ def _unreachable(uri: str, error: BaseException, timeout: float) -> str:
         f"no MLflow tracking server answers at {uri} ({why}); start it, or set MLFLOW_TRACKING_URI to the one you use "
         f"({SCALING_OUT}); unset MLFLOW_TRACKING_URI logs to the config's mlflow.tracking_uri instead"
     )
-
-
-def status_text(status: int) -> str:
-    """`500 Internal Server Error`: the code and its standard phrase."""
-    try:
-        return f"{status} {http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
-
-
-def server_message(body: str, limit: int = 300) -> str:
-    """What a server said in an error answer, on one line: MLflow's `{"error_code", "message"}`,
-    else the text of an HTML page (or its title, where it has no other) or the body's first line;
-    credentials hidden."""
-    body = (body or "").strip()
-    text = ""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and ("message" in data or "error_code" in data):
-        text = ": ".join(str(data[k]) for k in ("error_code", "message") if data.get(k))
-    elif body.startswith("<") or "<html" in body[:200].lower():
-        # The page's text (its title only where it has none: the title repeats the status)
-        title = re.search(r"(?is)<title[^>]*>(.*?)</title>", body)
-        rest = " ".join(html.unescape(re.sub(r"(?is)<(script|style|title)[^>]*>.*?</\1>|<[^>]+>", " ", body)).split())
-        text = rest or (" ".join(html.unescape(title[1]).split()) if title else "")
-    else:
-        text = " ".join(body.splitlines()[0].split()) if body else ""
-    text = redacted(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _refusal(uri: str, experiment: str, status: int, body: str, who: str) -> str:
@@ -389,39 +308,6 @@ def check_store(uri: str) -> None:
             ) from None
 
 
-def _chain(error: BaseException | None):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-# urllib3's retries of an answer in MLflow's retry list (408, 429, 5xx), run out: the body is gone.
-_RETRIED_ANSWER = re.compile(r"too many (\d{3}) error responses")
-# MLflow's message for an answer whose body is not its JSON.
-_OTHER_ANSWER = re.compile(r"failed with error code (\d{3}) != \d{3}\. Response body: '(.*)'", re.S)
-
-
-def http_answer(error: BaseException) -> tuple[int, str | None] | None:
-    """(status, the server's message or None where MLflow's retries dropped it) where an MLflow
-    request failed because the server answered with an error; None for any other failure."""
-    for e in _chain(error):
-        response = getattr(e, "response", None)
-        if isinstance(getattr(response, "status_code", None), int) and response.status_code >= 400:
-            return response.status_code, server_message(response.text)  # requests' HTTPError
-        text = str(e)
-        found = _RETRIED_ANSWER.search(text)
-        if found:
-            return int(found[1]), None
-        found = _OTHER_ANSWER.search(text)
-        if found:
-            return int(found[1]), server_message(found[2])
-        if type(e).__name__ == "RestException" and hasattr(e, "get_http_status_code"):
-            return int(e.get_http_status_code()), server_message(json.dumps(getattr(e, "json", {})))
-    return None
-
-
 def server_says(uri: str, timeout: float = 5.0) -> tuple[int, str] | None:
     """(status, message) the server answers now with an error of its own (5xx), for a failure
     whose answer MLflow's retries dropped: one plain request (the pre-flight's), no retries; None
@@ -451,23 +337,3 @@ def answered_text(uri: str, status: int, message: str | None, doing: str) -> str
         else:
             said = f" (asked again, it answers HTTP {status_text(now[0])}{': ' + now[1] if now[1] else ''})"
     return f"the MLflow tracking server {redacted(uri)} answered HTTP {status_text(status)} while {doing}{said}"
-
-
-def connection_lost(error: BaseException) -> str | None:
-    """Why an MLflow request failed, where the cause is the connection (not the request): the
-    server went away, or stopped answering. None for any other failure (an HTTP answer included:
-    urllib3 reports retried error answers as a MaxRetryError too)."""
-    if http_answer(error) is not None:
-        return None
-    for e in _chain(error):
-        name = type(e).__name__
-        if name in ("ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout"):
-            text = str(e)
-            if "Connection refused" in text:
-                return "connection refused"
-            if "timed out" in text.lower() or "Timeout" in name:
-                return "no answer in time"
-            return "connection lost"
-        if isinstance(e, ConnectionError):
-            return "connection lost"
-    return None

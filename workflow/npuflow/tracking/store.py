@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from npuflow.core.records import StoreReport
-from npuflow.tracking.server import answered_text, bound_http_retries, check_store, connection_lost, http_answer, is_server, redacted
+from npuflow.tracking.answers import connection_lost, http_answer
+from npuflow.tracking.server import answered_text, bound_http_retries, check_store
+from npuflow.tracking.uri import is_server, redacted
 from npuflow.util.errors import NpuflowError
 
 # MLflow's UI opens an experiment by its kind: without one it guesses, and opens an experiment

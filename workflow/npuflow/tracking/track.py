@@ -20,10 +20,11 @@ from pathlib import Path
 
 from npuflow.core.layout import ARTIFACTS
 from npuflow.core.records import RunRecord, TrackReport
+from npuflow.tracking.answers import connection_lost, http_answer
 from npuflow.tracking.identity import inputs_hash, registered_name
 from npuflow.tracking.projection import RunReports, run_datasets, run_metrics, run_note, run_params
-from npuflow.tracking.server import connection_lost, http_answer, redacted
 from npuflow.tracking.store import TrackingFailed, mlflow_client
+from npuflow.tracking.uri import redacted
 from npuflow.util.errors import NpuflowError
 
 CURRENT_TAG = "npuflow.current"

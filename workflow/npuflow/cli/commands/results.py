@@ -24,8 +24,8 @@ class InitMlflow(Command):
         add_outputs(p, out="the store record (JSON) to write")
 
     def run(self, args):
-        from npuflow.tracking.server import tracking_uri
         from npuflow.tracking.store import init_store
+        from npuflow.tracking.uri import tracking_uri
 
         return init_store(uri=tracking_uri(args.tracking_uri, "--tracking-uri"), experiment=args.experiment, out_json=args.out).to_json()
 
@@ -45,8 +45,8 @@ class Track(Command):
         add_outputs(p, out="the runs record (JSON) to write")
 
     def run(self, args):
-        from npuflow.tracking.server import tracking_uri
         from npuflow.tracking.track import log_model_runs
+        from npuflow.tracking.uri import tracking_uri
 
         report = log_model_runs(
             uri=tracking_uri(args.tracking_uri, "--tracking-uri"),
