@@ -194,5 +194,7 @@ def test_features_models_get_fidelity_figures_and_no_accuracy(tmp_path):
 
 def test_features_models_refuse_a_top1_goal(tmp_path):
     write_example_model(tmp_path / "net.onnx")
-    with pytest.raises(ConfigError, match=r"models\.m\.mixed_precision\.goal\.metric: top1_agreement is for task: classification"):
+    with pytest.raises(
+        ConfigError, match=r"models\.m\.mixed_precision\.goal\.metric: top1_agreement is not a goal for task: features; use cosine"
+    ):
         onnx_spec(tmp_path / "net.onnx", task="features", mixed_precision={"goal": {"metric": "top1_agreement", "value": 0.9}})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from npuflow.core.records import EVAL_METRICS, FLOAT_ACCURACY, EvalReport, LayerAnalysis, Manifest, ReferenceReport
+from npuflow.core.tasks import TASKS
 from npuflow.data.batches import held_out_batch
 from npuflow.data.datasets import IGNORE_LABEL, DatasetError
 from npuflow.evaluation.timing import host_latency_ms, timed_runs
@@ -65,10 +66,11 @@ def label_problem(scores: np.ndarray, labels: np.ndarray | None, masks: np.ndarr
     number, 0 or lower than the truth, where it should be an error. The config refuses them before
     any job where it knows how many classes a model outputs; here the outputs tell."""
     count = scores.shape[1] if scores.ndim > 1 else 0
-    if task == "classification" and labels is not None:
+    annotations = TASKS.get(task).annotations
+    if annotations == "labels" and labels is not None:
         past = labels[labels >= count]
         what, n = "label", len(past)
-    elif task == "segmentation" and masks is not None:
+    elif annotations == "masks" and masks is not None:
         past = masks[(masks >= count) & (masks != IGNORE_LABEL)]
         what, n = "mask class", len(np.unique(past))
     else:
@@ -84,8 +86,10 @@ def label_problem(scores: np.ndarray, labels: np.ndarray | None, masks: np.ndarr
 
 
 def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | None, masks: np.ndarray | None, task: str) -> dict:
-    """Task accuracy against the evaluation set's labels (top-1/top-5) or masks (mIoU), if it has them."""
-    if task == "classification" and labels is not None:
+    """Task accuracy against the evaluation set's labels (top-1/top-5) or masks (mIoU), where the
+    task reads them (npuflow.core.tasks) and the set has them."""
+    annotations = TASKS.get(task).annotations
+    if annotations == "labels" and labels is not None:
         known = labels >= 0
         top5 = np.argsort(-scores[known], axis=1)[:, :5]
         return {
@@ -93,7 +97,7 @@ def task_metrics(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray | N
             "top5": float(np.mean([lb in t for lb, t in zip(labels[known], top5)])),
             "labelled_images": int(known.sum()),
         }
-    if task == "segmentation" and masks is not None:
+    if annotations == "masks" and masks is not None:
         truth = _resize_masks(masks, classes.shape[1:])
         valid = truth != IGNORE_LABEL
         ious = []
@@ -121,7 +125,7 @@ def reference(
     datasets_dir: str | Path = "results/datasets",
     cache_dir: str | Path | None = None,
 ) -> dict:
-    if spec["task"] == "detection":
+    if TASKS.get(spec["task"]).decoded:
         from npuflow.evaluation import detect_eval
 
         return detect_eval.reference(
@@ -176,13 +180,13 @@ def fidelity(ref_scores, ref_classes, scores, classes, task: str) -> dict:
         "sqnr_db": float(10 * np.log10(np.sum(f**2) / noise)) if noise > 0 else float("inf"),
         "max_abs_error": float(np.max(np.abs(f - q))),
     }
-    if task == "classification":
+    agreement = TASKS.get(task).agreement  # features: none (outputs without classes)
+    if "top1_agreement" in agreement:
         top5 = np.argsort(-scores, axis=1)[:, :5]
         metrics["top1_agreement"] = float(np.mean(ref_classes == classes))
         metrics["top5_agreement"] = float(np.mean([rc in t for rc, t in zip(ref_classes, top5)]))
-    elif task == "segmentation":
+    if "pixel_agreement" in agreement:
         metrics["pixel_agreement"] = float(np.mean(ref_classes == classes))
-    # features: outputs without classes, so no agreement of classes; the fidelity figures are all
     return metrics
 
 
@@ -199,7 +203,7 @@ def evaluate(
 ) -> dict:
     """Fidelity and task accuracy of a quantised model against the float reference, and its host
     latency (the per-layer analysis is `analyse`'s)."""
-    if spec["task"] == "detection":
+    if TASKS.get(spec["task"]).decoded:
         from npuflow.evaluation import detect_eval
 
         return detect_eval.evaluate(
@@ -275,7 +279,7 @@ def analyse(
     float_model, quant_model = load(float_onnx), load(quant_onnx)
     rows = analyse_layers(float_model, quant_model, images, threads)
     check = None
-    if spec["task"] != "detection":  # the table's output row against the headline's formula
+    if not TASKS.get(spec["task"]).decoded:  # the table's output row against the headline's formula
         _, _, outs, _ = run_model(expose_logits(quant_model), images, threads)
         scores, _ = scores_and_classes(outs)
         scores_at = 1 if len(outs) == 2 and np.issubdtype(outs[0].dtype, np.integer) else 0  # as scores_and_classes

@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+from npuflow.core.tasks import TASKS
 from npuflow.sources.core import source_for
 from npuflow.sources.fetch import load_model
 from npuflow.util.errors import NpuflowError
@@ -144,7 +145,7 @@ def export(spec: dict, *, fetch_dir: str | Path, out_onnx: str | Path, out_json:
         "input_shape": shape,
         "output_shape": out_shapes[0],
         **({"outputs": dict(zip(output_names, out_shapes))} if len(out_shapes) > 1 else {}),
-        **({"head": spec.get("head", "split")} if spec["task"] == "detection" else {}),
+        **({"head": spec.get("head", "split")} if TASKS.get(spec["task"]).decoded else {}),
         "reparameterized": bool(spec.get("reparameterize", True)),
         "max_abs_diff_vs_source": max_abs,
         "ops": op_counts(out_onnx),

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from npuflow.core.layout import reserved_names
+from npuflow.core.tasks import TASKS
 from npuflow.pipeline.schema import resolved_block
 from npuflow.targets import PROFILE_DIR, load_targets
 from npuflow.util.errors import ConfigError
@@ -102,8 +103,10 @@ def check_semantics(config: dict) -> None:
         for i, p in enumerate(entry["surgery"]):
             if p not in SURGERY_PASSES:
                 problems.append(f"{where}.surgery.{i}: {SURGERY_PASSES.unknown_message(p)}")
-        if "append_argmax" in entry["surgery"] and entry["task"] != "segmentation":
-            problems.append(f"{where}.surgery: append_argmax turns logits into class ids per pixel; it is for task: segmentation")
+        task = TASKS.get(entry["task"])
+        if "append_argmax" in entry["surgery"] and not task.per_pixel:
+            per_pixel = ", ".join(n for n, t in TASKS.items() if t.per_pixel)
+            problems.append(f"{where}.surgery: append_argmax turns logits into class ids per pixel; it is for task: {per_pixel}")
         for i, t in enumerate(entry.get("targets", [])):
             if t not in targets:
                 problems.append(f"{where}.targets.{i}: {targets.unknown_message(t)}")
@@ -118,14 +121,12 @@ def check_semantics(config: dict) -> None:
         for t in entry.get("precision", {}):
             if t not in keyed:
                 problems.append(f"{where}.precision.{t}: not one of this model's targets, nor a base of one ({', '.join(model_targets)})")
-        if "mixed_precision" in entry and entry["task"] == "detection":
-            problems.append(
-                f"{where}.mixed_precision: not available for task: detection yet (its goal metrics are for classifier and segmenter outputs)"
-            )
         goal = entry.get("mixed_precision", {}).get("goal", {}).get("metric")
-        if goal == "top1_agreement" and entry["task"] != "classification":
+        if "mixed_precision" in entry and not task.goal_metrics:
+            problems.append(f"{where}.mixed_precision: not available for task: {task.name} yet (no goal metric is defined for its outputs)")
+        elif goal and goal not in task.goal_metrics:
             problems.append(
-                f"{where}.mixed_precision.goal.metric: top1_agreement is for task: classification; use cosine for task: {entry['task']}"
+                f"{where}.mixed_precision.goal.metric: {goal} is not a goal for task: {task.name}; use {' or '.join(task.goal_metrics)}"
             )
         for t in entry.get("mixed_precision", {}).get("targets", []):
             if t not in model_targets:
@@ -196,7 +197,7 @@ def _evaluation_dataset_problems(config: dict) -> list[str]:
             f"evaluation.images: {ev['images']} asked, but datasets.{name} holds {held} images "
             f"({entry['folder']}); held-out images count once each, {most}"
         )
-    classifiers = [m for m, e in config["models"].items() if e["task"] == "classification"]
+    classifiers = [m for m, e in config["models"].items() if TASKS.get(e["task"]).annotations == "labels"]
     if not classifiers or not paths:
         return problems
     try:

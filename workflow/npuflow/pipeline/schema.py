@@ -17,8 +17,9 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.y
 
 
 def load_schema() -> dict:
-    """The schema file, with what the model-source registry says of sources: the kinds in the
-    `source` description and each source's own fields (one registry entry per source)."""
+    """The schema file, with what the model-source registry says of sources (the kinds in the
+    `source` description, each source's own fields) and the task registry of tasks."""
+    from npuflow.core.tasks import TASKS
     from npuflow.sources.core import SOURCES, source_fields
 
     schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
@@ -32,6 +33,9 @@ def load_schema() -> dict:
     model = schema["$defs"]["model"]["properties"]
     kinds = ", ".join(SOURCES.get(k).syntax for k in SOURCES.names())
     model["source"]["description"] = f"{kinds}. {model['source']['description']}"
+    # the tasks, one registry entry each (npuflow.core.tasks)
+    model["task"]["enum"] = [name for name, _ in TASKS.items()]
+    model["task"]["description"] = "; ".join(f"{name}: {t.description}" for name, t in TASKS.items()) + "."
     for name, field in source_fields().items():
         if name in model:
             raise ValueError(f"model source field {name!r} clashes with a common model field of the schema")

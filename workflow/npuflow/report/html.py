@@ -10,6 +10,7 @@ from pathlib import Path
 
 from npuflow.core.records import EVAL_METRICS
 from npuflow.core.records.quant import calibration_text
+from npuflow.core.tasks import TASKS
 from npuflow.evaluation.layers import COSINE_FLOOR
 from npuflow.report.collect import Row, worst_layers
 from npuflow.report.columns import COLUMNS, fmt, interval_text, sig
@@ -120,7 +121,7 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
         "pareto_png": _png(pareto_png),
         "cpu": [{"model": r.model, "cpu": r.cpu} for r in ok if r.cpu and r.cpu.dominates],
         "slower_int8": slower_int8,
-        "detection": any(r.evaluate.task == "detection" for r in ok),
+        "detection": any(TASKS.get(r.evaluate.task).decoded for r in ok),
         "published": any(r.published for r in ok),
     }
 
@@ -166,7 +167,7 @@ def quality_text(groups: dict[str, list[Row]]) -> str:
     """What the target's Pareto fronts measure quality by: one metric, or the detectors' apart."""
     parts = []
     for key, group in groups.items():
-        apart = len(groups) > 1 and all(r.evaluate.task == "detection" for r in group)
+        apart = len(groups) > 1 and all(TASKS.get(r.evaluate.task).decoded for r in group)
         parts.append(QUALITY_LABELS[key] + (" for the detection models, on a front of their own" if apart else ""))
     return "; ".join(parts) or QUALITY_LABELS["cosine"]
 

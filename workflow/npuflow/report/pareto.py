@@ -7,8 +7,10 @@ share an axis and a front, so one axis never mixes two metrics."""
 
 from __future__ import annotations
 
-# Per kind of model, the quality metrics in order of preference: the first every such model on
-# the target has is theirs.
+from npuflow.core.tasks import TASKS
+
+# Per Pareto front (a task's `front`, npuflow.core.tasks), the quality metrics in order of
+# preference: the first every model of the front on the target has is theirs.
 QUALITY = {
     "other": ("top1", "miou", "cosine"),
     "detection": ("map50", "map50_vs_float", "cosine"),
@@ -24,7 +26,7 @@ FIDELITY = {"cosine", "map50_vs_float"}
 
 
 def _kind(row) -> str:
-    return "detection" if row.evaluate.task == "detection" else "other"
+    return TASKS.get(row.evaluate.task).front
 
 
 def quality_metric(rows: list) -> str:

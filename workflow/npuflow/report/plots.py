@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from npuflow.core.records import BuildReport
+from npuflow.core.tasks import TASKS
 from npuflow.report.pareto import FIDELITY, QUALITY_LABELS, quality_groups
 from npuflow.util.io import atomic_path, read_json
 
@@ -90,7 +91,7 @@ def pareto_png(target: str, rows: list, models: list[str]) -> bytes:
         ax.set_xscale("log")
         ax.set_xlabel(f"FPS at batch {ok[0].build.batch if ok else '?'} (SIMULATED)")
         ax.set_ylabel(QUALITY_LABELS[key])
-        apart = " (detection models)" if len(groups) > 1 and all(r.evaluate.task == "detection" for r in group) else ""
+        apart = " (detection models)" if len(groups) > 1 and all(TASKS.get(r.evaluate.task).decoded for r in group) else ""
         ax.set_title(f"{target}: simulated throughput vs {'fidelity' if key in FIDELITY else 'accuracy'}{apart}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     # One legend for every panel, right of the last (a panel's own would lie over the next one).
