@@ -133,6 +133,7 @@ class Report(Command):
     def run(self, args):
         from pathlib import Path
 
+        from npuflow.core.layout import STAGES
         from npuflow.pipeline.plan import Pair, resolve_pair
         from npuflow.report import report
 
@@ -154,8 +155,46 @@ class Report(Command):
             "csv": args.csv,
             "html": args.html,
         }
+        if not args.partial and Path(args.csv) == Path(STAGES.report.output("csv")):
+            # the report just written, read back against the stage reports it comes from
+            from npuflow.report.audit import audit
+
+            checked, problems = audit(".", published_csv=args.published, target_profiles=args.target_profiles)
+            for line in problems:
+                print(f"WARNING: audit: {line}", flush=True)
+            summary["audit"] = {"rows_checked": checked, "disagreements": problems}
         if args.complete:
             from npuflow.util.io import write_json
 
             write_json(args.complete, summary)
         return summary
+
+
+@command
+class Audit(Command):
+    name = "audit"
+    help = "check every figure of a run (summary.csv, report.html, its MLflow runs) against the stage reports it comes from"
+    description = (
+        "Reads the stage reports of every ok row of RUN_DIR/results/summary.csv again and checks that summary.csv, "
+        "report.html (each row's latency, FPS and cosine; the per-layer captions' image counts) and the MLflow runs' "
+        "metrics show what they give; prints each disagreement and exits 2 if there is one."
+    )
+
+    def add_arguments(self, p):
+        p.add_argument("run_dir", nargs="?", default=".", help="the folder the run ran in, holding results/ (default: here)")
+        p.add_argument("--config", type=input_file, help="the run's config file (its own target_profiles, if any)")
+        p.add_argument("--published", type=input_file, help="the published measurements the report was given: its columns are checked too")
+        p.add_argument("--no-mlflow", action="store_true", help="leave the MLflow runs out")
+
+    def run(self, args):
+        from npuflow.pipeline.config import load_config
+        from npuflow.report.audit import audit
+        from npuflow.util.errors import NpuflowError
+
+        profiles = load_config(args.config).get("target_profiles", {}) if args.config else {}
+        checked, problems = audit(args.run_dir, published_csv=args.published, mlflow=not args.no_mlflow, target_profiles=profiles)
+        for line in problems:
+            print(line, flush=True)
+        if problems:
+            raise NpuflowError(f"{len(problems)} disagreements with the stage reports, over {checked} rows (listed above)")
+        return {"rows_checked": checked, "disagreements": 0}
