@@ -348,18 +348,20 @@ def test_snakemake_dry_run_on_accepted_fuzz_shapes(tmp_path, shape):
     config = load_yaml(TINY_CONFIG)
     ACCEPTED_SHAPES[shape](config)
     assert check_outcome(copy.deepcopy(config)) is None  # the shape is one the check accepts
-    work = tmp_path / "work"
-    work.mkdir()
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    outside = sorted(p.name for p in tmp_path.parent.iterdir())
+    # a box of its own inside tmp_path: pytest's shared temporary folder gets other tests' folders
+    # at any time (the background fixtures), so "nothing written outside" is checked one level in
+    box = tmp_path / "box"
+    work = box / "work"
+    work.mkdir(parents=True)
+    (box / "c.yaml").write_text(yaml.safe_dump(config))
     repo_before = sorted(p.name for p in REPO.iterdir())
-    proc = snakemake(work, "-n", configfile=tmp_path / "c.yaml")
+    proc = snakemake(work, "-n", configfile=box / "c.yaml")
     out = proc.stderr + proc.stdout
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == 0, out[-3000:]  # these shapes are all meant to plan
     assert "Job stats" in out and "rule fetch" in out, out[-3000:]
-    assert sorted(p.name for p in tmp_path.parent.iterdir()) == outside
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "work"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box"]
+    assert sorted(p.name for p in box.iterdir()) == ["c.yaml", "work"]
     assert sorted(p.name for p in REPO.iterdir()) == repo_before
     assert not (work / "results").exists()  # a dry run writes no result
 

@@ -112,7 +112,7 @@ def test_summary_and_report_cover_every_pair(pipeline):
     assert "Simulated latency by op type" in page and "Worst layers, quantised vs float (rdk-x5)" in page
     assert "Calibration: minmax, 4 images of dataset samples." in page
     # the per-layer caption counts the analysis' images (evaluation.analysis_images: 2), not the evaluation's (4)
-    assert "against the float model's on 2 held-out images" in page and "on 4 held-out images" not in page
+    assert "on 2 held-out images, worst" in page and "on 4 held-out images" not in page
     assert page.count("How to read this.") >= 5
     # Each row links its build summary, its trace (relative to the page) and its MLflow run.
     for target, run in track.runs.items():

@@ -20,7 +20,7 @@ from conftest import REPO
 MODEL = "efficientvit_m0"
 # Measured, not computed: each stage's wall time and the host (onnxruntime) latencies differ
 # from run to run; everything else a stage writes is a function of its inputs.
-HOST_COLUMNS = {"host_fp32_ms", "host_int8_ms"}
+HOST_COLUMNS = {"host_fp32_ms", "host_int8_ms", "host_fp32_spread", "host_int8_spread"}
 
 
 def measured(key: str) -> bool:

@@ -133,11 +133,12 @@ NOISY_TITLE = (
 
 
 def noisy_text(r: Row, key: str) -> str | None:
-    """`varied ×3.2` beneath a host latency whose timed runs spread past NOISY_SPREAD; else None."""
+    """`⚠ ×3.2` beneath a host latency whose timed runs spread past NOISY_SPREAD (short: the table
+    fits 1400 px; the cell's title says what it means); else None."""
     from npuflow.evaluation.timing import NOISY_SPREAD
 
     spread = r.figure(key.replace("_ms", "_spread"))
-    return f"varied ×{spread:.1f}" if isinstance(spread, (int, float)) and spread > NOISY_SPREAD else None
+    return f"⚠ ×{spread:.1f}" if isinstance(spread, (int, float)) and spread > NOISY_SPREAD else None
 
 
 def chip_heading(build) -> str:
