@@ -1,4 +1,4 @@
-"""The commands that log and present results: init-mlflow and track (MLflow), plot and report."""
+"""The commands that log and present results: init-mlflow and track (MLflow), plot, report and audit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from npuflow.cli.base import (
     add_model_arguments,
     add_outputs,
     command,
+    input_dir,
     input_file,
     json_object,
     model_spec_of,
@@ -181,7 +182,9 @@ class Audit(Command):
     )
 
     def add_arguments(self, p):
-        p.add_argument("run_dir", nargs="?", default=".", help="the folder the run ran in, holding results/ (default: here)")
+        p.add_argument(
+            "run_dir", nargs="?", default=".", type=input_dir, help="the folder the run ran in, holding results/ (default: here)"
+        )
         p.add_argument("--config", type=input_file, help="the run's config file (its own target_profiles, if any)")
         p.add_argument("--published", type=input_file, help="the published measurements the report was given: its columns are checked too")
         p.add_argument("--no-mlflow", action="store_true", help="leave the MLflow runs out")
