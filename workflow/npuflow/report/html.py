@@ -337,7 +337,7 @@ def simulator_section(targets: list[str]) -> list[dict]:
                 "count": len(errs),
                 "mape": sum(errs) / len(errs),
                 "within": sum(e <= 20 for e in errs),
-                "table": _table(["model", "metric", "batch", "published", "simulated", "error %"], body),
+                "table": _table(["model", "metric", "batch", "published", "simulated (fit's export)", "error %"], body),
             }
         )
     return out
