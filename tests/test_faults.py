@@ -372,7 +372,8 @@ def test_a_hand_written_spec_missing_a_field_is_named_in_one_line(tmp_path, caps
     """Every command that takes --spec checks it against the fields its stage reads, as model_spec
     resolves them: a missing field (nested ones by their path) is named before anything runs."""
     from npuflow.cli import main
-    from npuflow.cli.base import COMMAND_STAGES, COMMANDS
+    from npuflow.cli.app import COMMANDS  # importing the app registers the commands
+    from npuflow.cli.base import COMMAND_STAGES
     from npuflow.pipeline.spec import model_spec as resolve
     from npuflow.pipeline.spec import stage_spec
 

@@ -13,7 +13,7 @@ from npuflow.util.errors import INTERRUPTED
 
 def test_an_interrupted_command_prints_one_line_and_exits_130(monkeypatch, capsys, tmp_path):
     from npuflow.cli import main
-    from npuflow.cli.base import COMMANDS
+    from npuflow.cli.app import COMMANDS  # importing the app registers the commands
 
     def stopped(self, args):
         raise KeyboardInterrupt
@@ -78,3 +78,24 @@ def test_a_ctrl_c_while_the_commands_load_is_one_line_too(monkeypatch, capsys):
     except KeyboardInterrupt:
         pytest.fail("the interrupt escaped npuflow's main while its commands imported")
     assert status == 130 and capsys.readouterr().err == f"npuflow: {INTERRUPTED}\n"
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    """`npuflow check-config c.yaml | head -c 1`: the reader closes the pipe early; npuflow ends
+    without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import REPO
+
+    npuflow = Path(sys.executable).parent / "npuflow"
+    proc = subprocess.run(
+        f"'{npuflow}' check-config '{REPO / 'config.yaml'}' | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.stdout == "{" and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

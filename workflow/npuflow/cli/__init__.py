@@ -3,6 +3,7 @@ registry, `commands` the commands, `app` parses and runs them). `npuflow` is `ma
 
 from __future__ import annotations
 
+import os
 import sys
 
 from npuflow.util.errors import INTERRUPTED
@@ -19,6 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"npuflow: {INTERRUPTED}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of its output went away (`npuflow check-config c.yaml | head -3`): end quietly,
+        # as a shell tool killed by SIGPIPE does; stdout is pointed at /dev/null so that Python's
+        # own flush at exit does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 __all__ = ["main"]
