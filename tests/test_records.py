@@ -97,3 +97,16 @@ def test_evaluation_figures_are_its_metrics_by_their_names():
     record = EvalReport.from_json(data)
     assert record.metrics == {"cosine": 0.99, "top1_agreement": 1.0, "host_fp32_ms": 1.5, "host_int8_ms": 3.0}
     assert record.to_json() == data and record.metric("miou") is None
+
+
+def test_every_shown_metric_is_a_named_figure_with_a_known_rounding():
+    """One entry per figure in npuflow.core.records.metrics.METRICS: a name the runs and rows use,
+    a rounding the report knows, an axis label for each Pareto quality metric."""
+    from npuflow.core.records.metrics import BUILD_METRICS, EVAL_METRICS, METRICS
+    from npuflow.report.columns import fmt
+    from npuflow.report.pareto import QUALITY
+
+    for name, metric in METRICS.items():
+        assert metric.name == name and name in (*EVAL_METRICS, *BUILD_METRICS), name
+        assert metric.kind in ("ms", "fps", "count", "cosine", "db", "pct", "text") and fmt(0.5, metric.kind) != ""
+    assert all(METRICS[key].axis for front in QUALITY.values() for key in front)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from npuflow.core.records import BUILD_METRICS, EVAL_METRICS
+from npuflow.core.records.metrics import METRICS
 from npuflow.report.collect import Row
 
 
@@ -57,31 +58,9 @@ def _sim_error(r: Row) -> float | None:
     return r.published[0].error_pct if r.published else None
 
 
-# Headings and rounding of the figures the per-target table shows (the others are CSV only).
-METRIC_HEADINGS = {
-    "latency_ms": ("latency ms (sim)", "ms"),
-    "fps": ("FPS (sim)", "fps"),
-    "subgraphs": ("NPU subgraphs", "count"),
-    "cosine": ("cosine", "cosine"),
-    "sqnr_db": ("SQNR dB", "db"),
-    "top1_agreement": ("top-1 agr. %", "pct"),
-    "top5_agreement": ("top-5 agr. %", "pct"),
-    "pixel_agreement": ("pixel agr. %", "pct"),
-    "float_top1": ("float top-1 %", "pct"),
-    "top1": ("top-1 %", "pct"),
-    "float_top5": ("float top-5 %", "pct"),
-    "top5": ("top-5 %", "pct"),
-    "float_miou": ("float mIoU %", "pct"),
-    "miou": ("mIoU %", "pct"),
-    "host_fp32_ms": ("host fp32 ms", "ms"),
-    "host_int8_ms": ("host int8 ms", "ms"),
-    # detection: int8 boxes against the float model's (fidelity), then against labels
-    "box_agreement": ("box agr. %", "pct"),
-    "map50_vs_float": ("mAP50 vs float %", "pct"),
-    "float_map50": ("float mAP50 %", "pct"),
-    "map50": ("mAP50 %", "pct"),
-    "host_decode_nms_ms": ("host NMS ms", "ms"),
-}
+# Headings and rounding of the figures the per-target table shows (the others are CSV only):
+# each metric's own (npuflow.core.records.metrics.METRICS).
+METRIC_HEADINGS = {name: (m.heading, m.kind) for name, m in METRICS.items() if m.heading}
 
 
 def _metric_column(name: str) -> Column:

@@ -7,6 +7,7 @@ share an axis and a front, so one axis never mixes two metrics."""
 
 from __future__ import annotations
 
+from npuflow.core.records.metrics import METRICS
 from npuflow.core.tasks import TASKS
 
 # Per Pareto front (a task's `front`, npuflow.core.tasks), the quality metrics in order of
@@ -15,14 +16,9 @@ QUALITY = {
     "other": ("top1", "miou", "cosine"),
     "detection": ("map50", "map50_vs_float", "cosine"),
 }
-QUALITY_LABELS = {
-    "cosine": "int8 vs float cosine (fidelity)",
-    "top1": "top-1 accuracy",
-    "miou": "mIoU",
-    "map50": "mAP50 (against labels)",
-    "map50_vs_float": "int8 mAP50 vs float boxes (fidelity)",
-}
-FIDELITY = {"cosine", "map50_vs_float"}
+# Each quality metric's axis label, and which are fidelity figures (npuflow.core.records.metrics.METRICS).
+QUALITY_LABELS = {key: METRICS[key].axis for front in QUALITY.values() for key in front}
+FIDELITY = {key for key in QUALITY_LABELS if METRICS[key].fidelity}
 
 
 def _kind(row) -> str:

@@ -1,6 +1,9 @@
-"""The metric names runs, summary rows and report columns share, under the names of the reports' keys."""
+"""The metric names runs, summary rows and report columns share, under the names of the reports' keys,
+and what each means where it is shown (`METRICS`: heading, rounding, the Pareto axis' label)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # Evaluation figures as runs, summary rows and the report name them. A figure that does not apply
 # to a model or an evaluation set is absent, never 0: task accuracy needs labelled images, pixel
@@ -52,3 +55,47 @@ LAYER_FLAG_METRICS = ("flagged_tensors", "collapsed_tensors")
 FLOAT_ACCURACY = tuple(m for m in EVAL_METRICS if m.startswith("float_"))
 # Figures of the simulated build logged under the report's own key names (all simulated).
 BUILD_METRICS = ("latency_ms", "fps", "fps_batch1", "subgraphs", "cpu_ops", "ddr_bytes_per_frame", "macs", "tensor_utilisation")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a figure is shown: its column heading and rounding in the report's tables (figures
+    without a heading are summary.csv's only), and the label of a Pareto axis it can be."""
+
+    name: str
+    heading: str = ""
+    # rounding (npuflow.report.columns.fmt): ms, fps, count, cosine, db, pct, text
+    kind: str = "text"
+    # the Pareto quality axis' label, for the figures that can be one
+    axis: str = ""
+    # int8 measured against float rather than against labels (a fidelity, not an accuracy)
+    fidelity: bool = False
+
+
+METRICS = {
+    m.name: m
+    for m in (
+        Metric("latency_ms", "latency ms (sim)", "ms"),
+        Metric("fps", "FPS (sim)", "fps"),
+        Metric("subgraphs", "NPU subgraphs", "count"),
+        Metric("cosine", "cosine", "cosine", axis="int8 vs float cosine (fidelity)", fidelity=True),
+        Metric("sqnr_db", "SQNR dB", "db"),
+        Metric("top1_agreement", "top-1 agr. %", "pct"),
+        Metric("top5_agreement", "top-5 agr. %", "pct"),
+        Metric("pixel_agreement", "pixel agr. %", "pct"),
+        Metric("float_top1", "float top-1 %", "pct"),
+        Metric("top1", "top-1 %", "pct", axis="top-1 accuracy"),
+        Metric("float_top5", "float top-5 %", "pct"),
+        Metric("top5", "top-5 %", "pct"),
+        Metric("float_miou", "float mIoU %", "pct"),
+        Metric("miou", "mIoU %", "pct", axis="mIoU"),
+        Metric("host_fp32_ms", "host fp32 ms", "ms"),
+        Metric("host_int8_ms", "host int8 ms", "ms"),
+        # detection: int8 boxes against the float model's (fidelity), then against labels
+        Metric("box_agreement", "box agr. %", "pct"),
+        Metric("map50_vs_float", "mAP50 vs float %", "pct", axis="int8 mAP50 vs float boxes (fidelity)", fidelity=True),
+        Metric("float_map50", "float mAP50 %", "pct"),
+        Metric("map50", "mAP50 %", "pct", axis="mAP50 (against labels)"),
+        Metric("host_decode_nms_ms", "host NMS ms", "ms"),
+    )
+}
