@@ -365,6 +365,24 @@ def test_a_hand_written_build_profile_is_checked_by_the_same_schema(tmp_path, ca
     ]
 
 
+def test_a_derived_profile_as_the_workflow_passes_it_builds_and_says_what_it_changes(tmp_path):
+    """The resolved profile of `x5-fast: {base: rdk-x5, …}` (with the loader's `differs_from_base`)
+    passes the build's schema check, and build.json carries what it changes."""
+    import json
+
+    import onnx
+
+    from npuflow.cli import main
+    from test_simulator import conv_model
+
+    onnx.save(conv_model(hw=8), str(tmp_path / "m.onnx"))
+    profile = load_targets({"x5-fast": {"base": "rdk-x5", "units": {"tensor": {"peak_ops_per_s": {"int8": 15e12}}}}}).get("x5-fast")
+    args = ["build", str(tmp_path / "m.onnx"), "--target", "x5-fast", "--out-dir", str(tmp_path / "out")]
+    assert main([*args, "--profile", json.dumps(profile)]) == 0
+    built = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert built["derived_from_base"] == {"base": "rdk-x5", "changes": {"units.tensor.peak_ops_per_s.int8": {"base": 10e12, "own": 15e12}}}
+
+
 def test_a_build_by_hand_of_a_pipeline_model_names_it_and_its_weights(tmp_path):
     """`npuflow build results/<model>/quant/int8.onnx --target …` (as docs/targets.md shows) records
     the model's name and weights kind from the layout; an ONNX file elsewhere its stem and
