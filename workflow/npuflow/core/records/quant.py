@@ -144,6 +144,6 @@ def calibration_text(calib: CalibrationReport) -> str:
         at = f" {chosen['percentile']:g}" if chosen.get("percentile") is not None else ""
         method = f"{method} (chose {chosen['method']}{at})"
     elif calib.percentile is not None:
-        method += f" at percentile {calib.percentile:g}"
+        method += f" {calib.percentile:g}"  # "percentile 99.999"
     copies = f", {calib.augmented_images} of them augmented copies" if calib.augmented_images else ""
     return f"{method}, {calib.images} images of dataset {calib.dataset}{copies}"
