@@ -4,7 +4,10 @@ reports they come from; a figure changed in any of them, or a stale caption, is 
 import csv
 import json
 
-from conftest import mlflow_runs
+import pytest
+import yaml
+
+from conftest import TINY_CONFIG, mlflow_runs, snakemake
 from npuflow.core.records import BuildReport, TrackReport
 from npuflow.report.audit import audit
 
@@ -50,3 +53,24 @@ def test_a_figure_changed_anywhere_is_found_and_named(pipeline_copy, capsys):
         out.splitlines() == found
         and err.strip() == "npuflow audit: error: 3 disagreements with the stage reports, over 2 rows (listed above)"
     )
+
+
+@pytest.mark.slow
+def test_a_derived_profile_runs_end_to_end_headed_as_one_and_audited_clean(pipeline_copy, tmp_path):
+    """The tiny run with a third target derived from rdk-x5 (1.5× compute): only its jobs run; it
+    builds (its resolved profile passes the build's schema check), the model's rdk-x5 precision
+    applies to it, the report heads it with what it changes, and the report stage's audit finds
+    nothing over the three rows."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["targets"].append("x5-fast")
+    config["target_profiles"] = {"x5-fast": {"base": "rdk-x5", "units": {"tensor": {"peak_ops_per_s": {"int8": 15.0e12}}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(pipeline_copy, configfile=tmp_path / "c.yaml")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    complete = json.loads((pipeline_copy / "results" / "report.complete.json").read_text())
+    assert complete["audit"] == {"rows_checked": 3, "disagreements": []}
+    with open(pipeline_copy / "results" / "summary.csv", newline="") as f:
+        rows = {r["target"]: r for r in csv.DictReader(f)}
+    assert rows["x5-fast"]["precision_recipe"] == "int8_Softmax-int16" and float(rows["x5-fast"]["fps"]) >= float(rows["rdk-x5"]["fps"])
+    page = (pipeline_copy / "results" / "report.html").read_text()
+    assert "a profile derived from rdk-x5: units.tensor.peak_ops_per_s.int8 1e+13 → 1.5e+13" in page
