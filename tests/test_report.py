@@ -308,7 +308,7 @@ def test_a_derived_profile_is_headed_as_one_with_what_it_changes():
 
 
 def test_a_host_latency_measured_on_a_busy_machine_is_flagged():
-    """Timed runs whose slowest took over 1.5× the fastest (other jobs on the cores) get `⚠ ×N`
+    """Timed runs whose slowest took over twice the fastest (other jobs on the cores) get `⚠ ×N`
     beneath the figure; steady ones a plain cell; summary.csv keeps the spread."""
     from npuflow.report.columns import COLUMNS
     from npuflow.report.html import noisy_text
