@@ -9,7 +9,8 @@ summary.csv again and checks that
 - every metric the MLflow run holds is the one they give (and none is missing),
 - report.html shows each row's simulated latency, FPS and headline fidelity as they format, and
   each per-layer caption counts the images the analysis used.
-It prints what disagrees; the report stage runs it after writing the report."""
+It prints what disagrees; the report stage runs it (without the MLflow part, ~5 s) after writing
+the report."""
 
 from __future__ import annotations
 
