@@ -103,7 +103,7 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
             elif c.key == "latency_ms" and interval_text(r):  # its 80 % range beneath: no column of its own (width)
                 cells.append({"text": fmt(c.get(r), c.kind), "sub": interval_text(r)})
             elif c.key in ("host_fp32_ms", "host_int8_ms") and noisy_text(r, c.key):
-                cells.append({"text": fmt(c.get(r), c.kind), "sub": noisy_text(r, c.key), "title": NOISY_TITLE})
+                cells.append({"text": fmt(c.get(r), c.kind), "sub": "⚠", "title": noisy_text(r, c.key)})
             else:
                 cells.append(fmt(c.get(r), c.kind))
         cells.append(_links(r, page_dir, ui))
@@ -126,19 +126,18 @@ def target_section(target: str, rows: list[Row], pareto_png: bytes | None, page_
     }
 
 
-NOISY_TITLE = (
-    "The timed runs of this host latency varied this much (slowest over fastest): the machine was busy (other jobs on"
-    " the same cores), so the median is uncertain; re-measure on an idle machine (npuflow evaluate) before comparing."
-)
-
-
 def noisy_text(r: Row, key: str) -> str | None:
-    """`⚠ ×3.2` beneath a host latency whose timed runs spread past NOISY_SPREAD (short: the table
-    fits 1400 px; the cell's title says what it means); else None."""
+    """The tooltip of a host latency whose timed runs spread past NOISY_SPREAD (the cell shows a
+    `⚠` beneath the figure: one character, so the table still fits 1400 px); else None."""
     from npuflow.evaluation.timing import NOISY_SPREAD
 
     spread = r.figure(key.replace("_ms", "_spread"))
-    return f"⚠ ×{spread:.1f}" if isinstance(spread, (int, float)) and spread > NOISY_SPREAD else None
+    if not (isinstance(spread, (int, float)) and spread > NOISY_SPREAD):
+        return None
+    return (
+        f"Its timed runs varied ×{spread:.1f} (slowest over fastest): the machine was busy (other jobs on the same cores),"
+        " so the median is uncertain; re-measure on an idle machine (npuflow evaluate) before comparing."
+    )
 
 
 def chip_heading(build) -> str:
